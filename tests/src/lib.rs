@@ -1,1 +1,31 @@
+//! Helpers for the end-to-end tests: where the shared models and images are.
 
+use std::path::PathBuf;
+
+/// `shared/` beside the repository (`<repo>/../shared`), or a panic that says what is
+/// missing: these tests need the real models and images and must not pass without them.
+pub fn shared_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared");
+    assert!(
+        dir.join("models/MODELS.md").is_file() && dir.join("data/cifar10/labels.txt").is_file(),
+        "the shared models and data are missing: expected them at {} (../shared beside the repository)",
+        dir.display()
+    );
+    dir
+}
+
+/// The real trained models in `shared/models`, by file stem.
+pub const SHARED_MODELS: [&str; 6] = [
+    "resnet20_cifar10",
+    "resnet32_cifar10",
+    "resnet44_cifar10",
+    "resnet56_cifar10",
+    "resnet8_tiny_cifar10",
+    "resnet18_cifar10_64px",
+];
+
+pub fn shared_model(stem: &str) -> PathBuf {
+    let path = shared_dir().join("models").join(format!("{stem}.onnx"));
+    assert!(path.is_file(), "missing shared model {}", path.display());
+    path
+}

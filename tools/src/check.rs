@@ -55,7 +55,11 @@ pub fn imagenet_preprocess(size: [usize; 2]) -> Preprocess {
     }
 }
 
-pub fn check(model: &Path, image: Option<&Path>, card: Option<&LoadedCard>) -> anyhow::Result<CheckReport> {
+pub fn check(
+    model: &Path,
+    image: Option<&Path>,
+    card: Option<&LoadedCard>,
+) -> anyhow::Result<CheckReport> {
     let proto = onnx_import::read_proto(model)?;
     let dir = model.parent().and_then(|d| d.to_str());
     let mut graph = onnx_import::import_proto(&proto, dir)?;
@@ -129,6 +133,12 @@ pub fn check(model: &Path, image: Option<&Path>, card: Option<&LoadedCard>) -> a
 pub fn argmax(v: &[f32]) -> usize {
     v.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best })
+        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
+            if x > best.1 {
+                (i, x)
+            } else {
+                best
+            }
+        })
         .0
 }

@@ -135,7 +135,8 @@ fn load_images(dir: &Path, count: usize, opts: &SynthOptions) -> anyhow::Result<
     let picked = dataset::spread(&all, count);
     let pre = opts.preprocess();
     let bar = ProgressBar::new(picked.len() as u64).with_style(
-        ProgressStyle::with_template("loading images {bar:30} {pos}/{len}").expect("static template"),
+        ProgressStyle::with_template("loading images {bar:30} {pos}/{len}")
+            .expect("static template"),
     );
     let images = picked
         .iter()
@@ -151,10 +152,17 @@ fn load_images(dir: &Path, count: usize, opts: &SynthOptions) -> anyhow::Result<
 
 fn print_check(r: &CheckReport) {
     println!("model        {}", r.model);
-    println!("input        {} {:?} (preprocessing: {})", r.input, r.input_shape, r.preprocess_source);
+    println!(
+        "input        {} {:?} (preprocessing: {})",
+        r.input, r.input_shape, r.preprocess_source
+    );
     let ops: Vec<String> = r.ops.iter().map(|(k, v)| format!("{k}×{v}")).collect();
     println!("onnx ops     {}", ops.join(" "));
-    let folded: Vec<String> = r.folded_ops.iter().map(|(k, v)| format!("{k}×{v}")).collect();
+    let folded: Vec<String> = r
+        .folded_ops
+        .iter()
+        .map(|(k, v)| format!("{k}×{v}"))
+        .collect();
     println!("folded ops   {}", folded.join(" "));
     println!(
         "passes       {} BatchNorm folded ({} left), {} ReLU fused, {} residual Add fused",
@@ -173,5 +181,8 @@ fn print_check(r: &CheckReport) {
         r.max_abs_logit,
         if r.within_tolerance { "OK" } else { "FAIL" }
     );
-    println!("argmax       kestrel {} / tract {}", r.argmax_kestrel, r.argmax_tract);
+    println!(
+        "argmax       kestrel {} / tract {}",
+        r.argmax_kestrel, r.argmax_tract
+    );
 }

@@ -245,7 +245,9 @@ impl Ctx<'_> {
     fn pair(&self, name: &str, default: usize) -> Result<[usize; 2]> {
         match self.ints(name) {
             None => Ok([default, default]),
-            Some(v) if v.len() == 2 && v.iter().all(|&x| x > 0) => Ok([v[0] as usize, v[1] as usize]),
+            Some(v) if v.len() == 2 && v.iter().all(|&x| x > 0) => {
+                Ok([v[0] as usize, v[1] as usize])
+            }
             Some(v) => Err(self.unsupported(format!(
                 "attribute '{name}' = {v:?}: only 2-D positive values are supported"
             ))),
@@ -265,19 +267,28 @@ impl Importer<'_> {
     }
 
     fn load_constant(&self, t: &pb::TensorProto, what: &str) -> Result<Constant> {
-        let tensor = tract_onnx::tensor::load_tensor(&MmapDataResolver, t, self.dir).map_err(|e| {
-            ImportError::Graph(format!("{what} '{}' cannot be decoded: {e:#}", t.name))
-        })?;
+        let tensor =
+            tract_onnx::tensor::load_tensor(&MmapDataResolver, t, self.dir).map_err(|e| {
+                ImportError::Graph(format!("{what} '{}' cannot be decoded: {e:#}", t.name))
+            })?;
         let shape = tensor.shape().to_vec();
         let (f32s, i64s) = match tensor.datum_type() {
             DatumType::F32 | DatumType::F64 | DatumType::F16 => {
-                let t = tensor.cast_to::<f32>().map_err(|e| ImportError::Graph(e.to_string()))?;
-                let v = t.to_plain_array_view::<f32>().map_err(|e| ImportError::Graph(e.to_string()))?;
+                let t = tensor
+                    .cast_to::<f32>()
+                    .map_err(|e| ImportError::Graph(e.to_string()))?;
+                let v = t
+                    .to_plain_array_view::<f32>()
+                    .map_err(|e| ImportError::Graph(e.to_string()))?;
                 (v.iter().copied().collect(), Vec::new())
             }
             DatumType::I64 | DatumType::I32 | DatumType::I8 | DatumType::U8 | DatumType::I16 => {
-                let t = tensor.cast_to::<i64>().map_err(|e| ImportError::Graph(e.to_string()))?;
-                let v = t.to_plain_array_view::<i64>().map_err(|e| ImportError::Graph(e.to_string()))?;
+                let t = tensor
+                    .cast_to::<i64>()
+                    .map_err(|e| ImportError::Graph(e.to_string()))?;
+                let v = t
+                    .to_plain_array_view::<i64>()
+                    .map_err(|e| ImportError::Graph(e.to_string()))?;
                 (Vec::new(), v.iter().copied().collect())
             }
             other => {
@@ -439,7 +450,9 @@ impl Importer<'_> {
                 Some(p) if p.len() == 4 && p.iter().all(|&x| x >= 0) => {
                     Ok([p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize])
                 }
-                Some(p) => Err(ctx.unsupported(format!("pads {p:?}: expected 4 non-negative values"))),
+                Some(p) => {
+                    Err(ctx.unsupported(format!("pads {p:?}: expected 4 non-negative values")))
+                }
             },
             "VALID" => Ok([0; 4]),
             "SAME_UPPER" | "SAME_LOWER" => {
@@ -487,7 +500,9 @@ impl Importer<'_> {
         }
         if let Some(k) = ctx.ints("kernel_shape") {
             if k != [ws[2] as i64, ws[3] as i64] {
-                return Err(ctx.shape_err(format!("kernel_shape {k:?} disagrees with weight {ws:?}")));
+                return Err(
+                    ctx.shape_err(format!("kernel_shape {k:?} disagrees with weight {ws:?}"))
+                );
             }
         }
         let kernel = [ws[2], ws[3]];
@@ -498,7 +513,12 @@ impl Importer<'_> {
         let bias = match b {
             None => None,
             Some(b) if b.f32s.len() == ws[0] => Some(b.f32s),
-            Some(b) => return Err(ctx.shape_err(format!("bias has shape {:?}, expected [{}]", b.shape, ws[0]))),
+            Some(b) => {
+                return Err(ctx.shape_err(format!(
+                    "bias has shape {:?}, expected [{}]",
+                    b.shape, ws[0]
+                )))
+            }
         };
         let op = Op::Conv(Conv {
             weight: w.f32s,
@@ -593,7 +613,11 @@ impl Importer<'_> {
         }
         let kernel = match ctx.ints("kernel_shape") {
             Some(k) if k.len() == 2 && k.iter().all(|&v| v > 0) => [k[0] as usize, k[1] as usize],
-            other => return Err(ctx.unsupported(format!("kernel_shape {other:?}: expected 2 positive values"))),
+            other => {
+                return Err(ctx.unsupported(format!(
+                    "kernel_shape {other:?}: expected 2 positive values"
+                )))
+            }
         };
         let stride = ctx.pair("strides", 1)?;
         let dilation = ctx.pair("dilations", 1)?;
@@ -633,10 +657,9 @@ impl Importer<'_> {
         let mut infer = None;
         for (i, &d) in target.iter().enumerate() {
             match d {
-                0 if !allow_zero => shape.push(
-                    *s.get(i)
-                        .ok_or_else(|| ctx.shape_err(format!("0 at axis {i} has no input axis to copy")))?,
-                ),
+                0 if !allow_zero => shape.push(*s.get(i).ok_or_else(|| {
+                    ctx.shape_err(format!("0 at axis {i} has no input axis to copy"))
+                })?),
                 -1 if infer.is_none() => {
                     infer = Some(i);
                     shape.push(1);
@@ -679,17 +702,27 @@ impl Importer<'_> {
             return Err(ctx.shape_err(format!("B must be a float matrix, found {:?}", b.shape)));
         }
         let trans_b = ctx.int("transB", 0) != 0;
-        let (n, bk) = if trans_b { (b.shape[0], b.shape[1]) } else { (b.shape[1], b.shape[0]) };
+        let (n, bk) = if trans_b {
+            (b.shape[0], b.shape[1])
+        } else {
+            (b.shape[1], b.shape[0])
+        };
         if bk != k {
             return Err(ctx.shape_err(format!("B {:?} does not take {k} inputs", b.shape)));
         }
-        let mut weight = if trans_b { b.f32s.clone() } else { transpose(&b.f32s, k, n) };
+        let mut weight = if trans_b {
+            b.f32s.clone()
+        } else {
+            transpose(&b.f32s, k, n)
+        };
         weight.iter_mut().for_each(|w| *w *= alpha);
         let bias = match self.constant(ctx, 2)? {
             None => None,
             Some(c) if c.f32s.len() == n => Some(c.f32s.iter().map(|v| v * beta).collect()),
             Some(c) if c.f32s.len() == 1 => Some(vec![c.f32s[0] * beta; n]),
-            Some(c) => return Err(ctx.shape_err(format!("C has shape {:?}; expected [{n}]", c.shape))),
+            Some(c) => {
+                return Err(ctx.shape_err(format!("C has shape {:?}; expected [{n}]", c.shape)))
+            }
         };
         let op = Op::Dense(Dense {
             weight,
@@ -721,7 +754,9 @@ impl Importer<'_> {
     /// Reads `(starts, ends, axes, steps)` from inputs (opset ≥ 10) or attributes (older).
     fn slice_params(&self, ctx: &Ctx) -> Result<[Vec<i64>; 4]> {
         if ctx.node.input.len() >= 3 {
-            let get = |i| -> Result<Option<Vec<i64>>> { Ok(self.constant(ctx, i)?.map(|c| c.i64s.clone())) };
+            let get = |i| -> Result<Option<Vec<i64>>> {
+                Ok(self.constant(ctx, i)?.map(|c| c.i64s.clone()))
+            };
             let starts = get(1)?.unwrap_or_default();
             let ends = get(2)?.unwrap_or_default();
             let axes = get(3)?.unwrap_or_else(|| (0..starts.len() as i64).collect());
@@ -730,7 +765,9 @@ impl Importer<'_> {
         } else {
             let starts = ctx.ints("starts").unwrap_or_default();
             let ends = ctx.ints("ends").unwrap_or_default();
-            let axes = ctx.ints("axes").unwrap_or_else(|| (0..starts.len() as i64).collect());
+            let axes = ctx
+                .ints("axes")
+                .unwrap_or_else(|| (0..starts.len() as i64).collect());
             let steps = vec![1; starts.len()];
             Ok([starts, ends, axes, steps])
         }
@@ -747,18 +784,29 @@ impl Importer<'_> {
         let mut step = vec![1; s.len()];
         let mut shape = s.clone();
         for i in 0..starts.len() {
-            let axis = if axes[i] < 0 { axes[i] + s.len() as i64 } else { axes[i] };
+            let axis = if axes[i] < 0 {
+                axes[i] + s.len() as i64
+            } else {
+                axes[i]
+            };
             if axis < 0 || axis as usize >= s.len() {
                 return Err(ctx.shape_err(format!("axis {} out of range", axes[i])));
             }
             let a = axis as usize;
             if steps[i] <= 0 {
-                return Err(ctx.unsupported(format!("step {} on axis {a}: only positive steps", steps[i])));
+                return Err(ctx.unsupported(format!(
+                    "step {} on axis {a}: only positive steps",
+                    steps[i]
+                )));
             }
             let dim = s[a] as i64;
             let clamp = |v: i64| if v < 0 { (v + dim).max(0) } else { v.min(dim) };
             let (b, e) = (clamp(starts[i]), clamp(ends[i]));
-            let count = if e > b { (e - b + steps[i] - 1) / steps[i] } else { 0 };
+            let count = if e > b {
+                (e - b + steps[i] - 1) / steps[i]
+            } else {
+                0
+            };
             start[a] = b as usize;
             step[a] = steps[i] as usize;
             shape[a] = count as usize;
@@ -785,12 +833,22 @@ impl Importer<'_> {
             let axes = self.constant(ctx, 3)?.map(|c| c.i64s.clone());
             (raw, value, axes)
         } else {
-            (ctx.ints("pads").unwrap_or_default(), ctx.float("value", 0.0), None)
+            (
+                ctx.ints("pads").unwrap_or_default(),
+                ctx.float("value", 0.0),
+                None,
+            )
         };
         let axes: Vec<usize> = axes
             .unwrap_or_else(|| (0..s.len() as i64).collect())
             .into_iter()
-            .map(|a| if a < 0 { (a + s.len() as i64) as usize } else { a as usize })
+            .map(|a| {
+                if a < 0 {
+                    (a + s.len() as i64) as usize
+                } else {
+                    a as usize
+                }
+            })
             .collect();
         if raw.len() != 2 * axes.len() || axes.iter().any(|&a| a >= s.len()) {
             return Err(ctx.shape_err(format!("pads {raw:?} do not fit shape {s:?}")));
@@ -828,7 +886,11 @@ fn window_output(
             )));
         }
         let room = padded - span;
-        out[a] = if ceil { room.div_ceil(stride[a]) } else { room / stride[a] } + 1;
+        out[a] = if ceil {
+            room.div_ceil(stride[a])
+        } else {
+            room / stride[a]
+        } + 1;
         // ONNX: with ceil_mode the last window must start inside the input or its left padding.
         if ceil && (out[a] - 1) * stride[a] >= in_hw[a] + pads[a] {
             out[a] -= 1;

@@ -16,6 +16,8 @@ pub struct PassReport {
     pub bn_left: usize,
     /// Biases created by folding a BatchNorm into a Conv/Dense that had none.
     pub biases_created: usize,
+    /// Parameters in those created biases (one per output channel).
+    pub bias_params_created: usize,
     /// ReLU nodes fused into their producer.
     pub relu_fused: usize,
     /// Residual Add nodes fused into the block's last conv.
@@ -26,8 +28,9 @@ pub struct PassReport {
 pub fn fold_and_fuse(graph: &mut Graph) -> PassReport {
     let mut report = PassReport::default();
     while let Some(bn) = find_foldable_bn(graph) {
-        if fold_bn(graph, bn) {
+        if let Some(channels) = fold_bn(graph, bn) {
             report.biases_created += 1;
+            report.bias_params_created += channels;
         }
         report.bn_folded += 1;
     }
@@ -72,8 +75,9 @@ fn find_foldable_bn(graph: &Graph) -> Option<usize> {
     })
 }
 
-/// Folds BatchNorm node `bn` into its producer; returns whether a bias had to be created.
-fn fold_bn(graph: &mut Graph, bn: usize) -> bool {
+/// Folds BatchNorm node `bn` into its producer; returns the size of the bias it had to
+/// create, if the producer had none.
+fn fold_bn(graph: &mut Graph, bn: usize) -> Option<usize> {
     let producer = sole_producer(graph, bn).expect("checked by find_foldable_bn");
     let Op::BatchNorm(norm) = graph.nodes[bn].op.clone() else {
         unreachable!("find_foldable_bn selects BatchNorm nodes")
@@ -96,7 +100,7 @@ fn fold_bn(graph: &mut Graph, bn: usize) -> bool {
         *b = (*b as f64 * m + offset) as f32;
     }
     bypass(graph, bn, producer);
-    created
+    created.then_some(affine.len())
 }
 
 fn find_fusable_relu(graph: &Graph) -> Option<usize> {
@@ -120,7 +124,11 @@ fn fuse_into_producer(graph: &mut Graph, node: usize, apply: impl FnOnce(&mut Op
 /// Removes node `node` (a unary op reading `producer`'s output): `producer` writes its output.
 fn bypass(graph: &mut Graph, node: usize, producer: usize) {
     let removed = graph.nodes.remove(node);
-    let producer = if producer > node { producer - 1 } else { producer };
+    let producer = if producer > node {
+        producer - 1
+    } else {
+        producer
+    };
     graph.nodes[producer].output = removed.output;
 }
 
@@ -139,7 +147,8 @@ fn find_fusable_add(graph: &Graph) -> Option<(usize, usize)> {
             .iter()
             .filter_map(|&v| {
                 let p = producers[v]?;
-                let plain_conv = matches!(&graph.nodes[p].op, Op::Conv(c) if !c.relu && !c.fused_add);
+                let plain_conv =
+                    matches!(&graph.nodes[p].op, Op::Conv(c) if !c.relu && !c.fused_add);
                 (plain_conv && consumers[v].len() == 1 && v != graph.output).then_some(p)
             })
             .max()

@@ -18,7 +18,9 @@ pub enum PreprocessError {
         value: String,
         reason: String,
     },
-    #[error("the model has no preprocessing metadata (preprocess.*); pass --card with a model card")]
+    #[error(
+        "the model has no preprocessing metadata (preprocess.*); pass --card with a model card"
+    )]
     Missing,
 }
 
@@ -71,8 +73,9 @@ impl Preprocess {
             reason: reason.to_string(),
         };
         let float = |key: &str, default: f32| -> Result<f32, PreprocessError> {
-            meta.get(key)
-                .map_or(Ok(default), |v| v.trim().parse().map_err(|_| bad(key, "not a number")))
+            meta.get(key).map_or(Ok(default), |v| {
+                v.trim().parse().map_err(|_| bad(key, "not a number"))
+            })
         };
         let triple = |key: &str, default: f32| -> Result<[f32; 3], PreprocessError> {
             match meta.get(key) {
@@ -94,7 +97,10 @@ impl Preprocess {
         };
         if let Some(layout) = meta.get("preprocess.layout") {
             if layout.trim() != "NCHW" {
-                return Err(bad("preprocess.layout", "only NCHW ONNX inputs are supported"));
+                return Err(bad(
+                    "preprocess.layout",
+                    "only NCHW ONNX inputs are supported",
+                ));
             }
         }
         let resize = match meta.get("preprocess.resize").map(|s| s.trim()) {
@@ -106,7 +112,11 @@ impl Preprocess {
         };
         let resize_shorter = match meta.get("preprocess.resize_shorter") {
             None => None,
-            Some(v) => Some(v.trim().parse().map_err(|_| bad("preprocess.resize_shorter", "not an integer"))?),
+            Some(v) => Some(
+                v.trim()
+                    .parse()
+                    .map_err(|_| bad("preprocess.resize_shorter", "not an integer"))?,
+            ),
         };
         let std = triple("preprocess.std", 1.0)?;
         if std.iter().any(|&s| s == 0.0) {
@@ -224,8 +234,13 @@ fn resize(rgb: &[u8], w: usize, h: usize, ow: usize, oh: usize, how: Resize) -> 
         Resize::Bilinear => {
             let img = image::RgbImage::from_raw(w as u32, h as u32, rgb.to_vec())
                 .expect("buffer length is w × h × 3");
-            image::imageops::resize(&img, ow as u32, oh as u32, image::imageops::FilterType::Triangle)
-                .into_raw()
+            image::imageops::resize(
+                &img,
+                ow as u32,
+                oh as u32,
+                image::imageops::FilterType::Triangle,
+            )
+            .into_raw()
         }
     }
 }
@@ -242,7 +257,9 @@ fn center_crop(rgb: &[u8], w: usize, h: usize, cw: usize, ch: usize) -> Vec<u8> 
 /// A deterministic pseudo-image (interleaved RGB bytes): the fixed input `kestrel check`
 /// uses when no image is given. Smooth gradients plus a little noise, like a photo.
 pub fn synthetic_rgb(w: usize, h: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut out = Vec::with_capacity(w * h * 3);
     for y in 0..h {
         for x in 0..w {
@@ -294,8 +311,13 @@ mod tests {
         assert_eq!(Preprocess::from_metadata(&back, [32, 32]).unwrap(), p);
         let mut m = cifar_meta(false);
         m.insert("preprocess.std".into(), "0.2,0.2".into());
-        let e = Preprocess::from_metadata(&m, [32, 32]).unwrap_err().to_string();
-        assert!(e.contains("preprocess.std") && e.contains("3 values"), "{e}");
+        let e = Preprocess::from_metadata(&m, [32, 32])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("preprocess.std") && e.contains("3 values"),
+            "{e}"
+        );
         assert!(matches!(
             Preprocess::from_metadata(&BTreeMap::new(), [32, 32]),
             Err(PreprocessError::Missing)

@@ -134,13 +134,15 @@ fn conv2d(
                 for kx in 0..kw {
                     let row = &mut col[((ci * kh + ky) * kw + kx) * pixels..][..pixels];
                     for oy in 0..oh {
-                        let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize - c.pads[0] as isize;
+                        let iy =
+                            (oy * c.stride[0] + ky * c.dilation[0]) as isize - c.pads[0] as isize;
                         if iy < 0 || iy >= ih as isize {
                             continue;
                         }
                         let src = &x[(ci * ih + iy as usize) * iw..][..iw];
                         for ox in 0..ow {
-                            let ix = (ox * c.stride[1] + kx * c.dilation[1]) as isize - c.pads[1] as isize;
+                            let ix = (ox * c.stride[1] + kx * c.dilation[1]) as isize
+                                - c.pads[1] as isize;
                             if ix >= 0 && ix < iw as isize {
                                 row[oy * ow + ox] = src[ix as usize];
                             }
@@ -204,7 +206,9 @@ fn pool2d(p: &Pool, x: &[f32], in_shape: &[usize], out_shape: &[usize], max: boo
                     for kx in 0..p.kernel[1] as isize {
                         let (y, xx) = (y0 + ky, x0 + kx);
                         // Cells in the padded area (not past it) count for count_include_pad.
-                        if y < ih as isize + p.pads[2] as isize && xx < iw as isize + p.pads[3] as isize {
+                        if y < ih as isize + p.pads[2] as isize
+                            && xx < iw as isize + p.pads[3] as isize
+                        {
                             window += 1;
                         }
                         if y < 0 || xx < 0 || y >= ih as isize || xx >= iw as isize {
@@ -273,7 +277,9 @@ fn slice(s: &Slice, x: &[f32], in_shape: &[usize], out_shape: &[usize]) -> Vec<f
     let st = strides(in_shape);
     let mut out = vec![0.0; out_shape.iter().product()];
     for_each_index(out_shape, |o, idx| {
-        let i: usize = (0..idx.len()).map(|a| (s.start[a] + idx[a] * s.step[a]) * st[a]).sum();
+        let i: usize = (0..idx.len())
+            .map(|a| (s.start[a] + idx[a] * s.step[a]) * st[a])
+            .sum();
         out[o] = x[i];
     });
     out
@@ -328,7 +334,11 @@ mod tests {
                             for kx in 0..kw {
                                 let y = (oy * c.stride[0] + ky) as isize - c.pads[0] as isize;
                                 let xx = (ox * c.stride[1] + kx) as isize - c.pads[1] as isize;
-                                if y >= 0 && xx >= 0 && (y as usize) < ins[2] && (xx as usize) < ins[3] {
+                                if y >= 0
+                                    && xx >= 0
+                                    && (y as usize) < ins[2]
+                                    && (xx as usize) < ins[3]
+                                {
                                     acc += c.weight[((o * ic + i) * kh + ky) * kw + kx]
                                         * x[(i * ins[2] + y as usize) * ins[3] + xx as usize];
                                 }

@@ -65,7 +65,10 @@ impl Arch {
 
     /// CIFAR ResNets (6n+2 layers, option-A shortcuts, 32×32 inputs).
     pub fn is_cifar(self) -> bool {
-        matches!(self, Arch::ResNet20 | Arch::ResNet32 | Arch::ResNet44 | Arch::ResNet56)
+        matches!(
+            self,
+            Arch::ResNet20 | Arch::ResNet32 | Arch::ResNet44 | Arch::ResNet56
+        )
     }
 
     pub fn default_input_size(self) -> usize {
@@ -137,9 +140,21 @@ impl SynthOptions {
     }
 }
 
+/// An ONNX model as tract-onnx's protobuf types describe it.
+pub type OnnxModel = pb::ModelProto;
+
 /// CIFAR-10 class names, used as labels when a synthetic model has 10 classes.
 pub const CIFAR10_LABELS: [&str; 10] = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 ];
 
 /// Builds the ONNX model with BatchNorm statistics at their defaults (mean 0, variance 1).
@@ -166,13 +181,24 @@ pub fn build(opts: &SynthOptions) -> anyhow::Result<pb::ModelProto> {
         .collect();
     let w = b.initializer("fc.weight", &[opts.classes, features.1], w);
     let bias = b.initializer("fc.bias", &[opts.classes], vec![0.0; opts.classes]);
-    let logits = b.node("Gemm", "fc", &[&flat, &w, &bias], vec![int_attr("transB", 1)]);
+    let logits = b.node(
+        "Gemm",
+        "fc",
+        &[&flat, &w, &bias],
+        vec![int_attr("transB", 1)],
+    );
 
     let mut meta = vec![
-        ("architecture".to_string(), format!("{} (synthetic weights)", opts.arch)),
+        (
+            "architecture".to_string(),
+            format!("{} (synthetic weights)", opts.arch),
+        ),
         (
             "source".to_string(),
-            format!("kestrel synth --arch {} --seed {} (synthetic: deterministic weights, not trained)", opts.arch, opts.seed),
+            format!(
+                "kestrel synth --arch {} --seed {} (synthetic: deterministic weights, not trained)",
+                opts.arch, opts.seed
+            ),
         ),
     ];
     meta.extend(opts.preprocess().to_metadata());
@@ -217,8 +243,14 @@ pub struct BnCalibration {
 
 /// Sets every BatchNorm's mean and variance from `images` (preprocessed NCHW inputs),
 /// in execution order, and centres the classifier on the images' mean feature.
-pub fn calibrate_bn(model: &mut pb::ModelProto, images: &[Vec<f32>]) -> anyhow::Result<BnCalibration> {
-    anyhow::ensure!(!images.is_empty(), "BatchNorm calibration needs at least one image");
+pub fn calibrate_bn(
+    model: &mut pb::ModelProto,
+    images: &[Vec<f32>],
+) -> anyhow::Result<BnCalibration> {
+    anyhow::ensure!(
+        !images.is_empty(),
+        "BatchNorm calibration needs at least one image"
+    );
     let mut graph = onnx_import::import_proto(model, None)?;
     let last_use = graph.last_use();
     let mut per_image: Vec<Vec<Option<Vec<f32>>>> = images
@@ -240,7 +272,10 @@ pub fn calibrate_bn(model: &mut pb::ModelProto, images: &[Vec<f32>]) -> anyhow::
         let name = graph.nodes[i].name.clone();
         match &mut graph.nodes[i].op {
             Op::BatchNorm(bn) => {
-                let (mean, var) = channel_stats(per_image.iter().map(|v| v[input].as_deref().unwrap_or(&[])), &shape);
+                let (mean, var) = channel_stats(
+                    per_image.iter().map(|v| v[input].as_deref().unwrap_or(&[])),
+                    &shape,
+                );
                 updates.push((format!("{name}.running_mean"), mean.clone()));
                 updates.push((format!("{name}.running_var"), var.clone()));
                 bn.mean = mean;
@@ -248,9 +283,18 @@ pub fn calibrate_bn(model: &mut pb::ModelProto, images: &[Vec<f32>]) -> anyhow::
                 report.batch_norms += 1;
             }
             Op::Dense(d) if name == "fc" => {
-                let (mean, _) = channel_stats(per_image.iter().map(|v| v[input].as_deref().unwrap_or(&[])), &shape);
+                let (mean, _) = channel_stats(
+                    per_image.iter().map(|v| v[input].as_deref().unwrap_or(&[])),
+                    &shape,
+                );
                 let bias: Vec<f32> = (0..d.out_features)
-                    .map(|o| -d.weight[o * d.in_features..][..d.in_features].iter().zip(&mean).map(|(w, m)| w * m).sum::<f32>())
+                    .map(|o| {
+                        -d.weight[o * d.in_features..][..d.in_features]
+                            .iter()
+                            .zip(&mean)
+                            .map(|(w, m)| w * m)
+                            .sum::<f32>()
+                    })
                     .collect();
                 updates.push(("fc.bias".to_string(), bias.clone()));
                 d.bias = Some(bias);
@@ -271,7 +315,9 @@ pub fn calibrate_bn(model: &mut pb::ModelProto, images: &[Vec<f32>]) -> anyhow::
     let mut predictions = std::collections::BTreeSet::new();
     for values in &per_image {
         let logits = values[graph.output].as_deref().unwrap_or(&[]);
-        report.max_abs_logit = logits.iter().fold(report.max_abs_logit, |m, v| m.max(v.abs()));
+        report.max_abs_logit = logits
+            .iter()
+            .fold(report.max_abs_logit, |m, v| m.max(v.abs()));
         predictions.insert(crate::check::argmax(logits));
     }
     report.distinct_predictions = predictions.len();
@@ -281,14 +327,19 @@ pub fn calibrate_bn(model: &mut pb::ModelProto, images: &[Vec<f32>]) -> anyhow::
             .initializer
             .iter_mut()
             .find(|t| t.name == name)
-            .ok_or_else(|| anyhow::anyhow!("initializer '{name}' missing from the synthetic model"))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!("initializer '{name}' missing from the synthetic model")
+            })?;
         t.raw_data = f32_bytes(&data);
     }
     Ok(report)
 }
 
 /// Per-channel mean and (population) variance over a batch of `[1, C, …]` tensors.
-fn channel_stats<'a>(batch: impl Iterator<Item = &'a [f32]>, shape: &[usize]) -> (Vec<f32>, Vec<f32>) {
+fn channel_stats<'a>(
+    batch: impl Iterator<Item = &'a [f32]>,
+    shape: &[usize],
+) -> (Vec<f32>, Vec<f32>) {
     let c = shape[1];
     let plane: usize = shape[2..].iter().product();
     let mut sum = vec![0.0f64; c];
@@ -322,7 +373,9 @@ pub fn write(model: &pb::ModelProto, path: &Path) -> anyhow::Result<()> {
 }
 
 fn arch_salt(arch: Arch) -> u64 {
-    arch.name().bytes().fold(0xcbf29ce484222325, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    arch.name().bytes().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// Returns the last feature map's name and channel count.
@@ -343,7 +396,11 @@ fn imagenet_body(b: &mut Builder, arch: Arch) -> (String, usize) {
         "MaxPool",
         "maxpool",
         &[&x],
-        vec![ints_attr("kernel_shape", &[3, 3]), ints_attr("strides", &[2, 2]), ints_attr("pads", &[1, 1, 1, 1])],
+        vec![
+            ints_attr("kernel_shape", &[3, 3]),
+            ints_attr("strides", &[2, 2]),
+            ints_attr("pads", &[1, 1, 1, 1]),
+        ],
     );
     let mut cin = 64;
     for (stage, &n) in blocks.iter().enumerate() {
@@ -404,14 +461,28 @@ fn cifar_body(b: &mut Builder, arch: Arch) -> (String, usize) {
             let stride = if block == 0 && stage > 0 { 2 } else { 1 };
             let shortcut = if stride != 1 || cin != planes {
                 let starts = b.int_initializer(&format!("{p}.shortcut.slice_starts"), &[0, 0]);
-                let ends = b.int_initializer(&format!("{p}.shortcut.slice_ends"), &[i64::MAX, i64::MAX]);
+                let ends =
+                    b.int_initializer(&format!("{p}.shortcut.slice_ends"), &[i64::MAX, i64::MAX]);
                 let axes = b.int_initializer(&format!("{p}.shortcut.slice_axes"), &[2, 3]);
                 let steps = b.int_initializer(&format!("{p}.shortcut.slice_steps"), &[2, 2]);
-                let sub = b.node("Slice", &format!("{p}.shortcut.subsample"), &[&x, &starts, &ends, &axes, &steps], vec![]);
+                let sub = b.node(
+                    "Slice",
+                    &format!("{p}.shortcut.subsample"),
+                    &[&x, &starts, &ends, &axes, &steps],
+                    vec![],
+                );
                 let side = ((planes - cin) / 2) as i64;
-                let pads = b.int_initializer(&format!("{p}.shortcut.pads"), &[0, side, 0, 0, 0, side, 0, 0]);
+                let pads = b.int_initializer(
+                    &format!("{p}.shortcut.pads"),
+                    &[0, side, 0, 0, 0, side, 0, 0],
+                );
                 let zero = b.initializer(&format!("{p}.shortcut.pad_value"), &[], vec![0.0]);
-                b.node("Pad", &format!("{p}.shortcut.pad"), &[&sub, &pads, &zero], vec![string_attr("mode", "constant")])
+                b.node(
+                    "Pad",
+                    &format!("{p}.shortcut.pad"),
+                    &[&sub, &pads, &zero],
+                    vec![string_attr("mode", "constant")],
+                )
             } else {
                 x.clone()
             };
@@ -477,7 +548,13 @@ impl Builder {
     }
 
     /// Adds a node whose single output is named after the node.
-    fn node(&mut self, op: &str, name: &str, inputs: &[&str], attribute: Vec<pb::AttributeProto>) -> String {
+    fn node(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        attribute: Vec<pb::AttributeProto>,
+    ) -> String {
         self.nodes.push(pb::NodeProto {
             name: name.into(),
             op_type: op.into(),
@@ -490,10 +567,21 @@ impl Builder {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn conv(&mut self, name: &str, x: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> String {
+    fn conv(
+        &mut self,
+        name: &str,
+        x: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> String {
         // Kaiming normal, fan-out, as torchvision initialises ResNets.
         let std = (2.0 / (cout * k * k) as f32).sqrt();
-        let w: Vec<f32> = (0..cout * cin * k * k).map(|_| self.normal() * std).collect();
+        let w: Vec<f32> = (0..cout * cin * k * k)
+            .map(|_| self.normal() * std)
+            .collect();
         let w = self.initializer(&format!("{name}.weight"), &[cout, cin, k, k], w);
         let (k, s, p) = (k as i64, stride as i64, pad as i64);
         self.node(

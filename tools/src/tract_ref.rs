@@ -27,6 +27,10 @@ impl TractModel {
     pub fn run(&self, input: &[f32]) -> anyhow::Result<Vec<f32>> {
         let tensor = Tensor::from_shape(&self.input_shape, input)?;
         let outputs = self.plan.run(tvec!(tensor.into()))?;
-        Ok(outputs[0].to_plain_array_view::<f32>()?.iter().copied().collect())
+        Ok(outputs[0]
+            .to_plain_array_view::<f32>()?
+            .iter()
+            .copied()
+            .collect())
     }
 }

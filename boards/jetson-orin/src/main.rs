@@ -1,1 +1,12 @@
-fn main() {}
+//! Board binary for the Jetson Orin (Cortex-A78AE, sdot path, CSI cameras through GStreamer).
+//!
+//! It will grab a camera frame when a GPIO line fires, classify it with a `.kes` model
+//! and emit the result, through `kestrel-board`. The service loop is not written yet, so
+//! this binary says so and exits with a failure instead of pretending to run.
+
+fn main() -> std::process::ExitCode {
+    eprintln!(
+        "kestrel-jetson-orin: the board service is not implemented yet (see the boards issue)"
+    );
+    std::process::ExitCode::from(2)
+}

@@ -1,0 +1,153 @@
+//! Which kernel family a CPU can run, detected once and then passed around as a value.
+
+use core::fmt;
+
+/// A kernel family, from the portable reference to the widest SIMD path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Portable Rust; the oracle for every other path.
+    Scalar,
+    /// AArch64 Advanced SIMD without the dot product (Cortex-A72: SMULL/SMLAL/SADALP).
+    Neon,
+    /// AArch64 with the `sdot` dot product (Cortex-A76/A78).
+    NeonDot,
+    /// x86-64 AVX2.
+    Avx2,
+    /// x86-64 AVX-512 with VNNI (`vpdpbusd`).
+    Avx512Vnni,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 5] = [
+        Isa::Scalar,
+        Isa::Neon,
+        Isa::NeonDot,
+        Isa::Avx2,
+        Isa::Avx512Vnni,
+    ];
+
+    /// The name used on the command line (`--kernels`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Neon => "neon",
+            Isa::NeonDot => "neon-dot",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512-vnni",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|i| i.name() == name)
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The CPU features Kestrel's kernels care about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuFeatures {
+    pub neon: bool,
+    pub dotprod: bool,
+    pub avx2: bool,
+    pub avx512_vnni: bool,
+}
+
+impl CpuFeatures {
+    /// What the running CPU offers, as the OS reports it.
+    #[cfg(feature = "std")]
+    pub fn detect() -> CpuFeatures {
+        #[cfg(target_arch = "aarch64")]
+        {
+            CpuFeatures {
+                neon: std::arch::is_aarch64_feature_detected!("neon"),
+                dotprod: std::arch::is_aarch64_feature_detected!("dotprod"),
+                ..CpuFeatures::default()
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            CpuFeatures {
+                avx2: std::arch::is_x86_feature_detected!("avx2"),
+                avx512_vnni: std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni"),
+                ..CpuFeatures::default()
+            }
+        }
+        #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+        {
+            CpuFeatures::default()
+        }
+    }
+
+    /// Whether kernels of `isa` can run on this CPU.
+    pub fn supports(&self, isa: Isa) -> bool {
+        match isa {
+            Isa::Scalar => true,
+            Isa::Neon => self.neon,
+            Isa::NeonDot => self.neon && self.dotprod,
+            Isa::Avx2 => self.avx2,
+            Isa::Avx512Vnni => self.avx2 && self.avx512_vnni,
+        }
+    }
+
+    /// The fastest family this CPU supports.
+    pub fn best(&self) -> Isa {
+        Isa::ALL
+            .into_iter()
+            .rev()
+            .find(|&isa| self.supports(isa))
+            .unwrap_or(Isa::Scalar)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_prefers_the_widest_supported_path() {
+        let a72 = CpuFeatures {
+            neon: true,
+            ..Default::default()
+        };
+        let a76 = CpuFeatures {
+            neon: true,
+            dotprod: true,
+            ..Default::default()
+        };
+        let vnni = CpuFeatures {
+            avx2: true,
+            avx512_vnni: true,
+            ..Default::default()
+        };
+        assert_eq!(a72.best(), Isa::Neon);
+        assert!(!a72.supports(Isa::NeonDot));
+        assert_eq!(a76.best(), Isa::NeonDot);
+        assert_eq!(vnni.best(), Isa::Avx512Vnni);
+        assert_eq!(CpuFeatures::default().best(), Isa::Scalar);
+        for isa in Isa::ALL {
+            assert_eq!(Isa::from_name(isa.name()), Some(isa));
+        }
+    }
+
+    /// Under qemu the test script names the emulated CPU in `KESTREL_EXPECT_CPU`; detection
+    /// must see exactly that CPU's features (this is what later picks NEON vs `sdot`).
+    #[cfg(all(feature = "std", target_arch = "aarch64"))]
+    #[test]
+    fn detection_matches_the_emulated_cpu() {
+        let found = CpuFeatures::detect();
+        assert!(found.neon, "every AArch64 Linux CPU has NEON");
+        match std::env::var("KESTREL_EXPECT_CPU").as_deref() {
+            Ok("cortex-a72") => assert!(!found.dotprod, "cortex-a72 has no dot product: {found:?}"),
+            Ok("cortex-a76") => assert!(found.dotprod, "cortex-a76 has the dot product: {found:?}"),
+            Ok(other) => panic!("KESTREL_EXPECT_CPU={other} is not a CPU this test knows"),
+            Err(_) => std::println!("KESTREL_EXPECT_CPU unset: detected {found:?}"),
+        }
+    }
+}
