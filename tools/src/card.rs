@@ -90,7 +90,7 @@ impl LoadedCard {
             path: shown.clone(),
             reason: e.to_string(),
         })?;
-        if card.preprocess.std.iter().any(|&s| s == 0.0) {
+        if card.preprocess.std.contains(&0.0) {
             return Err(CardError::Invalid {
                 path: shown,
                 reason: "preprocess.std has a zero".into(),

@@ -119,7 +119,7 @@ impl Preprocess {
             ),
         };
         let std = triple("preprocess.std", 1.0)?;
-        if std.iter().any(|&s| s == 0.0) {
+        if std.contains(&0.0) {
             return Err(bad("preprocess.std", "a standard deviation is zero"));
         }
         Ok(Preprocess {
