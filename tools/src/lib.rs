@@ -3,15 +3,23 @@
 //! ONNX import ([`onnx_import`]) into Kestrel's float [`graph`], BatchNorm folding and
 //! ReLU/Add fusion ([`passes`]), the float reference executor ([`reference`]) checked
 //! against tract ([`tract_ref`]), image preprocessing ([`preprocess`]), model cards
-//! ([`card`]) and synthetic ResNets written as ONNX ([`synth`]).
+//! ([`card`]) and synthetic ResNets written as ONNX ([`synth`]); then calibration
+//! ([`calibrate`]), quantisation and lowering ([`quantize`]), the static memory plan
+//! ([`plan`]), `.kes` compilation ([`compile`]) and accuracy measurement ([`eval`]).
 
+pub mod calibrate;
 pub mod card;
 pub mod check;
+pub mod compile;
 pub mod dataset;
+pub mod eval;
 pub mod graph;
+pub mod inspect;
 pub mod onnx_import;
 pub mod passes;
+pub mod plan;
 pub mod preprocess;
+pub mod quantize;
 pub mod reference;
 pub mod synth;
 pub mod tract_ref;

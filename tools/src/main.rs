@@ -7,9 +7,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use kestrel_tools::calibrate::Method;
 use kestrel_tools::card::LoadedCard;
 use kestrel_tools::check::{self, CheckReport};
+use kestrel_tools::compile::{self, CompileOptions, Target};
 use kestrel_tools::dataset;
+use kestrel_tools::eval::{self, Loaded};
+use kestrel_tools::inspect;
 use kestrel_tools::synth::{self, Arch, SynthOptions};
 
 #[derive(Parser)]
@@ -31,6 +35,56 @@ enum Command {
         #[arg(long)]
         card: Option<PathBuf>,
         /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Quantise an ONNX ResNet to int8 with calibration images and write a .kes file.
+    Compile {
+        model: PathBuf,
+        /// Folder of `<class>/<image>` calibration images.
+        #[arg(long)]
+        calib: PathBuf,
+        #[arg(long)]
+        card: Option<PathBuf>,
+        /// Range method: minmax, percentile (99.99), percentile=P, entropy, mse.
+        #[arg(long, default_value = "percentile")]
+        method: Method,
+        /// How many calibration images to use, spread over the classes.
+        #[arg(long, default_value_t = 500)]
+        calib_count: usize,
+        #[arg(long, value_enum, default_value_t = Target::Generic)]
+        target: Target,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Top-1/top-5 accuracy of a .kes (int8) or .onnx (float) on `DIR/<class>/<image>`.
+    Eval {
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        card: Option<PathBuf>,
+        /// Evaluate this many images, spread over the classes.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Classify images with a .kes (or .onnx) model.
+    Run {
+        model: PathBuf,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[arg(long)]
+        card: Option<PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe a .kes file: memory plan, weights, MACs, ops and their quantisation.
+    Inspect {
+        model: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -89,6 +143,116 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(3)
             })
+        }
+        Command::Compile {
+            model,
+            calib,
+            card,
+            method,
+            calib_count,
+            target,
+            output,
+        } => {
+            let card = card.as_deref().map(LoadedCard::load).transpose()?;
+            let opts = CompileOptions {
+                method,
+                calib_count,
+                target,
+                progress: true,
+            };
+            let (bytes, report) = compile::compile(&model, &calib, card.as_ref(), &opts)?;
+            std::fs::write(&output, &bytes)
+                .with_context(|| format!("writing {}", output.display()))?;
+            eprintln!(
+                "wrote {} ({} bytes): {} BatchNorm folded, {} calibration images ({}), arena {} bytes (lower bound {})",
+                output.display(),
+                report.file_bytes,
+                report.passes.bn_folded,
+                report.calibration_images,
+                report.method,
+                report.arena_bytes,
+                report.arena_lower_bound_bytes
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval {
+            model,
+            data,
+            card,
+            limit,
+            json,
+        } => {
+            let card = card.as_deref().map(LoadedCard::load).transpose()?;
+            let loaded = Loaded::open(&model, card.as_ref())?;
+            let r = eval::evaluate(&loaded, &model.display().to_string(), &data, limit, !json)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{}: top-1 {:.2}%, top-5 {:.2}% on {} images",
+                    r.model,
+                    100.0 * r.top1,
+                    100.0 * r.top5,
+                    r.images
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            model,
+            images,
+            card,
+            top,
+            json,
+        } => {
+            let card = card.as_deref().map(LoadedCard::load).transpose()?;
+            let loaded = Loaded::open(&model, card.as_ref())?;
+            let mut run = loaded.runner()?;
+            let mut results = Vec::new();
+            for image in &images {
+                let logits = run(&loaded.preprocess.load(image)?)?;
+                let top: Vec<serde_json::Value> = eval::top_k(&logits, top)
+                    .into_iter()
+                    .map(|i| {
+                        let label = loaded
+                            .labels
+                            .get(i)
+                            .cloned()
+                            .unwrap_or_else(|| i.to_string());
+                        serde_json::json!({ "label": label, "index": i, "score": logits[i] })
+                    })
+                    .collect();
+                if !json {
+                    let best: Vec<String> = top
+                        .iter()
+                        .map(|t| {
+                            format!(
+                                "{} {:.3}",
+                                t["label"].as_str().unwrap_or(""),
+                                t["score"].as_f64().unwrap_or(0.0)
+                            )
+                        })
+                        .collect();
+                    println!("{}: {}", image.display(), best.join(", "));
+                }
+                results.push(serde_json::json!({ "image": image.display().to_string(), "top": top, "logits": logits }));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&results)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { model, json } => {
+            let bytes = std::fs::read(&model)
+                .with_context(|| format!("cannot read {}", model.display()))?;
+            let report = inspect::inspect(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                inspect::print(&report);
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Synth {
             arch,

@@ -3,11 +3,12 @@
 //! This crate will own convolution as packed GEMM, pooling, the residual add, the dense
 //! layer and requantisation, one module per ISA: `scalar` (the reference every other
 //! path must match bit for bit), `neon` (Cortex-A72 without dot product, and A76/A78
-//! with `sdot`) and `x86` (AVX2, AVX-512 VNNI). Today it holds the piece every path
-//! needs first: knowing which ISA the CPU offers ([`isa`]).
+//! with `sdot`) and `x86` (AVX2, AVX-512 VNNI). Today it holds the reference
+//! ([`scalar`]) and CPU feature detection ([`isa`]) for dispatch.
 #![no_std]
 
-#[cfg(feature = "std")]
+#[cfg(any(feature = "std", test))]
 extern crate std;
 
 pub mod isa;
+pub mod scalar;

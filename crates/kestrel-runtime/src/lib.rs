@@ -1,6 +1,330 @@
-//! Kestrel's board-side runtime.
+//! Kestrel's board-side runtime: executes a `.kes` model in a caller-provided arena.
 //!
-//! This crate will own loading a `.kes` file, binding a caller-provided arena (the
-//! interpreter owns no memory), and running the ops in order on `kestrel-kernels`, with no
-//! allocation while running. Features: `std` (threads, mmap, timing). It is `no_std`.
+//! ```text
+//! let model = Model::parse(&bytes)?;               // checks the whole file, copies nothing
+//! let mut arena = [0u8; N];                        // N ≥ model.arena_bytes()
+//! let mut session = Session::new(&model, &mut arena)?;
+//! session.set_input_nchw_f32(&preprocessed);       // or write session.input_mut()
+//! session.run();
+//! session.logits(&mut logits)?;
+//! ```
+//!
+//! The interpreter owns no memory and allocates nothing: every tensor lives at the arena
+//! offset the host's memory plan assigned. Ops run on `kestrel-kernels` (today the scalar
+//! reference). It is `no_std`; the `std` feature only adds `std::error::Error`.
 #![no_std]
+
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+use core::fmt;
+
+use kestrel_format::{DType, FormatError, KesFile, OpKind, OpView, TensorInfo};
+use kestrel_kernels::scalar::{self, OutQuant, Residual, Window};
+
+pub use kestrel_format;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The file is not a valid `.kes` model.
+    Format(FormatError),
+    /// The arena given to [`Session::new`] is smaller than the model's plan.
+    ArenaTooSmall { needed: usize, given: usize },
+    /// A buffer passed in or out has the wrong length.
+    BufferSize { expected: usize, given: usize },
+}
+
+impl From<FormatError> for Error {
+    fn from(e: FormatError) -> Self {
+        Error::Format(e)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Format(e) => write!(f, "invalid .kes file: {e}"),
+            Error::ArenaTooSmall { needed, given } => {
+                write!(
+                    f,
+                    "arena too small: the model needs {needed} bytes, {given} were given"
+                )
+            }
+            Error::BufferSize { expected, given } => {
+                write!(
+                    f,
+                    "buffer holds {given} values, the model expects {expected}"
+                )
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for Error {}
+
+/// A parsed model; cheap to copy, borrows the file bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Model<'a> {
+    file: KesFile<'a>,
+}
+
+impl<'a> Model<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, Error> {
+        Ok(Model {
+            file: KesFile::parse(bytes)?,
+        })
+    }
+
+    pub fn file(&self) -> &KesFile<'a> {
+        &self.file
+    }
+
+    pub fn arena_bytes(&self) -> usize {
+        self.file.plan.arena_bytes as usize
+    }
+
+    pub fn input(&self) -> TensorInfo {
+        self.tensor(self.file.input)
+    }
+
+    pub fn output(&self) -> TensorInfo {
+        self.tensor(self.file.output)
+    }
+
+    /// Number of logits.
+    pub fn classes(&self) -> usize {
+        self.output().dims[3] as usize
+    }
+
+    pub fn label(&self, class: usize) -> Option<&'a str> {
+        self.file.label(class as u32)
+    }
+
+    fn tensor(&self, t: u32) -> TensorInfo {
+        // Indices of validated ops and the graph's input/output are in range (parse checked).
+        self.file.tensor(t).unwrap_or(TensorInfo {
+            dtype: DType::I8,
+            dims: [1, 1, 1, 1],
+            scale: 1.0,
+            zero_point: 0,
+            offset: 0,
+        })
+    }
+}
+
+/// A model bound to an arena, ready to run.
+pub struct Session<'m, 'a> {
+    model: &'m Model<'m>,
+    arena: &'a mut [u8],
+}
+
+impl<'m, 'a> Session<'m, 'a> {
+    pub fn new(model: &'m Model<'m>, arena: &'a mut [u8]) -> Result<Self, Error> {
+        let needed = model.arena_bytes();
+        if arena.len() < needed {
+            return Err(Error::ArenaTooSmall {
+                needed,
+                given: arena.len(),
+            });
+        }
+        Ok(Session { model, arena })
+    }
+
+    /// The int8 NHWC input tensor, to be filled with the quantised image.
+    pub fn input_mut(&mut self) -> &mut [i8] {
+        let t = self.model.input();
+        as_i8_mut(&mut self.arena[t.offset as usize..][..t.bytes()])
+    }
+
+    /// Quantises a preprocessed NCHW f32 image into the input tensor.
+    pub fn set_input_nchw_f32(&mut self, x: &[f32]) -> Result<(), Error> {
+        let t = self.model.input();
+        let [_, h, w, c] = t.dims.map(|d| d as usize);
+        if x.len() != h * w * c {
+            return Err(Error::BufferSize {
+                expected: h * w * c,
+                given: x.len(),
+            });
+        }
+        let inv = 1.0 / t.scale;
+        let input = self.input_mut();
+        for ch in 0..c {
+            for p in 0..h * w {
+                input[p * c + ch] = quantize(x[ch * h * w + p], inv, t.zero_point);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs every op in order. Cannot fail: the file was checked when parsed.
+    pub fn run(&mut self) {
+        for i in 0..self.model.file.op_count() {
+            if let Some(op) = self.model.file.op(i) {
+                self.execute(&op);
+            }
+        }
+    }
+
+    /// Dequantised logits.
+    pub fn logits(&self, out: &mut [f32]) -> Result<(), Error> {
+        let t = self.model.output();
+        if out.len() != t.elements() {
+            return Err(Error::BufferSize {
+                expected: t.elements(),
+                given: out.len(),
+            });
+        }
+        let bytes = &self.arena[t.offset as usize..][..t.bytes()];
+        match t.dtype {
+            DType::I32 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32 * t.scale;
+                }
+            }
+            DType::I8 => {
+                for (o, &b) in out.iter_mut().zip(bytes) {
+                    *o = (b as i8 as i32 - t.zero_point) as f32 * t.scale;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, op: &OpView) {
+        let m = self.model;
+        let x = m.tensor(op.input);
+        let y = m.tensor(op.output);
+        if op.kind == OpKind::Reshape {
+            return; // output aliases input
+        }
+        let base = self.arena.as_mut_ptr();
+        // SAFETY: parse checked that both ranges lie inside the arena (arena_bytes ≤ its
+        // length, checked in `new`) and that input and output ranges are disjoint.
+        let (input, output) = unsafe {
+            (
+                core::slice::from_raw_parts(base.add(x.offset as usize) as *const i8, x.bytes()),
+                core::slice::from_raw_parts_mut(base.add(y.offset as usize), y.bytes()),
+            )
+        };
+        let [_, h, w, c] = x.dims.map(|d| d as usize);
+        let [_, oh, ow, oc] = y.dims.map(|d| d as usize);
+        let win = Window {
+            in_h: h,
+            in_w: w,
+            in_c: c,
+            out_h: oh,
+            out_w: ow,
+            out_c: oc,
+            kernel: op.kernel.map(|k| k as usize),
+            stride: op.stride.map(|s| s as usize),
+            pads: op.pads.map(|p| p as usize),
+        };
+        let out_q = OutQuant {
+            zero_point: y.zero_point,
+            min: op.out_min,
+            max: op.out_max,
+        };
+        let params = |ch: usize| op.params.get(ch);
+        match op.kind {
+            OpKind::Conv => {
+                let residual = match op.residual {
+                    None => Residual::None,
+                    Some(r) => {
+                        let rt = m.tensor(r.tensor);
+                        if rt.offset == y.offset {
+                            Residual::InPlace {
+                                zero_point: rt.zero_point,
+                                multiplier: r.multiplier,
+                                shift: r.shift,
+                            }
+                        } else {
+                            // SAFETY: in range, and disjoint from the output (checked at parse).
+                            let data = unsafe {
+                                core::slice::from_raw_parts(
+                                    base.add(rt.offset as usize) as *const i8,
+                                    rt.bytes(),
+                                )
+                            };
+                            Residual::Separate {
+                                data,
+                                zero_point: rt.zero_point,
+                                multiplier: r.multiplier,
+                                shift: r.shift,
+                            }
+                        }
+                    }
+                };
+                scalar::conv2d(
+                    &win,
+                    input,
+                    x.zero_point,
+                    op.weights,
+                    params,
+                    out_q,
+                    residual,
+                    as_i8_mut(output),
+                );
+            }
+            OpKind::Dense => match y.dtype {
+                DType::I8 => scalar::dense(input, op.weights, params, out_q, as_i8_mut(output)),
+                DType::I32 => {
+                    let n = oc;
+                    for (j, chunk) in output.chunks_exact_mut(4).enumerate().take(n) {
+                        let mut one = [0i32; 1];
+                        scalar::dense_i32(
+                            input,
+                            &op.weights[j * c..][..c],
+                            |_| params(j),
+                            &mut one,
+                        );
+                        chunk.copy_from_slice(&one[0].to_le_bytes());
+                    }
+                }
+            },
+            OpKind::MaxPool => scalar::max_pool(&win, input, as_i8_mut(output)),
+            OpKind::AvgPool => scalar::avg_pool(
+                &win,
+                input,
+                x.zero_point,
+                op.count_include_pad,
+                as_i8_mut(output),
+            ),
+            OpKind::GlobalAvgPool => {
+                scalar::global_avg_pool(input, c, x.zero_point, as_i8_mut(output))
+            }
+            OpKind::Subsample => scalar::subsample(
+                &win,
+                [op.aux[0] as usize, op.aux[1] as usize],
+                input,
+                as_i8_mut(output),
+            ),
+            OpKind::PadChannels => scalar::pad_channels(
+                input,
+                c,
+                op.aux[0] as usize,
+                op.aux[1] as usize,
+                x.zero_point,
+                as_i8_mut(output),
+            ),
+            OpKind::Reshape => {}
+        }
+    }
+}
+
+#[inline]
+fn quantize(v: f32, inv_scale: f32, zero_point: i32) -> i8 {
+    let q = v * inv_scale;
+    // Round half away from zero without libm.
+    let r = if q >= 0.0 {
+        (q + 0.5) as i32
+    } else {
+        (q - 0.5) as i32
+    };
+    (r.saturating_add(zero_point)).clamp(-128, 127) as i8
+}
+
+fn as_i8_mut(bytes: &mut [u8]) -> &mut [i8] {
+    // SAFETY: i8 and u8 have the same size and alignment.
+    unsafe { core::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut i8, bytes.len()) }
+}

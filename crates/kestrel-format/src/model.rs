@@ -1,0 +1,715 @@
+//! Typed, validated views of a `.kes` file's model sections.
+//!
+//! All tensors are NHWC with four dims (`[1, 1, 1, C]` for vectors). Records have fixed
+//! sizes so a parser on a microcontroller needs no allocation. Every check the runtime
+//! relies on for memory safety (indices, shapes, weight ranges, arena ranges, disjoint
+//! input and output buffers) happens here, once, in [`KesFile::parse`].
+
+use crate::container::{parse_container, SectionKind};
+use crate::reader::{i32_at, Reader};
+use crate::FormatError;
+
+pub const TENSOR_RECORD_LEN: usize = 32;
+pub const OP_RECORD_LEN: usize = 64;
+/// Per output channel: bias (i32), requantisation multiplier (i32), shift (i32).
+pub const CHANNEL_PARAMS_LEN: usize = 12;
+const NO_TENSOR: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    I8 = 0,
+    /// Dequantised outputs (the logits' accumulators, requantised to one common scale).
+    I32 = 1,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::I8 => 1,
+            DType::I32 => 4,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TensorInfo {
+    pub dtype: DType,
+    /// `[N, H, W, C]`.
+    pub dims: [u32; 4],
+    /// `real = scale × (q − zero_point)`.
+    pub scale: f32,
+    pub zero_point: i32,
+    /// Byte offset in the arena.
+    pub offset: u32,
+}
+
+impl TensorInfo {
+    pub fn elements(&self) -> usize {
+        self.dims.iter().map(|&d| d as usize).product()
+    }
+    pub fn bytes(&self) -> usize {
+        self.elements() * self.dtype.size()
+    }
+    fn range(&self) -> (usize, usize) {
+        (self.offset as usize, self.offset as usize + self.bytes())
+    }
+    fn same_quant(&self, other: &TensorInfo) -> bool {
+        self.scale.to_bits() == other.scale.to_bits() && self.zero_point == other.zero_point
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// Convolution; with a residual tensor, the block's Add (and its ReLU) is fused in.
+    Conv = 1,
+    MaxPool = 2,
+    AvgPool = 3,
+    GlobalAvgPool = 4,
+    /// Fully connected layer (weights `[N, K]`).
+    Dense = 5,
+    /// Strided subsampling of H and W (the option-A shortcut's `x[:, :, ::2, ::2]`).
+    Subsample = 6,
+    /// Zero channels before and after (the option-A shortcut's channel padding).
+    PadChannels = 7,
+    /// Same bytes, another shape (Flatten after global pooling); output aliases input.
+    Reshape = 8,
+}
+
+impl OpKind {
+    fn from_u8(v: u8) -> Option<OpKind> {
+        use OpKind::*;
+        [
+            Conv,
+            MaxPool,
+            AvgPool,
+            GlobalAvgPool,
+            Dense,
+            Subsample,
+            PadChannels,
+            Reshape,
+        ]
+        .into_iter()
+        .find(|k| *k as u8 == v)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Conv => "conv",
+            OpKind::MaxPool => "max_pool",
+            OpKind::AvgPool => "avg_pool",
+            OpKind::GlobalAvgPool => "global_avg_pool",
+            OpKind::Dense => "dense",
+            OpKind::Subsample => "subsample",
+            OpKind::PadChannels => "pad_channels",
+            OpKind::Reshape => "reshape",
+        }
+    }
+}
+
+/// The residual operand of a fused conv: how to bring it to the output scale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Residual {
+    pub tensor: u32,
+    pub multiplier: i32,
+    pub shift: i32,
+}
+
+/// One op, decoded. Weight and parameter slices point into the file.
+#[derive(Clone, Copy, Debug)]
+pub struct OpView<'a> {
+    pub kind: OpKind,
+    pub input: u32,
+    pub output: u32,
+    pub residual: Option<Residual>,
+    pub kernel: [u8; 2],
+    pub stride: [u8; 2],
+    /// `[top, left, bottom, right]`.
+    pub pads: [u8; 4],
+    pub count_include_pad: bool,
+    /// Output clamp (the fused ReLU raises `out_min` to the output zero point).
+    pub out_min: i8,
+    pub out_max: i8,
+    /// Subsample: start row/column. PadChannels: channels before/after.
+    pub aux: [u16; 2],
+    /// Conv `[KH][KW][IC][OC]`, Dense `[N][K]`: the layout the scalar kernels read.
+    pub weights: &'a [i8],
+    pub params: ChannelParams<'a>,
+}
+
+/// Per-output-channel `(bias, multiplier, shift)` records, read without alignment needs.
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelParams<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> ChannelParams<'a> {
+    pub fn len(&self) -> usize {
+        self.bytes.len() / CHANNEL_PARAMS_LEN
+    }
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+    /// `(bias, multiplier, shift)` of channel `c` (`c < len()`).
+    #[inline]
+    pub fn get(&self, c: usize) -> (i32, i32, i32) {
+        (
+            i32_at(self.bytes, 3 * c),
+            i32_at(self.bytes, 3 * c + 1),
+            i32_at(self.bytes, 3 * c + 2),
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub arena_bytes: u64,
+    /// The largest sum of live tensor bytes at any step.
+    pub lower_bound_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PreprocessInfo {
+    /// `[height, width]` of the model input.
+    pub size: [u32; 2],
+    /// 0 nearest, 1 bilinear.
+    pub resize: u8,
+    /// 0 RGB, 1 BGR.
+    pub channel_order: u8,
+    /// Resize the shorter side to this, then centre-crop (0: resize straight to `size`).
+    pub resize_shorter: u32,
+    pub scale: f32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+pub const PREPROCESS_LEN: usize = 48;
+
+/// A parsed, fully checked `.kes` file borrowing the bytes it was parsed from.
+#[derive(Clone, Copy, Debug)]
+pub struct KesFile<'a> {
+    tensors: &'a [u8],
+    ops: &'a [u8],
+    weights: &'a [u8],
+    labels: &'a [u8],
+    label_count: u32,
+    metadata: &'a [u8],
+    metadata_count: u32,
+    pub input: u32,
+    pub output: u32,
+    pub plan: Plan,
+    pub preprocess: PreprocessInfo,
+}
+
+impl<'a> KesFile<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, FormatError> {
+        let sections = parse_container(bytes)?;
+        let (tensors, _) = sections.get(SectionKind::Tensors)?;
+        let (graph, _) = sections.get(SectionKind::Graph)?;
+        let (weights, _) = sections.get(SectionKind::Weights)?;
+        let (plan, _) = sections.get(SectionKind::Plan)?;
+        let (pre, pre_base) = sections.get(SectionKind::Preprocess)?;
+        let (labels, _) = sections.get(SectionKind::Labels)?;
+        let (metadata, _) = sections.get(SectionKind::Metadata)?;
+
+        let plan = parse_plan(plan)?;
+        let preprocess = parse_preprocess(pre, pre_base)?;
+
+        let kind = SectionKind::Tensors as u32;
+        let mut r = Reader::new(tensors, kind);
+        let tensor_count = r.u32()?;
+        r.zeros(4, 0)?;
+        let tensor_bytes = r.take(tensor_count as usize * TENSOR_RECORD_LEN)?;
+        if r.remaining() != 0 {
+            return Err(FormatError::SectionTruncated { kind });
+        }
+
+        let kind = SectionKind::Graph as u32;
+        let mut r = Reader::new(graph, kind);
+        let input = r.u32()?;
+        let output = r.u32()?;
+        let op_count = r.u32()?;
+        r.zeros(4, 0)?;
+        let ops = r.take(op_count as usize * OP_RECORD_LEN)?;
+        if r.remaining() != 0 {
+            return Err(FormatError::SectionTruncated { kind });
+        }
+
+        let (label_count, metadata_count) = (
+            count_strings(labels, SectionKind::Labels, false)?,
+            count_strings(metadata, SectionKind::Metadata, true)?,
+        );
+        let file = KesFile {
+            tensors: tensor_bytes,
+            ops,
+            weights,
+            labels,
+            label_count,
+            metadata,
+            metadata_count,
+            input,
+            output,
+            plan,
+            preprocess,
+        };
+        for t in 0..tensor_count {
+            file.check_tensor(t)?;
+        }
+        let input_info = file.tensor(input).ok_or(FormatError::BadPlan {
+            reason: "input tensor index out of range",
+        })?;
+        let output_info = file.tensor(output).ok_or(FormatError::BadPlan {
+            reason: "output tensor index out of range",
+        })?;
+        if input_info.dtype != DType::I8 || input_info.dims[0] != 1 || input_info.dims[3] != 3 {
+            return Err(FormatError::BadTensor {
+                tensor: input,
+                reason: "the input must be an int8 [1, H, W, 3] image",
+            });
+        }
+        if [input_info.dims[1], input_info.dims[2]] != preprocess.size {
+            return Err(FormatError::BadTensor {
+                tensor: input,
+                reason: "input size differs from the preprocessing size",
+            });
+        }
+        if output_info.dims[..3] != [1, 1, 1] {
+            return Err(FormatError::BadTensor {
+                tensor: output,
+                reason: "the output must be a [1, 1, 1, N] vector",
+            });
+        }
+        if label_count != 0 && label_count != output_info.dims[3] {
+            return Err(FormatError::BadPlan {
+                reason: "label count differs from the number of outputs",
+            });
+        }
+        let mut output_written = input == output;
+        for i in 0..op_count {
+            let op = file.decode_op(i)?;
+            file.check_op(i, &op)?;
+            output_written |= op.output == output;
+        }
+        if !output_written {
+            return Err(FormatError::BadPlan {
+                reason: "no op writes the output tensor",
+            });
+        }
+        Ok(file)
+    }
+
+    pub fn tensor_count(&self) -> u32 {
+        (self.tensors.len() / TENSOR_RECORD_LEN) as u32
+    }
+
+    pub fn op_count(&self) -> u32 {
+        (self.ops.len() / OP_RECORD_LEN) as u32
+    }
+
+    pub fn weights_bytes(&self) -> usize {
+        self.weights.len()
+    }
+
+    /// Tensor `index`, or `None` past the end.
+    pub fn tensor(&self, index: u32) -> Option<TensorInfo> {
+        let rec = self
+            .tensors
+            .get(index as usize * TENSOR_RECORD_LEN..(index as usize + 1) * TENSOR_RECORD_LEN)?;
+        let mut r = Reader::new(rec, SectionKind::Tensors as u32);
+        let dtype = match r.u8().ok()? {
+            0 => DType::I8,
+            1 => DType::I32,
+            _ => return None,
+        };
+        r.take(3).ok()?;
+        let dims = [r.u32().ok()?, r.u32().ok()?, r.u32().ok()?, r.u32().ok()?];
+        Some(TensorInfo {
+            dtype,
+            dims,
+            scale: r.f32().ok()?,
+            zero_point: r.i32().ok()?,
+            offset: r.u32().ok()?,
+        })
+    }
+
+    /// Op `index` (already validated by `parse`), or `None` past the end.
+    pub fn op(&self, index: u32) -> Option<OpView<'a>> {
+        self.decode_op(index).ok()
+    }
+
+    pub fn label_count(&self) -> u32 {
+        self.label_count
+    }
+
+    /// Label `index` (validated UTF-8).
+    pub fn label(&self, index: u32) -> Option<&'a str> {
+        strings(self.labels, self.label_count, false)
+            .nth(index as usize)
+            .map(|(s, _)| s)
+    }
+
+    /// The metadata key/value pairs (source model SHA-256, calibration, tool version, …).
+    pub fn metadata(&self) -> Metadata<'a> {
+        Metadata {
+            inner: strings(self.metadata, self.metadata_count, true),
+        }
+    }
+
+    fn check_tensor(&self, t: u32) -> Result<(), FormatError> {
+        let bad = |reason| FormatError::BadTensor { tensor: t, reason };
+        let rec = &self.tensors[t as usize * TENSOR_RECORD_LEN..][..TENSOR_RECORD_LEN];
+        if rec[1..4] != [0, 0, 0] {
+            return Err(bad("reserved bytes are not zero"));
+        }
+        let info = self.tensor(t).ok_or(bad("unknown element type"))?;
+        if info.dims.contains(&0) || info.dims[0] != 1 {
+            return Err(bad("a dimension is zero or the batch is not 1"));
+        }
+        let bytes = info
+            .dims
+            .iter()
+            .try_fold(info.dtype.size() as u64, |acc, &d| {
+                acc.checked_mul(d as u64)
+            });
+        let end = bytes.and_then(|b| b.checked_add(info.offset as u64));
+        if end.is_none_or(|e| e > self.plan.arena_bytes) {
+            return Err(bad("does not fit in the arena"));
+        }
+        if !(info.scale.is_finite() && info.scale > 0.0) {
+            return Err(bad("scale is not a positive finite number"));
+        }
+        if info.dtype == DType::I8 && !(-128..=127).contains(&info.zero_point)
+            || info.dtype == DType::I32 && info.zero_point != 0
+        {
+            return Err(bad("zero point out of range"));
+        }
+        Ok(())
+    }
+
+    fn decode_op(&self, i: u32) -> Result<OpView<'a>, FormatError> {
+        let bad = |reason| FormatError::BadOp { op: i, reason };
+        let rec = self
+            .ops
+            .get(i as usize * OP_RECORD_LEN..(i as usize + 1) * OP_RECORD_LEN)
+            .ok_or(bad("index out of range"))?;
+        let mut r = Reader::new(rec, SectionKind::Graph as u32);
+        let kind = OpKind::from_u8(r.u8()?).ok_or(bad("unknown op kind"))?;
+        let flags = r.u8()?;
+        if flags & !0b11 != 0 {
+            return Err(bad("unknown flags"));
+        }
+        r.zeros(2, 0)
+            .map_err(|_| bad("reserved bytes are not zero"))?;
+        let input = r.u32()?;
+        let residual_tensor = r.u32()?;
+        let output = r.u32()?;
+        let kernel = [r.u8()?, r.u8()?];
+        let stride = [r.u8()?, r.u8()?];
+        let pads = [r.u8()?, r.u8()?, r.u8()?, r.u8()?];
+        let (w_off, w_len, p_off, p_len) = (
+            r.u32()? as usize,
+            r.u32()? as usize,
+            r.u32()? as usize,
+            r.u32()? as usize,
+        );
+        let (res_mult, res_shift) = (r.i32()?, r.i32()?);
+        let (out_min, out_max) = (r.i8()?, r.i8()?);
+        let aux = [r.u16()?, r.u16()?];
+        r.zeros(10, 0)
+            .map_err(|_| bad("reserved bytes are not zero"))?;
+        let range = |off: usize, len: usize| {
+            off.checked_add(len)
+                .and_then(|end| self.weights.get(off..end))
+        };
+        let weights = range(w_off, w_len).ok_or(bad("weights lie outside the weights section"))?;
+        let params =
+            range(p_off, p_len).ok_or(bad("parameters lie outside the weights section"))?;
+        if p_len % CHANNEL_PARAMS_LEN != 0 {
+            return Err(bad("parameter block is not a whole number of channels"));
+        }
+        let has_residual = flags & 1 != 0;
+        if has_residual != (residual_tensor != NO_TENSOR) {
+            return Err(bad("residual flag and residual tensor disagree"));
+        }
+        // SAFETY: i8 and u8 have the same size and alignment; the slice stays in bounds.
+        let weights =
+            unsafe { core::slice::from_raw_parts(weights.as_ptr() as *const i8, weights.len()) };
+        Ok(OpView {
+            kind,
+            input,
+            output,
+            residual: has_residual.then_some(Residual {
+                tensor: residual_tensor,
+                multiplier: res_mult,
+                shift: res_shift,
+            }),
+            kernel,
+            stride,
+            pads,
+            count_include_pad: flags & 2 != 0,
+            out_min,
+            out_max,
+            aux,
+            weights,
+            params: ChannelParams { bytes: params },
+        })
+    }
+
+    /// Is tensor `t` the graph input or written by an op before `before`?
+    fn defined_before(&self, t: u32, before: u32) -> bool {
+        t == self.input || (0..before).any(|j| self.decode_op(j).is_ok_and(|op| op.output == t))
+    }
+
+    fn check_op(&self, i: u32, op: &OpView) -> Result<(), FormatError> {
+        let bad = |reason| FormatError::BadOp { op: i, reason };
+        let x = self
+            .tensor(op.input)
+            .ok_or(bad("input tensor index out of range"))?;
+        let y = self
+            .tensor(op.output)
+            .ok_or(bad("output tensor index out of range"))?;
+        if !self.defined_before(op.input, i) {
+            return Err(bad("reads a tensor no earlier op writes"));
+        }
+        if op.output == self.input
+            || (0..i).any(|j| self.decode_op(j).is_ok_and(|o| o.output == op.output))
+        {
+            return Err(bad("writes a tensor that is already written"));
+        }
+        if x.dtype != DType::I8 {
+            return Err(bad("input is not int8"));
+        }
+        if op.out_min > op.out_max {
+            return Err(bad("output clamp is empty"));
+        }
+        let overlaps = |a: (usize, usize), b: (usize, usize)| a.0 < b.1 && b.0 < a.1;
+        if op.kind != OpKind::Reshape && overlaps(x.range(), y.range()) {
+            return Err(bad("input and output share arena bytes"));
+        }
+        let [_, h, w, c] = x.dims.map(|d| d as usize);
+        let [_, oh, ow, oc] = y.dims.map(|d| d as usize);
+        let window = |k: [u8; 2], s: [u8; 2]| -> Result<(usize, usize), FormatError> {
+            if k.contains(&0) || s.contains(&0) {
+                return Err(bad("zero kernel or stride"));
+            }
+            let ph = h + op.pads[0] as usize + op.pads[2] as usize;
+            let pw = w + op.pads[1] as usize + op.pads[3] as usize;
+            if ph < k[0] as usize || pw < k[1] as usize {
+                return Err(bad("window larger than the padded input"));
+            }
+            Ok((
+                (ph - k[0] as usize) / s[0] as usize + 1,
+                (pw - k[1] as usize) / s[1] as usize + 1,
+            ))
+        };
+        let needs_weights = matches!(op.kind, OpKind::Conv | OpKind::Dense);
+        if !needs_weights && (!op.weights.is_empty() || !op.params.is_empty()) {
+            return Err(bad("op carries weights it does not use"));
+        }
+        if op.kind != OpKind::Conv && op.residual.is_some() {
+            return Err(bad("only convolutions take a residual"));
+        }
+        match op.kind {
+            OpKind::Conv | OpKind::Dense => {
+                let (kh, kw) = if op.kind == OpKind::Conv {
+                    if window(op.kernel, op.stride)? != (oh, ow) {
+                        return Err(bad(
+                            "output size does not follow from kernel, stride and padding",
+                        ));
+                    }
+                    (op.kernel[0] as usize, op.kernel[1] as usize)
+                } else {
+                    if (h, w, oh, ow) != (1, 1, 1, 1) {
+                        return Err(bad("dense takes and gives vectors"));
+                    }
+                    (1, 1)
+                };
+                if op.weights.len() != oc * kh * kw * c || op.params.len() != oc {
+                    return Err(bad("weight or parameter size does not match the shapes"));
+                }
+                if y.dtype == DType::I32 && op.kind != OpKind::Dense {
+                    return Err(bad("only dense layers give int32 outputs"));
+                }
+                for ch in 0..oc {
+                    let (_, m, s) = op.params.get(ch);
+                    if m < 0 || !(-31..=30).contains(&s) {
+                        return Err(bad("requantisation multiplier or shift out of range"));
+                    }
+                }
+                if let Some(res) = op.residual {
+                    let r = self
+                        .tensor(res.tensor)
+                        .ok_or(bad("residual tensor index out of range"))?;
+                    if !self.defined_before(res.tensor, i)
+                        || r.dtype != DType::I8
+                        || r.dims != y.dims
+                    {
+                        return Err(bad(
+                            "residual must be an earlier int8 tensor shaped like the output",
+                        ));
+                    }
+                    // In place (the output overwrites the residual element by element) or apart.
+                    if r.range() != y.range() && overlaps(r.range(), y.range())
+                        || overlaps(r.range(), x.range())
+                    {
+                        return Err(bad("residual partially overlaps another operand"));
+                    }
+                    if res.multiplier < 0 || !(-31..=30).contains(&res.shift) {
+                        return Err(bad("residual multiplier or shift out of range"));
+                    }
+                }
+            }
+            OpKind::MaxPool | OpKind::AvgPool => {
+                if window(op.kernel, op.stride)? != (oh, ow) || oc != c {
+                    return Err(bad("output shape does not follow from the window"));
+                }
+            }
+            OpKind::GlobalAvgPool => {
+                if (oh, ow, oc) != (1, 1, c) {
+                    return Err(bad("global pooling gives [1, 1, 1, C]"));
+                }
+            }
+            OpKind::Subsample => {
+                let (sh, sw) = (op.stride[0] as usize, op.stride[1] as usize);
+                let (r0, c0) = (op.aux[0] as usize, op.aux[1] as usize);
+                if sh == 0
+                    || sw == 0
+                    || r0 >= h
+                    || c0 >= w
+                    || oc != c
+                    || oh != (h - r0).div_ceil(sh)
+                    || ow != (w - c0).div_ceil(sw)
+                {
+                    return Err(bad("subsample shape is inconsistent"));
+                }
+            }
+            OpKind::PadChannels => {
+                if (oh, ow) != (h, w) || oc != c + op.aux[0] as usize + op.aux[1] as usize {
+                    return Err(bad("channel padding shape is inconsistent"));
+                }
+            }
+            OpKind::Reshape => {
+                if x.elements() != y.elements() || x.offset != y.offset {
+                    return Err(bad(
+                        "reshape must alias its input with the same element count",
+                    ));
+                }
+            }
+        }
+        // Ops without requantisation keep the input's quantisation.
+        if !needs_weights && y.dtype == DType::I8 && !x.same_quant(&y) {
+            return Err(bad("output quantisation differs from the input's"));
+        }
+        Ok(())
+    }
+}
+
+fn parse_plan(bytes: &[u8]) -> Result<Plan, FormatError> {
+    let mut r = Reader::new(bytes, SectionKind::Plan as u32);
+    let plan = Plan {
+        arena_bytes: r.u64()?,
+        lower_bound_bytes: r.u64()?,
+    };
+    r.zeros(r.remaining(), 0)?;
+    if plan.lower_bound_bytes > plan.arena_bytes || plan.arena_bytes > u32::MAX as u64 {
+        return Err(FormatError::BadPlan {
+            reason: "arena smaller than its lower bound, or over 4 GiB",
+        });
+    }
+    Ok(plan)
+}
+
+fn parse_preprocess(bytes: &[u8], base: u64) -> Result<PreprocessInfo, FormatError> {
+    let kind = SectionKind::Preprocess as u32;
+    if bytes.len() != PREPROCESS_LEN {
+        return Err(FormatError::SectionTruncated { kind });
+    }
+    let mut r = Reader::new(bytes, kind);
+    let size = [r.u32()?, r.u32()?];
+    let resize = r.u8()?;
+    let channel_order = r.u8()?;
+    r.zeros(2, base + 10)?;
+    let p = PreprocessInfo {
+        size,
+        resize,
+        channel_order,
+        resize_shorter: r.u32()?,
+        scale: r.f32()?,
+        mean: [r.f32()?, r.f32()?, r.f32()?],
+        std: [r.f32()?, r.f32()?, r.f32()?],
+    };
+    r.zeros(r.remaining(), base + 44)?;
+    let finite = p.mean.iter().chain(&p.std).all(|v| v.is_finite()) && p.scale.is_finite();
+    if size.contains(&0) || resize > 1 || channel_order > 1 || !finite || p.std.contains(&0.0) {
+        return Err(FormatError::BadPlan {
+            reason: "preprocessing parameters are invalid",
+        });
+    }
+    Ok(p)
+}
+
+/// Counts and validates a string list: `count: u32`, then per entry `len: u16, bytes`
+/// (and for key/value lists a second `len: u32, bytes`).
+fn count_strings(bytes: &[u8], kind: SectionKind, pairs: bool) -> Result<u32, FormatError> {
+    let k = kind as u32;
+    let mut r = Reader::new(bytes, k);
+    let count = r.u32()?;
+    for _ in 0..count {
+        let n = r.u16()? as usize;
+        core::str::from_utf8(r.take(n)?).map_err(|_| FormatError::BadString { kind: k })?;
+        if pairs {
+            let n = r.u32()? as usize;
+            core::str::from_utf8(r.take(n)?).map_err(|_| FormatError::BadString { kind: k })?;
+        }
+    }
+    r.zeros(r.remaining(), 0)?;
+    Ok(count)
+}
+
+/// Iterates a string list already validated by `count_strings`.
+fn strings(bytes: &[u8], count: u32, pairs: bool) -> Strings<'_> {
+    let mut reader = Reader::new(bytes, 0);
+    let _ = reader.u32();
+    Strings {
+        reader,
+        left: count,
+        pairs,
+    }
+}
+
+struct Strings<'a> {
+    reader: Reader<'a>,
+    left: u32,
+    pairs: bool,
+}
+
+impl<'a> Iterator for Strings<'a> {
+    type Item = (&'a str, &'a str);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let r = &mut self.reader;
+        let n = r.u16().ok()? as usize;
+        let key = core::str::from_utf8(r.take(n).ok()?).ok()?;
+        let value = if self.pairs {
+            let n = r.u32().ok()? as usize;
+            core::str::from_utf8(r.take(n).ok()?).ok()?
+        } else {
+            ""
+        };
+        Some((key, value))
+    }
+}
+
+/// Iterator over metadata `(key, value)` pairs.
+pub struct Metadata<'a> {
+    inner: Strings<'a>,
+}
+
+impl<'a> Iterator for Metadata<'a> {
+    type Item = (&'a str, &'a str);
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner.next()
+    }
+}

@@ -1,0 +1,207 @@
+//! Writing `.kes` files (host side, needs `std`).
+
+use std::string::String;
+use std::vec;
+use std::vec::Vec;
+
+use crate::container::{
+    header_crc, SectionKind, ALIGN, HEADER_LEN, MAGIC, SECTION_ENTRY_LEN, VERSION,
+};
+use crate::model::{DType, OpKind, Plan, PreprocessInfo, Residual, OP_RECORD_LEN, PREPROCESS_LEN};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorRecord {
+    pub dtype: DType,
+    pub dims: [u32; 4],
+    pub scale: f32,
+    pub zero_point: i32,
+    pub offset: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct OpRecord {
+    pub kind: OpKind,
+    pub input: u32,
+    pub output: u32,
+    pub residual: Option<Residual>,
+    pub kernel: [u8; 2],
+    pub stride: [u8; 2],
+    pub pads: [u8; 4],
+    pub count_include_pad: bool,
+    pub out_min: i8,
+    pub out_max: i8,
+    pub aux: [u16; 2],
+    pub weights: Vec<i8>,
+    /// Per output channel: `(bias, multiplier, shift)`.
+    pub params: Vec<(i32, i32, i32)>,
+}
+
+impl OpRecord {
+    /// An op with no weights, no window and a full int8 output range.
+    pub fn plain(kind: OpKind, input: u32, output: u32) -> Self {
+        OpRecord {
+            kind,
+            input,
+            output,
+            residual: None,
+            kernel: [0; 2],
+            stride: [0; 2],
+            pads: [0; 4],
+            count_include_pad: false,
+            out_min: i8::MIN,
+            out_max: i8::MAX,
+            aux: [0; 2],
+            weights: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct KesModel {
+    pub tensors: Vec<TensorRecord>,
+    pub ops: Vec<OpRecord>,
+    pub input: u32,
+    pub output: u32,
+    pub plan: Plan,
+    pub preprocess: PreprocessInfo,
+    pub labels: Vec<String>,
+    pub metadata: Vec<(String, String)>,
+}
+
+fn pad_to(buf: &mut Vec<u8>, align: usize) {
+    while buf.len() % align != 0 {
+        buf.push(0);
+    }
+}
+
+impl KesModel {
+    /// Serialises the model. The result parses with [`crate::KesFile::parse`] as long as the
+    /// model itself is consistent (the parser checks that; the writer does not duplicate it).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut weights = Vec::new();
+        let mut ops = Vec::with_capacity(self.ops.len() * OP_RECORD_LEN);
+        for op in &self.ops {
+            pad_to(&mut weights, ALIGN);
+            let w_off = weights.len();
+            weights.extend(op.weights.iter().map(|&w| w as u8));
+            pad_to(&mut weights, ALIGN);
+            let p_off = weights.len();
+            for &(b, m, s) in &op.params {
+                for v in [b, m, s] {
+                    weights.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            let p_len = weights.len() - p_off;
+            let flags = op.residual.is_some() as u8 | (op.count_include_pad as u8) << 1;
+            ops.extend_from_slice(&[op.kind as u8, flags, 0, 0]);
+            ops.extend_from_slice(&op.input.to_le_bytes());
+            ops.extend_from_slice(&op.residual.map_or(u32::MAX, |r| r.tensor).to_le_bytes());
+            ops.extend_from_slice(&op.output.to_le_bytes());
+            ops.extend_from_slice(&op.kernel);
+            ops.extend_from_slice(&op.stride);
+            ops.extend_from_slice(&op.pads);
+            for v in [w_off, op.weights.len(), p_off, p_len] {
+                ops.extend_from_slice(&(v as u32).to_le_bytes());
+            }
+            let (m, s) = op.residual.map_or((0, 0), |r| (r.multiplier, r.shift));
+            ops.extend_from_slice(&m.to_le_bytes());
+            ops.extend_from_slice(&s.to_le_bytes());
+            ops.extend_from_slice(&[op.out_min as u8, op.out_max as u8]);
+            ops.extend_from_slice(&op.aux[0].to_le_bytes());
+            ops.extend_from_slice(&op.aux[1].to_le_bytes());
+            ops.extend_from_slice(&[0; 10]);
+        }
+
+        let mut graph = Vec::new();
+        for v in [self.input, self.output, self.ops.len() as u32, 0] {
+            graph.extend_from_slice(&v.to_le_bytes());
+        }
+        graph.extend_from_slice(&ops);
+
+        let mut tensors = Vec::new();
+        tensors.extend_from_slice(&(self.tensors.len() as u32).to_le_bytes());
+        tensors.extend_from_slice(&[0; 4]);
+        for t in &self.tensors {
+            tensors.extend_from_slice(&[t.dtype as u8, 0, 0, 0]);
+            for d in t.dims {
+                tensors.extend_from_slice(&d.to_le_bytes());
+            }
+            tensors.extend_from_slice(&t.scale.to_le_bytes());
+            tensors.extend_from_slice(&t.zero_point.to_le_bytes());
+            tensors.extend_from_slice(&t.offset.to_le_bytes());
+        }
+
+        let mut plan = Vec::new();
+        plan.extend_from_slice(&self.plan.arena_bytes.to_le_bytes());
+        plan.extend_from_slice(&self.plan.lower_bound_bytes.to_le_bytes());
+        plan.extend_from_slice(&[0; 16]);
+
+        let p = &self.preprocess;
+        let mut pre = Vec::with_capacity(PREPROCESS_LEN);
+        pre.extend_from_slice(&p.size[0].to_le_bytes());
+        pre.extend_from_slice(&p.size[1].to_le_bytes());
+        pre.extend_from_slice(&[p.resize, p.channel_order, 0, 0]);
+        pre.extend_from_slice(&p.resize_shorter.to_le_bytes());
+        for v in [p.scale].iter().chain(&p.mean).chain(&p.std) {
+            pre.extend_from_slice(&v.to_le_bytes());
+        }
+        pre.resize(PREPROCESS_LEN, 0);
+
+        let mut labels = Vec::new();
+        labels.extend_from_slice(&(self.labels.len() as u32).to_le_bytes());
+        for l in &self.labels {
+            labels.extend_from_slice(&(l.len() as u16).to_le_bytes());
+            labels.extend_from_slice(l.as_bytes());
+        }
+        let mut meta = Vec::new();
+        meta.extend_from_slice(&(self.metadata.len() as u32).to_le_bytes());
+        for (k, v) in &self.metadata {
+            meta.extend_from_slice(&(k.len() as u16).to_le_bytes());
+            meta.extend_from_slice(k.as_bytes());
+            meta.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            meta.extend_from_slice(v.as_bytes());
+        }
+
+        let sections = [
+            (SectionKind::Graph, graph),
+            (SectionKind::Tensors, tensors),
+            (SectionKind::Weights, weights),
+            (SectionKind::Plan, plan),
+            (SectionKind::Preprocess, pre),
+            (SectionKind::Labels, labels),
+            (SectionKind::Metadata, meta),
+        ];
+        assemble(&sections)
+    }
+}
+
+/// Lays out header, table and aligned sections, and fills in every checksum.
+fn assemble(sections: &[(SectionKind, Vec<u8>)]) -> Vec<u8> {
+    let table_end = HEADER_LEN + sections.len() * SECTION_ENTRY_LEN;
+    let mut body = vec![0u8; table_end];
+    let mut table = Vec::with_capacity(sections.len() * SECTION_ENTRY_LEN);
+    for (kind, data) in sections {
+        pad_to(&mut body, ALIGN);
+        let offset = body.len() as u64;
+        body.extend_from_slice(data);
+        table.extend_from_slice(&(*kind as u32).to_le_bytes());
+        table.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+        table.extend_from_slice(&offset.to_le_bytes());
+        table.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        table.extend_from_slice(&[0; 8]);
+    }
+    pad_to(&mut body, ALIGN);
+    body[HEADER_LEN..table_end].copy_from_slice(&table);
+    let mut header = [0u8; HEADER_LEN];
+    header[..8].copy_from_slice(&MAGIC);
+    header[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    header[10..12].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
+    header[12..16].copy_from_slice(&(sections.len() as u32).to_le_bytes());
+    header[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
+    header[24..28].copy_from_slice(&crc32fast::hash(&table).to_le_bytes());
+    let crc = header_crc(&header);
+    header[28..32].copy_from_slice(&crc.to_le_bytes());
+    body[..HEADER_LEN].copy_from_slice(&header);
+    body
+}

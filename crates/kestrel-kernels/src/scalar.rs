@@ -1,0 +1,588 @@
+//! The scalar reference kernels: the definition every SIMD path must match bit for bit.
+//!
+//! Tensors are NHWC int8 with a per-tensor zero point; conv weights are `[KH][KW][IC][OC]`
+//! int8 (symmetric, per output channel), dense weights `[N][K]`. Each output channel
+//! carries `(bias, multiplier, shift)`: the int32 bias already holds the input zero-point
+//! correction (`b − z_in·Σw`), so padded taps read the input zero point and the
+//! accumulator is `bias + Σ w·x`. Requantisation is gemmlowp's (TFLite's): a rounding
+//! doubling high multiply by a Q31 multiplier, then a rounding right shift.
+
+/// Shapes of a 2-D window op (conv or pooling) on NHWC tensors with batch 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub in_h: usize,
+    pub in_w: usize,
+    pub in_c: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub out_c: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    /// `[top, left, bottom, right]`.
+    pub pads: [usize; 4],
+}
+
+/// Output quantisation of an op: zero point and clamp (a fused ReLU raises `min`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutQuant {
+    pub zero_point: i32,
+    pub min: i8,
+    pub max: i8,
+}
+
+/// The residual operand of a fused conv (the block's Add, before its ReLU).
+#[derive(Clone, Copy, Debug)]
+pub enum Residual<'a> {
+    None,
+    /// A separate tensor shaped like the output.
+    Separate {
+        data: &'a [i8],
+        zero_point: i32,
+        multiplier: i32,
+        shift: i32,
+    },
+    /// The output buffer holds the residual on entry and is overwritten element by element.
+    InPlace {
+        zero_point: i32,
+        multiplier: i32,
+        shift: i32,
+    },
+}
+
+/// `round(a · b / 2³¹)`, saturating the one overflowing case (gemmlowp's SQRDMULH).
+#[inline]
+pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
+    if a == i32::MIN && b == i32::MIN {
+        return i32::MAX;
+    }
+    let ab = a as i64 * b as i64;
+    let nudge = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
+    ((ab + nudge) / (1i64 << 31)) as i32
+}
+
+/// `x / 2^exponent` rounded to nearest, ties away from zero (gemmlowp's RoundingDivideByPOT).
+#[inline]
+pub fn rounding_divide_by_pot(x: i32, exponent: u32) -> i32 {
+    if exponent == 0 {
+        return x;
+    }
+    let mask = ((1i64 << exponent) - 1) as i32;
+    let remainder = x & mask;
+    let threshold = (mask >> 1) + (x < 0) as i32;
+    (x >> exponent) + (remainder > threshold) as i32
+}
+
+/// `x · multiplier · 2^(shift − 31)` with TFLite's rounding; `shift` in `[-31, 30]`.
+#[inline]
+pub fn requantize(x: i32, multiplier: i32, shift: i32) -> i32 {
+    let left = shift.max(0) as u32;
+    let right = (-shift).max(0) as u32;
+    let x = x.saturating_mul(1 << left);
+    rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x, multiplier), right)
+}
+
+/// `(multiplier, shift)` representing a positive real `m` for [`requantize`].
+pub fn quantize_multiplier(m: f64) -> (i32, i32) {
+    if m <= 0.0 || !m.is_finite() {
+        return (0, 0);
+    }
+    // m = q · 2^shift with q in [0.5, 1).
+    let mut shift = 0i32;
+    let mut q = m;
+    while q >= 1.0 {
+        q /= 2.0;
+        shift += 1;
+    }
+    while q < 0.5 {
+        q *= 2.0;
+        shift -= 1;
+    }
+    // q > 0, so adding one half and truncating rounds to nearest (no f64::round in core).
+    let mut fixed = (q * (1i64 << 31) as f64 + 0.5) as i64;
+    if fixed == 1i64 << 31 {
+        fixed /= 2;
+        shift += 1;
+    }
+    if shift < -31 {
+        return (0, 0);
+    }
+    (fixed as i32, shift.min(30))
+}
+
+/// Accumulation wraps on i32 overflow, as SIMD adds do, so every path agrees even on
+/// hostile weights (a trained model stays far from the limits).
+#[inline]
+fn dot(x: &[i8], w: &[i8]) -> i32 {
+    x.iter()
+        .zip(w)
+        .fold(0i32, |acc, (&a, &b)| acc.wrapping_add(a as i32 * b as i32))
+}
+
+#[inline]
+fn finish(acc: i32, multiplier: i32, shift: i32, residual: i32, out: OutQuant) -> i8 {
+    let v = requantize(acc, multiplier, shift)
+        .saturating_add(residual)
+        .saturating_add(out.zero_point);
+    v.clamp(out.min as i32, out.max as i32) as i8
+}
+
+/// Output channels accumulated together: a block of accumulators the compiler keeps in
+/// vector registers, small enough for any stack.
+const OC_BLOCK: usize = 64;
+
+/// Convolution with bias, requantisation, optional fused residual add, and clamp.
+///
+/// Weights are `[KH][KW][IC][OC]`: for one input value the weights of consecutive output
+/// channels are adjacent, so a block of accumulators updates with one vector
+/// multiply-add. `params(c)` gives `(bias, multiplier, shift)` of output channel `c`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d(
+    s: &Window,
+    input: &[i8],
+    input_zero_point: i32,
+    weights: &[i8],
+    params: impl Fn(usize) -> (i32, i32, i32),
+    out: OutQuant,
+    residual: Residual<'_>,
+    output: &mut [i8],
+) {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe {
+            conv2d_avx2(
+                s,
+                input,
+                input_zero_point,
+                weights,
+                &params,
+                out,
+                residual,
+                output,
+            )
+        };
+        return;
+    }
+    conv2d_body(
+        s,
+        input,
+        input_zero_point,
+        weights,
+        &params,
+        out,
+        residual,
+        output,
+    );
+}
+
+/// The reference body compiled with AVX2 enabled: same integer operations, so the same
+/// results, about three times faster on hosts (the calibration and accuracy runs).
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv2d_avx2(
+    s: &Window,
+    input: &[i8],
+    input_zero_point: i32,
+    weights: &[i8],
+    params: &impl Fn(usize) -> (i32, i32, i32),
+    out: OutQuant,
+    residual: Residual<'_>,
+    output: &mut [i8],
+) {
+    conv2d_body(
+        s,
+        input,
+        input_zero_point,
+        weights,
+        params,
+        out,
+        residual,
+        output,
+    );
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn conv2d_body(
+    s: &Window,
+    input: &[i8],
+    input_zero_point: i32,
+    weights: &[i8],
+    params: &impl Fn(usize) -> (i32, i32, i32),
+    out: OutQuant,
+    residual: Residual<'_>,
+    output: &mut [i8],
+) {
+    let [kh, kw] = s.kernel;
+    let (c, oc) = (s.in_c, s.out_c);
+    for oy in 0..s.out_h {
+        for ox in 0..s.out_w {
+            let base = (oy * s.out_w + ox) * oc;
+            for o0 in (0..oc).step_by(OC_BLOCK) {
+                let n = OC_BLOCK.min(oc - o0);
+                let mut acc = [0i32; OC_BLOCK];
+                for (j, a) in acc[..n].iter_mut().enumerate() {
+                    *a = params(o0 + j).0;
+                }
+                for ky in 0..kh {
+                    let iy = (oy * s.stride[0] + ky) as isize - s.pads[0] as isize;
+                    for kx in 0..kw {
+                        let ix = (ox * s.stride[1] + kx) as isize - s.pads[1] as isize;
+                        let inside =
+                            iy >= 0 && ix >= 0 && iy < s.in_h as isize && ix < s.in_w as isize;
+                        let taps = ((ky * kw + kx) * c) * oc;
+                        for ci in 0..c {
+                            // Padding reads the input zero point.
+                            let x = if inside {
+                                input[(iy as usize * s.in_w + ix as usize) * c + ci] as i32
+                            } else {
+                                input_zero_point
+                            };
+                            let w = &weights[taps + ci * oc + o0..][..n];
+                            for (a, &wv) in acc[..n].iter_mut().zip(w) {
+                                *a = a.wrapping_add(x * wv as i32);
+                            }
+                        }
+                    }
+                }
+                for (j, &a) in acc[..n].iter().enumerate() {
+                    let idx = base + o0 + j;
+                    let (_, m, sh) = params(o0 + j);
+                    let res = match residual {
+                        Residual::None => 0,
+                        Residual::Separate {
+                            data,
+                            zero_point,
+                            multiplier,
+                            shift,
+                        } => requantize(data[idx] as i32 - zero_point, multiplier, shift),
+                        Residual::InPlace {
+                            zero_point,
+                            multiplier,
+                            shift,
+                        } => requantize(output[idx] as i32 - zero_point, multiplier, shift),
+                    };
+                    output[idx] = finish(a, m, sh, res, out);
+                }
+            }
+        }
+    }
+}
+
+/// Dense layer `[K] → [N]` with int8 output.
+pub fn dense(
+    input: &[i8],
+    weights: &[i8],
+    params: impl Fn(usize) -> (i32, i32, i32),
+    out: OutQuant,
+    output: &mut [i8],
+) {
+    let k = input.len();
+    for (n, o) in output.iter_mut().enumerate() {
+        let (bias, m, sh) = params(n);
+        *o = finish(
+            bias.wrapping_add(dot(input, &weights[n * k..][..k])),
+            m,
+            sh,
+            0,
+            out,
+        );
+    }
+}
+
+/// Dense layer `[K] → [N]` whose int32 output is requantised to one common scale
+/// (the logits, dequantised by the caller).
+pub fn dense_i32(
+    input: &[i8],
+    weights: &[i8],
+    params: impl Fn(usize) -> (i32, i32, i32),
+    output: &mut [i32],
+) {
+    let k = input.len();
+    for (n, o) in output.iter_mut().enumerate() {
+        let (bias, m, sh) = params(n);
+        *o = requantize(bias.wrapping_add(dot(input, &weights[n * k..][..k])), m, sh);
+    }
+}
+
+/// Max pooling; padded cells are ignored. Output quantisation equals the input's.
+pub fn max_pool(s: &Window, input: &[i8], output: &mut [i8]) {
+    window_reduce(s, input, output, |vals, _| {
+        vals.fold(i8::MIN as i32, i32::max) as i8
+    });
+}
+
+/// Average pooling; the divisor counts padded cells when `count_include_pad`.
+/// Output quantisation equals the input's.
+pub fn avg_pool(
+    s: &Window,
+    input: &[i8],
+    zero_point: i32,
+    count_include_pad: bool,
+    output: &mut [i8],
+) {
+    let full = (s.kernel[0] * s.kernel[1]) as i32;
+    window_reduce(s, input, output, |vals, window_cells| {
+        let mut sum = 0i32;
+        let mut n = 0i32;
+        for v in vals {
+            sum = sum.wrapping_add(v - zero_point);
+            n += 1;
+        }
+        let divisor = if count_include_pad {
+            window_cells.min(full)
+        } else {
+            n.max(1)
+        };
+        zero_point
+            .saturating_add(rounding_div(sum, divisor))
+            .clamp(-128, 127) as i8
+    });
+}
+
+/// Calls `reduce(valid values, cells of the window inside input + padding)` per output.
+fn window_reduce(
+    s: &Window,
+    input: &[i8],
+    output: &mut [i8],
+    reduce: impl Fn(&mut dyn Iterator<Item = i32>, i32) -> i8,
+) {
+    let c = s.in_c;
+    for oy in 0..s.out_h {
+        for ox in 0..s.out_w {
+            let y0 = (oy * s.stride[0]) as isize - s.pads[0] as isize;
+            let x0 = (ox * s.stride[1]) as isize - s.pads[1] as isize;
+            let (h, w) = (s.in_h as isize, s.in_w as isize);
+            // Cells inside the padded frame (ONNX's count_include_pad divisor).
+            let rows = (y0 + s.kernel[0] as isize).min(h + s.pads[2] as isize) - y0;
+            let cols = (x0 + s.kernel[1] as isize).min(w + s.pads[3] as isize) - x0;
+            let cells = (rows * cols) as i32;
+            for ch in 0..c {
+                let mut vals = (0..s.kernel[0] as isize).flat_map(|ky| {
+                    (0..s.kernel[1] as isize).filter_map(move |kx| {
+                        let (y, x) = (y0 + ky, x0 + kx);
+                        (y >= 0 && x >= 0 && y < h && x < w)
+                            .then(|| input[(y as usize * s.in_w + x as usize) * c + ch] as i32)
+                    })
+                });
+                output[(oy * s.out_w + ox) * c + ch] = reduce(&mut vals, cells);
+            }
+        }
+    }
+}
+
+/// Global average pooling `[H, W, C] → [C]`, same quantisation as the input.
+pub fn global_avg_pool(input: &[i8], channels: usize, zero_point: i32, output: &mut [i8]) {
+    let pixels = input.len() / channels.max(1);
+    for (ch, o) in output.iter_mut().enumerate() {
+        let sum = (0..pixels).fold(0i32, |s, p| {
+            s.wrapping_add(input[p * channels + ch] as i32 - zero_point)
+        });
+        *o = zero_point
+            .saturating_add(rounding_div(sum, pixels.max(1) as i32))
+            .clamp(-128, 127) as i8;
+    }
+}
+
+/// `x[start_h::step_h, start_w::step_w, :]`.
+pub fn subsample(s: &Window, start: [usize; 2], input: &[i8], output: &mut [i8]) {
+    let c = s.in_c;
+    for oy in 0..s.out_h {
+        for ox in 0..s.out_w {
+            let (iy, ix) = (start[0] + oy * s.stride[0], start[1] + ox * s.stride[1]);
+            output[(oy * s.out_w + ox) * c..][..c]
+                .copy_from_slice(&input[(iy * s.in_w + ix) * c..][..c]);
+        }
+    }
+}
+
+/// Adds `before` and `after` channels holding the zero point (real 0) around each pixel.
+pub fn pad_channels(
+    input: &[i8],
+    in_c: usize,
+    before: usize,
+    after: usize,
+    zero_point: i32,
+    output: &mut [i8],
+) {
+    let out_c = in_c + before + after;
+    let z = zero_point as i8;
+    for (src, dst) in input.chunks_exact(in_c).zip(output.chunks_exact_mut(out_c)) {
+        dst[..before].fill(z);
+        dst[before..before + in_c].copy_from_slice(src);
+        dst[before + in_c..].fill(z);
+    }
+}
+
+/// `a / b` rounded to nearest, ties away from zero (`b > 0`).
+#[inline]
+pub fn rounding_div(a: i32, b: i32) -> i32 {
+    let (a, b) = (a as i64, b as i64);
+    (if a >= 0 {
+        (a + b / 2) / b
+    } else {
+        (a - b / 2) / b
+    }) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    #[test]
+    fn requantize_rounds_like_gemmlowp() {
+        // 0.5 as Q31 with shift 0: the high multiply rounds halves upwards, as NEON's
+        // SQRDMULH does (1.5 → 2, −1.5 → −1).
+        let (m, s) = quantize_multiplier(0.5);
+        assert_eq!((m, s), (1 << 30, 0));
+        assert_eq!(requantize(3, m, s), 2);
+        assert_eq!(requantize(-3, m, s), -1);
+        assert_eq!(requantize(5, m, s), 3);
+        // A small multiplier uses a right shift, which rounds ties away from zero.
+        let (m, s) = quantize_multiplier(0.001);
+        assert!(s < 0);
+        assert_eq!(requantize(1_000_000, m, s), 1000);
+        assert_eq!(requantize(-1_500, m, s), -2);
+        // Multipliers above one shift left.
+        let (m, s) = quantize_multiplier(3.0);
+        assert_eq!(requantize(7, m, s), 21);
+    }
+
+    #[test]
+    fn requantize_matches_real_arithmetic_within_one_step() {
+        // Two roundings (high multiply, then shift) can each add half a step.
+        for &real in &[0.0123, 0.37, 0.999_999, 1.7, 0.000_31] {
+            let (m, s) = quantize_multiplier(real);
+            for x in [-100_000, -777, -1, 0, 1, 555, 98_765] {
+                let want = x as f64 * real;
+                let got = requantize(x, m, s) as f64;
+                assert!((got - want).abs() <= 1.0, "{x} × {real}: {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn padded_taps_read_the_input_zero_point() {
+        // 1×1 input of value z with a 3×3 kernel and padding 1: every tap sees z.
+        let s = Window {
+            in_h: 1,
+            in_w: 1,
+            in_c: 2,
+            out_h: 1,
+            out_w: 1,
+            out_c: 1,
+            kernel: [3, 3],
+            stride: [1, 1],
+            pads: [1, 1, 1, 1],
+        };
+        let z = -5;
+        let weights: Vec<i8> = (0..18).map(|i| (i as i8) - 9).collect();
+        let wsum: i32 = weights.iter().map(|&w| w as i32).sum();
+        // With the zero-point correction folded into the bias the accumulator is 0.
+        let bias = -z * wsum;
+        let (m, sh) = quantize_multiplier(1.0 / 64.0);
+        let mut out = [0i8; 1];
+        let oq = OutQuant {
+            zero_point: 3,
+            min: -128,
+            max: 127,
+        };
+        conv2d(
+            &s,
+            &[z as i8, z as i8],
+            z,
+            &weights,
+            |_| (bias, m, sh),
+            oq,
+            Residual::None,
+            &mut out,
+        );
+        assert_eq!(out[0], 3);
+    }
+
+    #[test]
+    fn in_place_residual_equals_separate_residual() {
+        let s = Window {
+            in_h: 3,
+            in_w: 3,
+            in_c: 3,
+            out_h: 3,
+            out_w: 3,
+            out_c: 2,
+            kernel: [3, 3],
+            stride: [1, 1],
+            pads: [1, 1, 1, 1],
+        };
+        let input: Vec<i8> = (0..27).map(|i| (i * 7 % 23) as i8 - 11).collect();
+        let weights: Vec<i8> = (0..54).map(|i| (i * 5 % 19) as i8 - 9).collect();
+        let residual: Vec<i8> = (0..18).map(|i| (i * 11 % 29) as i8 - 14).collect();
+        let (m, sh) = quantize_multiplier(0.01);
+        let (rm, rs) = quantize_multiplier(0.8);
+        let oq = OutQuant {
+            zero_point: -128,
+            min: -128,
+            max: 127,
+        };
+        let params = |c: usize| (c as i32 * 10 - 5, m, sh);
+        let mut separate = vec![0i8; 18];
+        conv2d(
+            &s,
+            &input,
+            1,
+            &weights,
+            params,
+            oq,
+            Residual::Separate {
+                data: &residual,
+                zero_point: 2,
+                multiplier: rm,
+                shift: rs,
+            },
+            &mut separate,
+        );
+        let mut in_place = residual.clone();
+        conv2d(
+            &s,
+            &input,
+            1,
+            &weights,
+            params,
+            oq,
+            Residual::InPlace {
+                zero_point: 2,
+                multiplier: rm,
+                shift: rs,
+            },
+            &mut in_place,
+        );
+        assert_eq!(separate, in_place);
+        assert!(
+            separate.iter().any(|&v| v != -128),
+            "the test must exercise non-clamped values"
+        );
+    }
+
+    #[test]
+    fn avg_pool_divisor_and_rounding() {
+        let s = Window {
+            in_h: 2,
+            in_w: 2,
+            in_c: 1,
+            out_h: 2,
+            out_w: 2,
+            out_c: 1,
+            kernel: [2, 2],
+            stride: [1, 1],
+            pads: [0, 0, 1, 1],
+        };
+        let input = [10i8, 20, 30, 41];
+        let mut out = [0i8; 4];
+        avg_pool(&s, &input, 0, false, &mut out);
+        assert_eq!(out, [25, 31, 36, 41]); // (10+20+30+41)/4 = 25.25; (20+41)/2 = 30.5 → 31
+        avg_pool(&s, &input, 0, true, &mut out);
+        assert_eq!(out, [25, 15, 18, 10]); // padded cells count: 61/4 = 15.25, 71/4 = 17.75, 41/4 = 10.25
+    }
+}

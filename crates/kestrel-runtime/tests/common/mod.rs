@@ -1,0 +1,142 @@
+//! A small but complete model built by hand: conv (+ReLU) → fused residual conv →
+//! max pool → subsample → channel pad → global pool → reshape → dense (int32 logits).
+
+use kestrel_format::writer::{KesModel, OpRecord, TensorRecord};
+use kestrel_format::{DType, OpKind, Plan, PreprocessInfo, Residual};
+
+fn t(dims: [u32; 4], scale: f32, zero_point: i32, offset: u32) -> TensorRecord {
+    TensorRecord {
+        dtype: DType::I8,
+        dims,
+        scale,
+        zero_point,
+        offset,
+    }
+}
+
+fn weights(n: usize, seed: i32) -> Vec<i8> {
+    (0..n as i32)
+        .map(|i| ((i * 37 + seed * 11) % 29 - 14) as i8)
+        .collect()
+}
+
+pub fn tiny_model() -> KesModel {
+    let tensors = vec![
+        t([1, 6, 6, 3], 0.02, 3, 0),      // 0 input
+        t([1, 6, 6, 4], 0.05, -128, 128), // 1 conv1 + ReLU
+        t([1, 6, 6, 4], 0.03, -128, 320), // 2 conv2 (1x1) + ReLU
+        t([1, 6, 6, 4], 0.04, -20, 128),  // 3 conv3 + residual 1, in place
+        t([1, 3, 3, 4], 0.04, -20, 0),    // 4 max pool 3x3 s2
+        t([1, 2, 2, 4], 0.04, -20, 64),   // 5 subsample
+        t([1, 2, 2, 8], 0.04, -20, 320),  // 6 pad channels
+        t([1, 1, 1, 8], 0.04, -20, 0),    // 7 global pool
+        t([1, 1, 1, 8], 0.04, -20, 0),    // 8 reshape (alias)
+        TensorRecord {
+            dtype: DType::I32,
+            dims: [1, 1, 1, 3],
+            scale: 0.001,
+            zero_point: 0,
+            offset: 64,
+        }, // 9 logits
+    ];
+    let conv = |input, output, k: u8, pad: u8, seed, relu: bool, in_c: usize| {
+        let mut op = OpRecord::plain(OpKind::Conv, input, output);
+        op.kernel = [k, k];
+        op.stride = [1, 1];
+        op.pads = [pad; 4];
+        // Both ReLU convs have output zero point -128: the ReLU clamp is the int8 minimum.
+        let _ = relu;
+        op.weights = weights(4 * k as usize * k as usize * in_c, seed);
+        op.params = (0..4).map(|c| (c * 100 - 150, 1_500_000_000, -6)).collect();
+        op
+    };
+    let conv1 = conv(0, 1, 3, 1, 1, true, 3);
+    let conv2 = conv(1, 2, 1, 0, 2, true, 4);
+    let mut conv3 = conv(2, 3, 3, 1, 3, false, 4);
+    conv3.residual = Some(Residual {
+        tensor: 1,
+        multiplier: 1_700_000_000,
+        shift: 0,
+    });
+    conv3.out_min = -20;
+    let mut pool = OpRecord::plain(OpKind::MaxPool, 3, 4);
+    pool.kernel = [3, 3];
+    pool.stride = [2, 2];
+    pool.pads = [1, 1, 0, 0];
+    let mut sub = OpRecord::plain(OpKind::Subsample, 4, 5);
+    sub.stride = [2, 2];
+    let mut pad = OpRecord::plain(OpKind::PadChannels, 5, 6);
+    pad.aux = [2, 2];
+    let gap = OpRecord::plain(OpKind::GlobalAvgPool, 6, 7);
+    let reshape = OpRecord::plain(OpKind::Reshape, 7, 8);
+    let mut dense = OpRecord::plain(OpKind::Dense, 8, 9);
+    dense.weights = weights(3 * 8, 4);
+    dense.params = (0..3).map(|c| (c * 5 - 4, 1_800_000_000, 0)).collect();
+    KesModel {
+        tensors,
+        ops: vec![conv1, conv2, conv3, pool, sub, pad, gap, reshape, dense],
+        input: 0,
+        output: 9,
+        plan: Plan {
+            arena_bytes: 464,
+            lower_bound_bytes: 300,
+        },
+        preprocess: PreprocessInfo {
+            size: [6, 6],
+            resize: 1,
+            channel_order: 0,
+            resize_shorter: 0,
+            scale: 1.0 / 255.0,
+            mean: [0.5; 3],
+            std: [0.25; 3],
+        },
+        labels: vec!["cat".into(), "dog".into(), "owl".into()],
+        metadata: vec![("source_model".into(), "hand-built".into())],
+    }
+}
+
+#[allow(dead_code)] // used by some of the test files that include this module
+/// Recomputes every checksum after a deliberate edit, so the edit reaches the validators.
+pub fn fix_checksums(bytes: &mut [u8]) {
+    let count = (u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize).min(7);
+    for i in 0..count {
+        let e = 64 + 32 * i;
+        let off = u64::from_le_bytes(bytes[e + 8..e + 16].try_into().unwrap()) as usize;
+        let len = u64::from_le_bytes(bytes[e + 16..e + 24].try_into().unwrap()) as usize;
+        if off.checked_add(len).is_some_and(|end| end <= bytes.len()) {
+            let crc = crc32(&bytes[off..off + len]);
+            bytes[e + 4..e + 8].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+    let table_crc = crc32(&bytes[64..64 + 32 * count]);
+    bytes[24..28].copy_from_slice(&table_crc.to_le_bytes());
+    let mut header = bytes[..64].to_vec();
+    header[28..32].fill(0);
+    let mut h = crc32_of(&header[..28]);
+    h = crc32_update(h, &header[32..64]);
+    bytes[28..32].copy_from_slice(&(!h).to_le_bytes());
+}
+
+// A small CRC-32 (IEEE) so the tests need no extra dependency.
+#[allow(dead_code)]
+fn crc32_update(mut crc: u32, data: &[u8]) -> u32 {
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
+#[allow(dead_code)]
+fn crc32_of(data: &[u8]) -> u32 {
+    crc32_update(0xFFFF_FFFF, data)
+}
+#[allow(dead_code)]
+fn crc32(data: &[u8]) -> u32 {
+    !crc32_of(data)
+}

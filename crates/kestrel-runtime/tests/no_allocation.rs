@@ -1,0 +1,56 @@
+//! `Session::run` allocates nothing: a counting global allocator proves it.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn run_allocates_nothing() {
+    let bytes = common::tiny_model().to_bytes();
+    let model = kestrel_runtime::Model::parse(&bytes).unwrap();
+    let mut arena = vec![0u8; model.arena_bytes()];
+    let image: Vec<f32> = (0..6 * 6 * 3).map(|i| (i as f32 / 50.0) - 1.0).collect();
+    let mut logits = [0f32; 3];
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let mut session = kestrel_runtime::Session::new(&model, &mut arena).unwrap();
+    session.set_input_nchw_f32(&image).unwrap();
+    session.run();
+    session.logits(&mut logits).unwrap();
+    let after = ALLOCATIONS.load(Ordering::SeqCst);
+    assert_eq!(after - before, 0, "the session allocated");
+    assert!(
+        logits.iter().any(|&l| l != 0.0),
+        "the model computed something: {logits:?}"
+    );
+}
+
+#[test]
+fn a_small_arena_is_refused_with_the_size_needed() {
+    let bytes = common::tiny_model().to_bytes();
+    let model = kestrel_runtime::Model::parse(&bytes).unwrap();
+    let mut arena = vec![0u8; 100];
+    match kestrel_runtime::Session::new(&model, &mut arena) {
+        Err(e) => assert_eq!(
+            e.to_string(),
+            "arena too small: the model needs 464 bytes, 100 were given"
+        ),
+        Ok(_) => panic!("a 100-byte arena was accepted"),
+    }
+}

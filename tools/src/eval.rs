@@ -1,0 +1,186 @@
+//! Classifying images with a float ONNX model or an int8 `.kes`, and measuring accuracy.
+
+use std::path::Path;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::card::LoadedCard;
+use crate::compile;
+use crate::dataset;
+use crate::graph::Graph;
+use crate::preprocess::Preprocess;
+use crate::quantize::preprocess_from_info;
+use crate::reference;
+
+/// A model that turns preprocessed NCHW images into logits.
+pub enum Classifier {
+    Float { graph: Graph },
+    Int8 { bytes: Vec<u8> },
+}
+
+/// Preprocessed NCHW input → logits; one per thread (an int8 runner owns its arena).
+pub type Runner<'a> = Box<dyn FnMut(&[f32]) -> anyhow::Result<Vec<f32>> + 'a>;
+
+/// A classifier with its preprocessing and labels.
+pub struct Loaded {
+    pub classifier: Classifier,
+    pub preprocess: Preprocess,
+    pub labels: Vec<String>,
+}
+
+impl Loaded {
+    /// Opens a `.kes` (by its magic) or an ONNX model.
+    pub fn open(path: &Path, card: Option<&LoadedCard>) -> anyhow::Result<Loaded> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if bytes.starts_with(&kestrel_format::MAGIC) {
+            let model = kestrel_runtime::Model::parse(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let file = model.file();
+            let preprocess = match card {
+                Some(c) => c.preprocess(),
+                None => preprocess_from_info(&file.preprocess),
+            };
+            let labels = (0..file.label_count())
+                .filter_map(|i| file.label(i).map(str::to_owned))
+                .collect();
+            Ok(Loaded {
+                classifier: Classifier::Int8 { bytes },
+                preprocess,
+                labels,
+            })
+        } else {
+            let p = compile::prepare(path, card)?;
+            Ok(Loaded {
+                classifier: Classifier::Float { graph: p.graph },
+                preprocess: p.preprocess,
+                labels: p.labels,
+            })
+        }
+    }
+
+    /// A per-thread function from preprocessed input to logits.
+    pub fn runner(&self) -> anyhow::Result<Runner<'_>> {
+        match &self.classifier {
+            Classifier::Float { graph } => Ok(Box::new(move |x| Ok(reference::run(graph, x)?))),
+            Classifier::Int8 { bytes } => {
+                let model =
+                    kestrel_runtime::Model::parse(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mut arena = vec![0u8; model.arena_bytes()];
+                let mut logits = vec![0f32; model.classes()];
+                Ok(Box::new(move |x| {
+                    let mut session = kestrel_runtime::Session::new(&model, &mut arena)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    session
+                        .set_input_nchw_f32(x)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    session.run();
+                    session
+                        .logits(&mut logits)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    Ok(logits.clone())
+                }))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub model: String,
+    pub images: usize,
+    pub top1: f64,
+    pub top5: f64,
+}
+
+/// Indices of the `k` largest logits, largest first.
+pub fn top_k(logits: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+/// Top-1/top-5 over `DIR/<class>/<image>`, classes mapped to indices through the labels.
+pub fn evaluate(
+    model: &Loaded,
+    name: &str,
+    dir: &Path,
+    limit: Option<usize>,
+    progress: bool,
+) -> anyhow::Result<EvalReport> {
+    let mut images = dataset::list(dir)?;
+    if let Some(n) = limit {
+        images = dataset::spread(&images, n);
+    }
+    anyhow::ensure!(
+        !model.labels.is_empty(),
+        "the model has no labels: pass --card with a labels file"
+    );
+    let mut targets = Vec::with_capacity(images.len());
+    for img in &images {
+        let t = model
+            .labels
+            .iter()
+            .position(|l| *l == img.class)
+            .with_context(|| {
+                format!(
+                    "folder '{}' is not one of the model's labels ({})",
+                    img.class,
+                    model.labels.join(", ")
+                )
+            })?;
+        targets.push(t);
+    }
+    let bar = if progress {
+        ProgressBar::new(images.len() as u64).with_style(
+            ProgressStyle::with_template("evaluating {bar:30} {pos}/{len}")
+                .expect("static template"),
+        )
+    } else {
+        ProgressBar::hidden()
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = images.len().div_ceil(threads).max(1);
+    let counts: Vec<anyhow::Result<(usize, usize)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = images
+            .chunks(chunk)
+            .zip(targets.chunks(chunk))
+            .map(|(imgs, tgts)| {
+                let bar = &bar;
+                s.spawn(move || -> anyhow::Result<(usize, usize)> {
+                    let mut run = model.runner()?;
+                    let (mut top1, mut top5) = (0, 0);
+                    for (img, &t) in imgs.iter().zip(tgts) {
+                        let logits = run(&model.preprocess.load(&img.path)?)?;
+                        let best = top_k(&logits, 5);
+                        top1 += (best[0] == t) as usize;
+                        top5 += best.contains(&t) as usize;
+                        bar.inc(1);
+                    }
+                    Ok((top1, top5))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("evaluation thread panicked"))
+            .collect()
+    });
+    bar.finish_and_clear();
+    let (mut top1, mut top5) = (0, 0);
+    for c in counts {
+        let (a, b) = c?;
+        top1 += a;
+        top5 += b;
+    }
+    let n = images.len().max(1) as f64;
+    Ok(EvalReport {
+        model: name.to_string(),
+        images: images.len(),
+        top1: top1 as f64 / n,
+        top5: top5 as f64 / n,
+    })
+}

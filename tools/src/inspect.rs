@@ -1,0 +1,152 @@
+//! `kestrel inspect`: what a `.kes` file holds.
+
+use serde::Serialize;
+
+use kestrel_format::{DType, FormatError, KesFile, OpKind};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TensorReport {
+    pub index: u32,
+    pub dtype: &'static str,
+    /// NHWC.
+    pub shape: [u32; 4],
+    pub scale: f32,
+    pub zero_point: i32,
+    pub offset: u32,
+    pub bytes: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OpReport {
+    pub op: &'static str,
+    pub input: TensorReport,
+    pub output: TensorReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub residual: Option<TensorReport>,
+    pub kernel: [u8; 2],
+    pub stride: [u8; 2],
+    pub relu: bool,
+    pub macs: u64,
+    pub weights_bytes: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InspectReport {
+    pub file_bytes: usize,
+    pub arena_bytes: u64,
+    pub arena_lower_bound_bytes: u64,
+    pub weights_bytes: usize,
+    pub macs: u64,
+    pub input_shape: [u32; 4],
+    pub classes: u32,
+    pub labels: Vec<String>,
+    pub metadata: Vec<(String, String)>,
+    pub ops: Vec<OpReport>,
+}
+
+pub fn inspect(bytes: &[u8]) -> Result<InspectReport, FormatError> {
+    let f = KesFile::parse(bytes)?;
+    let tensor = |i: u32| {
+        let t = f.tensor(i).expect("validated by parse");
+        TensorReport {
+            index: i,
+            dtype: match t.dtype {
+                DType::I8 => "i8",
+                DType::I32 => "i32",
+            },
+            shape: t.dims,
+            scale: t.scale,
+            zero_point: t.zero_point,
+            offset: t.offset,
+            bytes: t.bytes(),
+        }
+    };
+    let mut ops = Vec::new();
+    for i in 0..f.op_count() {
+        let op = f.op(i).expect("validated by parse");
+        let out = tensor(op.output);
+        let input = tensor(op.input);
+        let macs = match op.kind {
+            OpKind::Conv => {
+                out.shape.iter().map(|&d| d as u64).product::<u64>()
+                    * op.kernel[0] as u64
+                    * op.kernel[1] as u64
+                    * input.shape[3] as u64
+            }
+            OpKind::Dense => op.weights.len() as u64,
+            _ => 0,
+        };
+        ops.push(OpReport {
+            op: op.kind.name(),
+            relu: op.out_min as i32 == out.zero_point && out.zero_point > -128,
+            residual: op.residual.map(|r| tensor(r.tensor)),
+            input,
+            output: out,
+            kernel: op.kernel,
+            stride: op.stride,
+            macs,
+            weights_bytes: op.weights.len() + op.params.len() * kestrel_format::CHANNEL_PARAMS_LEN,
+        });
+    }
+    let out = f.tensor(f.output).expect("validated by parse");
+    Ok(InspectReport {
+        file_bytes: bytes.len(),
+        arena_bytes: f.plan.arena_bytes,
+        arena_lower_bound_bytes: f.plan.lower_bound_bytes,
+        weights_bytes: f.weights_bytes(),
+        macs: ops.iter().map(|o| o.macs).sum(),
+        input_shape: f.tensor(f.input).expect("validated by parse").dims,
+        classes: out.dims[3],
+        labels: (0..f.label_count())
+            .filter_map(|i| f.label(i).map(str::to_owned))
+            .collect(),
+        metadata: f
+            .metadata()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        ops,
+    })
+}
+
+pub fn print(r: &InspectReport) {
+    println!(
+        "file         {} bytes (weights {} bytes)",
+        r.file_bytes, r.weights_bytes
+    );
+    println!(
+        "arena        {} bytes (lower bound {}, ratio {:.3})",
+        r.arena_bytes,
+        r.arena_lower_bound_bytes,
+        r.arena_bytes as f64 / r.arena_lower_bound_bytes.max(1) as f64
+    );
+    println!("compute      {:.2} M MACs", r.macs as f64 / 1e6);
+    println!(
+        "input        {:?} NHWC int8, {} classes",
+        r.input_shape, r.classes
+    );
+    for (k, v) in &r.metadata {
+        println!("{k:<12} {v}");
+    }
+    println!(
+        "{:<4} {:<16} {:<20} {:<20} {:>12} {:>5} {:>10}",
+        "#", "op", "in (scale, zp)", "out (scale, zp)", "shape", "relu", "MACs"
+    );
+    for (i, o) in r.ops.iter().enumerate() {
+        println!(
+            "{:<4} {:<16} {:<20} {:<20} {:>12} {:>5} {:>10}{}",
+            i,
+            o.op,
+            format!("{:.4}, {}", o.input.scale, o.input.zero_point),
+            format!("{:.4}, {}", o.output.scale, o.output.zero_point),
+            format!(
+                "{}x{}x{}",
+                o.output.shape[1], o.output.shape[2], o.output.shape[3]
+            ),
+            if o.relu { "yes" } else { "" },
+            o.macs,
+            o.residual
+                .as_ref()
+                .map_or(String::new(), |r| format!("  + residual t{}", r.index))
+        );
+    }
+}

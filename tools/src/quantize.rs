@@ -1,0 +1,504 @@
+//! Quantisation and lowering: folded float graph + calibration → a `.kes` model.
+//!
+//! - Weights: int8 symmetric per output channel (`[-127, 127]`), repacked from OIHW to
+//!   `[KH][KW][IC][OC]`, the layout the kernels read over NHWC activations.
+//! - Activations: int8 per tensor with a zero point; ops that only move or compare values
+//!   (pooling, subsample, channel padding, reshape) keep their input's quantisation.
+//! - Bias: int32 at scale `s_in·s_w`, with `−z_in·Σw` folded in.
+//! - Requantisation: Q31 multiplier and shift of `s_in·s_w / s_out` per channel; the
+//!   residual operand gets its own `s_res / s_out`.
+//! - The final dense layer gives int32 at one common scale: logits come out dequantised.
+
+use std::collections::HashMap;
+
+use kestrel_format::writer::{KesModel, OpRecord, TensorRecord};
+use kestrel_format::{DType, OpKind, Plan, PreprocessInfo, Residual};
+use kestrel_kernels::scalar::quantize_multiplier;
+
+use crate::calibrate::{choose_range, Method, TensorStats};
+use crate::graph::{Graph, Op, ValueId};
+use crate::plan::{self, Buffer};
+use crate::preprocess::{ChannelOrder, Preprocess, Resize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LowerError {
+    #[error("node '{node}' ({op}): {reason}")]
+    Unsupported {
+        node: String,
+        op: String,
+        reason: String,
+    },
+}
+
+/// Quantisation of one activation tensor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Quant {
+    pub scale: f32,
+    pub zero_point: i32,
+}
+
+impl Quant {
+    pub fn from_range(lo: f32, hi: f32) -> Quant {
+        let scale = ((hi - lo) / 255.0).max(1e-8);
+        let zero_point = (-128.0 - lo / scale).round().clamp(-128.0, 127.0) as i32;
+        Quant { scale, zero_point }
+    }
+}
+
+pub struct Lowered {
+    pub model: KesModel,
+    /// The kes tensor index holding each float value that has an int8 twin.
+    pub tensor_of_value: HashMap<ValueId, u32>,
+}
+
+/// Lowers a folded graph. `stats` are indexed by value id.
+pub fn lower(
+    graph: &Graph,
+    stats: &[TensorStats],
+    method: Method,
+    pre: &Preprocess,
+    labels: Vec<String>,
+    metadata: Vec<(String, String)>,
+) -> Result<Lowered, LowerError> {
+    let unsupported = |node: &str, op: &str, reason: &str| LowerError::Unsupported {
+        node: node.to_string(),
+        op: op.to_string(),
+        reason: reason.to_string(),
+    };
+    let own_quant = |v: ValueId| {
+        let (lo, hi) = choose_range(&stats[v], method);
+        Quant::from_range(lo, hi)
+    };
+    let mut quant: HashMap<ValueId, Quant> = HashMap::new();
+    let mut tensors: Vec<TensorRecord> = Vec::new();
+    let mut tensor_of_value: HashMap<ValueId, u32> = HashMap::new();
+    let mut ops: Vec<OpRecord> = Vec::new();
+    // Storage sharing: tensor → tensor whose buffer it reuses.
+    let mut shares: HashMap<u32, u32> = HashMap::new();
+
+    let nhwc = |shape: &[usize]| -> [u32; 4] {
+        match shape.len() {
+            4 => [1, shape[2] as u32, shape[3] as u32, shape[1] as u32],
+            2 => [1, 1, 1, shape[1] as u32],
+            _ => [1, 1, 1, shape.iter().product::<usize>() as u32],
+        }
+    };
+    let add_tensor = |v: ValueId,
+                      dtype: DType,
+                      q: Quant,
+                      tensors: &mut Vec<TensorRecord>,
+                      map: &mut HashMap<ValueId, u32>| {
+        let idx = tensors.len() as u32;
+        tensors.push(TensorRecord {
+            dtype,
+            dims: nhwc(&graph.values[v].shape),
+            scale: q.scale,
+            zero_point: q.zero_point,
+            offset: 0,
+        });
+        map.insert(v, idx);
+        idx
+    };
+
+    let input_q = own_quant(graph.input);
+    quant.insert(graph.input, input_q);
+    add_tensor(
+        graph.input,
+        DType::I8,
+        input_q,
+        &mut tensors,
+        &mut tensor_of_value,
+    );
+
+    let last_use = graph.last_use();
+    for (step, node) in graph.nodes.iter().enumerate() {
+        let x = node.inputs[0];
+        let xq = quant[&x];
+        let xt = tensor_of_value[&x];
+        let in_shape = &graph.values[x].shape;
+        let small = |v: usize| {
+            u8::try_from(v)
+                .map_err(|_| unsupported(&node.name, node.op.kind(), "window parameter above 255"))
+        };
+        match &node.op {
+            Op::Conv(c) => {
+                if c.dilation != [1, 1] {
+                    return Err(unsupported(
+                        &node.name,
+                        "Conv",
+                        "dilated convolution in int8",
+                    ));
+                }
+                let yq = own_quant(node.output);
+                let [oc, ic, kh, kw] = c.weight_shape;
+                let (weights, scales) = quantize_weights(&c.weight, oc);
+                // The bias correction sums each channel's weights: OIHW rows are channels.
+                let params = channel_params(&weights, &scales, c.bias.as_deref(), xq, yq.scale, oc);
+                // OIHW → [KH][KW][IC][OC].
+                let mut packed = vec![0i8; weights.len()];
+                for o in 0..oc {
+                    for i in 0..ic {
+                        for y in 0..kh {
+                            for xx in 0..kw {
+                                packed[((y * kw + xx) * ic + i) * oc + o] =
+                                    weights[((o * ic + i) * kh + y) * kw + xx];
+                            }
+                        }
+                    }
+                }
+                let yt = add_tensor(
+                    node.output,
+                    DType::I8,
+                    yq,
+                    &mut tensors,
+                    &mut tensor_of_value,
+                );
+                let residual = if c.fused_add {
+                    let r = node.inputs[1];
+                    let rq = quant[&r];
+                    let rt = tensor_of_value[&r];
+                    let (m, s) = quantize_multiplier(rq.scale as f64 / yq.scale as f64);
+                    // The residual dies here: the output overwrites it in place.
+                    if last_use[r] == Some(step) && r != graph.input && r != graph.output {
+                        shares.insert(yt, rt);
+                    }
+                    Some(Residual {
+                        tensor: rt,
+                        multiplier: m,
+                        shift: s,
+                    })
+                } else {
+                    None
+                };
+                let mut op = OpRecord::plain(OpKind::Conv, xt, yt);
+                op.kernel = [small(kh)?, small(kw)?];
+                op.stride = [small(c.stride[0])?, small(c.stride[1])?];
+                op.pads = [
+                    small(c.pads[0])?,
+                    small(c.pads[1])?,
+                    small(c.pads[2])?,
+                    small(c.pads[3])?,
+                ];
+                op.out_min = if c.relu { yq.zero_point as i8 } else { i8::MIN };
+                op.residual = residual;
+                op.weights = packed;
+                op.params = params;
+                quant.insert(node.output, yq);
+                ops.push(op);
+            }
+            Op::Dense(d) => {
+                let (weights, scales) = quantize_weights(&d.weight, d.out_features);
+                let is_output = node.output == graph.output;
+                let (dtype, yq) = if is_output && !d.relu {
+                    // Logits: int32 at the largest channel scale, so no channel is rounded coarser.
+                    let s = scales
+                        .iter()
+                        .map(|&w| w * xq.scale as f64)
+                        .fold(0.0, f64::max)
+                        .max(1e-12);
+                    (
+                        DType::I32,
+                        Quant {
+                            scale: s as f32,
+                            zero_point: 0,
+                        },
+                    )
+                } else {
+                    (DType::I8, own_quant(node.output))
+                };
+                let params = channel_params(
+                    &weights,
+                    &scales,
+                    d.bias.as_deref(),
+                    xq,
+                    yq.scale,
+                    d.out_features,
+                );
+                let yt = add_tensor(node.output, dtype, yq, &mut tensors, &mut tensor_of_value);
+                let mut op = OpRecord::plain(OpKind::Dense, xt, yt);
+                op.out_min = if d.relu { yq.zero_point as i8 } else { i8::MIN };
+                op.weights = weights;
+                op.params = params;
+                quant.insert(node.output, yq);
+                ops.push(op);
+            }
+            Op::MaxPool(p) | Op::AvgPool(p) => {
+                let kind = if matches!(node.op, Op::MaxPool(_)) {
+                    OpKind::MaxPool
+                } else {
+                    OpKind::AvgPool
+                };
+                let yt = add_tensor(
+                    node.output,
+                    DType::I8,
+                    xq,
+                    &mut tensors,
+                    &mut tensor_of_value,
+                );
+                let mut op = OpRecord::plain(kind, xt, yt);
+                op.kernel = [small(p.kernel[0])?, small(p.kernel[1])?];
+                op.stride = [small(p.stride[0])?, small(p.stride[1])?];
+                op.pads = [
+                    small(p.pads[0])?,
+                    small(p.pads[1])?,
+                    small(p.pads[2])?,
+                    small(p.pads[3])?,
+                ];
+                op.count_include_pad = p.count_include_pad;
+                quant.insert(node.output, xq);
+                ops.push(op);
+            }
+            Op::GlobalAvgPool => {
+                let yt = add_tensor(
+                    node.output,
+                    DType::I8,
+                    xq,
+                    &mut tensors,
+                    &mut tensor_of_value,
+                );
+                quant.insert(node.output, xq);
+                ops.push(OpRecord::plain(OpKind::GlobalAvgPool, xt, yt));
+            }
+            Op::Reshape => {
+                // NHWC and NCHW orders agree only when there is one pixel.
+                if in_shape.len() == 4 && in_shape[2] * in_shape[3] != 1 {
+                    return Err(unsupported(
+                        &node.name,
+                        "Reshape",
+                        "flattening a feature map larger than 1×1",
+                    ));
+                }
+                let yt = add_tensor(
+                    node.output,
+                    DType::I8,
+                    xq,
+                    &mut tensors,
+                    &mut tensor_of_value,
+                );
+                shares.insert(yt, xt);
+                quant.insert(node.output, xq);
+                ops.push(OpRecord::plain(OpKind::Reshape, xt, yt));
+            }
+            Op::Slice(s) => {
+                if in_shape.len() != 4
+                    || s.start[..2] != [0, 0]
+                    || s.step[..2] != [1, 1]
+                    || graph.values[node.output].shape[1] != in_shape[1]
+                {
+                    return Err(unsupported(
+                        &node.name,
+                        "Slice",
+                        "only strided slicing of height and width",
+                    ));
+                }
+                let yt = add_tensor(
+                    node.output,
+                    DType::I8,
+                    xq,
+                    &mut tensors,
+                    &mut tensor_of_value,
+                );
+                let mut op = OpRecord::plain(OpKind::Subsample, xt, yt);
+                op.stride = [small(s.step[2])?, small(s.step[3])?];
+                op.aux = [s.start[2] as u16, s.start[3] as u16];
+                quant.insert(node.output, xq);
+                ops.push(op);
+            }
+            Op::Pad(p) => {
+                let only_channels = p.pads.len() == 4
+                    && p.pads
+                        .iter()
+                        .enumerate()
+                        .all(|(a, &(b, e))| a == 1 || (b, e) == (0, 0));
+                if !only_channels || p.value != 0.0 {
+                    return Err(unsupported(
+                        &node.name,
+                        "Pad",
+                        "only zero padding of the channel axis",
+                    ));
+                }
+                let yt = add_tensor(
+                    node.output,
+                    DType::I8,
+                    xq,
+                    &mut tensors,
+                    &mut tensor_of_value,
+                );
+                let mut op = OpRecord::plain(OpKind::PadChannels, xt, yt);
+                op.aux = [p.pads[1].0 as u16, p.pads[1].1 as u16];
+                quant.insert(node.output, xq);
+                ops.push(op);
+            }
+            Op::BatchNorm(_) | Op::Relu | Op::Add { .. } => {
+                return Err(unsupported(
+                    &node.name,
+                    node.op.kind(),
+                    "left unfused by the graph passes; int8 runs it only fused into a convolution",
+                ))
+            }
+        }
+    }
+
+    let placement = plan_memory(&tensors, &ops, &shares, tensor_of_value[&graph.input]);
+    for (t, off) in tensors.iter_mut().zip(&placement.offsets) {
+        t.offset = *off as u32;
+    }
+    let model = KesModel {
+        tensors,
+        ops,
+        input: tensor_of_value[&graph.input],
+        output: tensor_of_value[&graph.output],
+        plan: Plan {
+            arena_bytes: placement.arena_bytes as u64,
+            lower_bound_bytes: placement.lower_bound_bytes as u64,
+        },
+        preprocess: preprocess_info(pre),
+        labels,
+        metadata,
+    };
+    Ok(Lowered {
+        model,
+        tensor_of_value,
+    })
+}
+
+/// Per-channel symmetric int8 weights and their scales (`[N, …]` row-major).
+fn quantize_weights(w: &[f32], channels: usize) -> (Vec<i8>, Vec<f64>) {
+    let per = w.len() / channels;
+    let mut q = Vec::with_capacity(w.len());
+    let mut scales = Vec::with_capacity(channels);
+    for row in w.chunks(per) {
+        let max = row.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
+        let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+        q.extend(
+            row.iter()
+                .map(|&v| (v as f64 / s).round().clamp(-127.0, 127.0) as i8),
+        );
+        scales.push(s);
+    }
+    (q, scales)
+}
+
+/// `(bias, multiplier, shift)` per output channel, with `−z_in·Σw` folded into the bias.
+fn channel_params(
+    weights: &[i8],
+    w_scales: &[f64],
+    bias: Option<&[f32]>,
+    xq: Quant,
+    out_scale: f32,
+    channels: usize,
+) -> Vec<(i32, i32, i32)> {
+    let per = weights.len() / channels;
+    (0..channels)
+        .map(|c| {
+            let acc_scale = xq.scale as f64 * w_scales[c];
+            let b = bias.map_or(0.0, |b| b[c] as f64) / acc_scale;
+            let wsum: i64 = weights[c * per..(c + 1) * per]
+                .iter()
+                .map(|&v| v as i64)
+                .sum();
+            let folded = (b.round() as i64 - xq.zero_point as i64 * wsum)
+                .clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+            let (m, s) = quantize_multiplier(acc_scale / out_scale as f64);
+            (folded, m, s)
+        })
+        .collect()
+}
+
+fn plan_memory(
+    tensors: &[TensorRecord],
+    ops: &[OpRecord],
+    shares: &HashMap<u32, u32>,
+    input: u32,
+) -> plan::Placement {
+    let n = tensors.len();
+    // Root buffer of each tensor.
+    let root = |mut t: u32| {
+        while let Some(&r) = shares.get(&t) {
+            t = r;
+        }
+        t as usize
+    };
+    let mut first = vec![usize::MAX; n];
+    let mut last = vec![0usize; n];
+    let touch = |t: u32, step: usize, first: &mut Vec<usize>, last: &mut Vec<usize>| {
+        let r = root(t);
+        first[r] = first[r].min(step);
+        last[r] = last[r].max(step);
+    };
+    touch(input, 0, &mut first, &mut last);
+    let out_step = ops.len();
+    for (step, op) in ops.iter().enumerate() {
+        touch(op.input, step, &mut first, &mut last);
+        touch(op.output, step, &mut first, &mut last);
+        if let Some(r) = op.residual {
+            touch(r.tensor, step, &mut first, &mut last);
+        }
+    }
+    // The graph output lives until the caller reads it.
+    if let Some(op) = ops.last() {
+        touch(op.output, out_step, &mut first, &mut last);
+    }
+    let bytes =
+        |t: &TensorRecord| t.dims.iter().map(|&d| d as usize).product::<usize>() * t.dtype.size();
+    let roots: Vec<usize> = (0..n).filter(|&t| root(t as u32) == t).collect();
+    let buffers: Vec<Buffer> = roots
+        .iter()
+        .map(|&t| Buffer {
+            bytes: bytes(&tensors[t]),
+            first: first[t],
+            last: last[t],
+        })
+        .collect();
+    let placed = plan::place(&buffers);
+    let offsets = (0..n)
+        .map(|t| {
+            let r = root(t as u32);
+            let i = roots
+                .iter()
+                .position(|&x| x == r)
+                .expect("every root is a buffer");
+            placed.offsets[i]
+        })
+        .collect();
+    plan::Placement { offsets, ..placed }
+}
+
+pub fn preprocess_info(p: &Preprocess) -> PreprocessInfo {
+    PreprocessInfo {
+        size: [p.size[0] as u32, p.size[1] as u32],
+        resize: match p.resize {
+            Resize::Nearest => 0,
+            Resize::Bilinear => 1,
+        },
+        channel_order: match p.channel_order {
+            ChannelOrder::Rgb => 0,
+            ChannelOrder::Bgr => 1,
+        },
+        resize_shorter: p.resize_shorter.unwrap_or(0) as u32,
+        scale: p.scale,
+        mean: p.mean,
+        std: p.std,
+    }
+}
+
+/// The inverse of [`preprocess_info`].
+pub fn preprocess_from_info(p: &PreprocessInfo) -> Preprocess {
+    Preprocess {
+        size: [p.size[0] as usize, p.size[1] as usize],
+        resize: if p.resize == 0 {
+            Resize::Nearest
+        } else {
+            Resize::Bilinear
+        },
+        resize_shorter: (p.resize_shorter != 0).then_some(p.resize_shorter as usize),
+        scale: p.scale,
+        mean: p.mean,
+        std: p.std,
+        channel_order: if p.channel_order == 0 {
+            ChannelOrder::Rgb
+        } else {
+            ChannelOrder::Bgr
+        },
+    }
+}
