@@ -10,6 +10,7 @@
 pub mod calibrate;
 pub mod card;
 pub mod check;
+pub mod compare;
 pub mod compile;
 pub mod dataset;
 pub mod eval;

@@ -88,6 +88,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Per-layer SQNR of a .kes against its float ONNX model, and top-1 agreement.
+    Compare {
+        onnx: PathBuf,
+        kes: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        /// How many images, spread over the classes.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+        /// Also draw the per-layer SQNR as an SVG chart.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// Write a ResNet with deterministic synthetic weights as ONNX (BatchNorm unfused).
     Synth {
         #[arg(long)]
@@ -112,6 +127,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A closed pipe (`kestrel inspect m.kes | head`) ends the process quietly, as it does
+    // for other Unix tools, instead of panicking inside println!.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of one signal at start-up, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -251,6 +273,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 inspect::print(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Compare {
+            onnx,
+            kes,
+            data,
+            limit,
+            json,
+            svg,
+        } => {
+            let report = kestrel_tools::compare::compare(&onnx, &kes, &data, limit)?;
+            if let Some(path) = &svg {
+                kestrel_tools::compare::write_svg(&report, path)?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} vs {} on {} images: top-1 agreement {:.2}%",
+                    report.kes,
+                    report.model,
+                    report.images,
+                    100.0 * report.top1_agreement
+                );
+                println!(
+                    "{:<4} {:<16} {:<28} {:>18} {:>9}",
+                    "#", "op", "float node", "shape (NCHW)", "SQNR dB"
+                );
+                for l in &report.layers {
+                    println!(
+                        "{:<4} {:<16} {:<28} {:>18} {:>9.2}",
+                        l.index,
+                        l.op,
+                        l.name,
+                        format!("{:?}", l.shape),
+                        l.sqnr_db
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

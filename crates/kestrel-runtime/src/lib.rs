@@ -160,10 +160,22 @@ impl<'m, 'a> Session<'m, 'a> {
     /// Runs every op in order. Cannot fail: the file was checked when parsed.
     pub fn run(&mut self) {
         for i in 0..self.model.file.op_count() {
-            if let Some(op) = self.model.file.op(i) {
-                self.execute(&op);
-            }
+            self.run_op(i);
         }
+    }
+
+    /// Runs op `index` alone (ops must run in order); for tools that inspect every
+    /// intermediate tensor before the memory plan reuses its bytes.
+    pub fn run_op(&mut self, index: u32) {
+        if let Some(op) = self.model.file.op(index) {
+            self.execute(&op);
+        }
+    }
+
+    /// Tensor `index`'s description and raw bytes in the arena.
+    pub fn tensor(&self, index: u32) -> Option<(TensorInfo, &[u8])> {
+        let t = self.model.file.tensor(index)?;
+        Some((t, &self.arena[t.offset as usize..][..t.bytes()]))
     }
 
     /// Dequantised logits.

@@ -1,0 +1,220 @@
+//! `kestrel compare`: where accuracy goes. Runs the float model and the `.kes` side by side
+//! and measures, per layer, the signal-to-quantisation-noise ratio of the int8 activations
+//! against the float ones, and how often the two agree on the top class.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::check::argmax;
+use crate::compile;
+use crate::dataset;
+use crate::reference;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerSqnr {
+    pub index: usize,
+    pub op: String,
+    /// The float node this op computes.
+    pub name: String,
+    /// NCHW, as in the ONNX model.
+    pub shape: Vec<usize>,
+    pub sqnr_db: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CompareReport {
+    pub model: String,
+    pub kes: String,
+    pub images: usize,
+    /// Fraction of images where float and int8 pick the same class.
+    pub top1_agreement: f64,
+    pub layers: Vec<LayerSqnr>,
+}
+
+/// Σ signal², Σ noise² per layer, and agreement count.
+struct Sums {
+    signal: Vec<f64>,
+    noise: Vec<f64>,
+    agree: usize,
+}
+
+pub fn compare(
+    onnx: &Path,
+    kes: &Path,
+    data: &Path,
+    limit: usize,
+) -> anyhow::Result<CompareReport> {
+    let bytes =
+        std::fs::read(kes).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", kes.display()))?;
+    let model = kestrel_runtime::Model::parse(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", kes.display()))?;
+    let pre = crate::quantize::preprocess_from_info(&model.file().preprocess);
+    let prepared = compile::prepare(onnx, None)?;
+    let graph = &prepared.graph;
+    let ops = model.file().op_count() as usize;
+    anyhow::ensure!(
+        ops == graph.nodes.len(),
+        "{} has {ops} ops but the folded ONNX graph has {} nodes: not compiled from this model",
+        kes.display(),
+        graph.nodes.len()
+    );
+    let images = dataset::spread(&dataset::list(data)?, limit);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = images.len().div_ceil(threads).max(1);
+    let parts: Vec<anyhow::Result<Sums>> = std::thread::scope(|s| {
+        let handles: Vec<_> = images
+            .chunks(chunk)
+            .map(|part| {
+                let (model, pre) = (&model, &pre);
+                s.spawn(move || -> anyhow::Result<Sums> {
+                    let mut sums = Sums {
+                        signal: vec![0.0; ops],
+                        noise: vec![0.0; ops],
+                        agree: 0,
+                    };
+                    let mut arena = vec![0u8; model.arena_bytes()];
+                    for img in part {
+                        let x = pre.load(&img.path)?;
+                        let mut float_out: Vec<Vec<f32>> = vec![Vec::new(); ops];
+                        reference::run_observed(graph, &x, |i, _, data| {
+                            float_out[i] = data.to_vec()
+                        })?;
+                        let mut session = kestrel_runtime::Session::new(model, &mut arena)
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        session
+                            .set_input_nchw_f32(&x)
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        for i in 0..ops {
+                            session.run_op(i as u32);
+                            let op = model.file().op(i as u32).expect("validated");
+                            let (info, raw) = session.tensor(op.output).expect("validated");
+                            let q = dequantize_nchw(&info, raw);
+                            for (f, d) in float_out[i].iter().zip(&q) {
+                                sums.signal[i] += (*f as f64).powi(2);
+                                sums.noise[i] += (*f as f64 - *d as f64).powi(2);
+                            }
+                            if i + 1 == ops {
+                                sums.agree += (argmax(&float_out[i]) == argmax(&q)) as usize;
+                            }
+                        }
+                    }
+                    Ok(sums)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("compare thread panicked"))
+            .collect()
+    });
+    let mut total = Sums {
+        signal: vec![0.0; ops],
+        noise: vec![0.0; ops],
+        agree: 0,
+    };
+    for p in parts {
+        let p = p?;
+        total.agree += p.agree;
+        for i in 0..ops {
+            total.signal[i] += p.signal[i];
+            total.noise[i] += p.noise[i];
+        }
+    }
+    let layers = graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            model
+                .file()
+                .op(*i as u32)
+                .is_some_and(|op| op.kind != kestrel_format::OpKind::Reshape)
+        })
+        .map(|(i, n)| LayerSqnr {
+            index: i,
+            op: model
+                .file()
+                .op(i as u32)
+                .map(|o| o.kind.name().to_string())
+                .unwrap_or_default(),
+            name: n.name.clone(),
+            shape: graph.values[n.output].shape.clone(),
+            sqnr_db: 10.0 * (total.signal[i] / total.noise[i].max(1e-30)).log10(),
+        })
+        .collect();
+    Ok(CompareReport {
+        model: onnx.display().to_string(),
+        kes: kes.display().to_string(),
+        images: images.len(),
+        top1_agreement: total.agree as f64 / images.len().max(1) as f64,
+        layers,
+    })
+}
+
+/// A tensor's real values in NCHW order (the float graph's layout).
+fn dequantize_nchw(info: &kestrel_format::TensorInfo, raw: &[u8]) -> Vec<f32> {
+    let [_, h, w, c] = info.dims.map(|d| d as usize);
+    let value = |i: usize| match info.dtype {
+        kestrel_format::DType::I8 => (raw[i] as i8 as i32 - info.zero_point) as f32 * info.scale,
+        kestrel_format::DType::I32 => {
+            i32::from_le_bytes([raw[4 * i], raw[4 * i + 1], raw[4 * i + 2], raw[4 * i + 3]]) as f32
+                * info.scale
+        }
+    };
+    let mut out = vec![0.0; h * w * c];
+    for p in 0..h * w {
+        for ch in 0..c {
+            out[ch * h * w + p] = value(p * c + ch);
+        }
+    }
+    out
+}
+
+/// Draws per-layer SQNR as an SVG line chart.
+pub fn write_svg(report: &CompareReport, path: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let max_db = report.layers.iter().map(|l| l.sqnr_db).fold(10.0, f64::max) * 1.1;
+    let n = report.layers.len().max(2);
+    let title = format!(
+        "Per-layer SQNR, int8 vs float ({} images, top-1 agreement {:.1}%)",
+        report.images,
+        100.0 * report.top1_agreement
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0..n - 1, 0.0..max_db)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("layer (execution order)")
+        .y_desc("SQNR (dB)")
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .draw_series(LineSeries::new(
+            report
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i, l.sqnr_db)),
+            &BLUE,
+        ))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .draw_series(
+            report
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| Circle::new((i, l.sqnr_db), 3, BLUE.filled())),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
