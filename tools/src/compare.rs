@@ -85,17 +85,17 @@ pub fn compare(
                         session
                             .set_input_nchw_f32(&x)
                             .map_err(|e| anyhow::anyhow!("{e}"))?;
-                        for i in 0..ops {
+                        for (i, float) in float_out.iter().enumerate() {
                             session.run_op(i as u32);
                             let op = model.file().op(i as u32).expect("validated");
                             let (info, raw) = session.tensor(op.output).expect("validated");
                             let q = dequantize_nchw(&info, raw);
-                            for (f, d) in float_out[i].iter().zip(&q) {
+                            for (f, d) in float.iter().zip(&q) {
                                 sums.signal[i] += (*f as f64).powi(2);
                                 sums.noise[i] += (*f as f64 - *d as f64).powi(2);
                             }
                             if i + 1 == ops {
-                                sums.agree += (argmax(&float_out[i]) == argmax(&q)) as usize;
+                                sums.agree += (argmax(float) == argmax(&q)) as usize;
                             }
                         }
                     }
