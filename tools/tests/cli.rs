@@ -143,3 +143,109 @@ fn synth_refuses_bad_arguments() {
     ]);
     assert_clean_failure(&out, &["no-such-folder"]);
 }
+
+/// A labelled folder of small generated images: `<class>/<n>.png` for the CIFAR labels.
+fn image_folder(dir: &Path, per_class: usize) -> PathBuf {
+    let root = dir.join("images");
+    for (c, label) in kestrel_tools::synth::CIFAR10_LABELS.iter().enumerate() {
+        std::fs::create_dir_all(root.join(label)).unwrap();
+        for n in 0..per_class {
+            let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                image::Rgb([(x * 8) as u8, (y * 8) as u8, (c * 25 + n * 3) as u8])
+            });
+            img.save(root.join(label).join(format!("{n}.png"))).unwrap();
+        }
+    }
+    root
+}
+
+#[test]
+fn compile_run_eval_inspect_report_their_json_fields() {
+    let dir = tmp_dir().join("int8");
+    std::fs::create_dir_all(&dir).unwrap();
+    let onnx = dir.join("r20.onnx");
+    resnet20(&onnx);
+    let images = image_folder(&dir, 2);
+    let kes = dir.join("r20.kes");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let out = kestrel(&[
+        "compile",
+        &s(&onnx),
+        "--calib",
+        &s(&images),
+        "--calib-count",
+        "10",
+        "-o",
+        &s(&kes),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = kestrel(&["inspect", &s(&kes), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["arena_bytes"].as_u64().unwrap() >= v["arena_lower_bound_bytes"].as_u64().unwrap());
+    assert_eq!(v["macs"], 40_551_040u64);
+    assert_eq!(
+        v["file_bytes"].as_u64().unwrap(),
+        std::fs::metadata(&kes).unwrap().len()
+    );
+    assert!(v["weights_bytes"].as_u64().unwrap() > 269_000);
+    assert_eq!(v["ops"].as_array().unwrap().len(), 26);
+
+    let cat = images.join("cat/0.png");
+    let out = kestrel(&["run", &s(&kes), &s(&cat), &s(&cat), "--top", "3", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v[0]["image"], s(&cat));
+    assert_eq!(v[0]["top"].as_array().unwrap().len(), 3);
+    assert_eq!(v[0]["logits"].as_array().unwrap().len(), 10);
+    assert_eq!(
+        v[0]["logits"], v[1]["logits"],
+        "the same image gives the same logits"
+    );
+
+    let out = kestrel(&["eval", &s(&kes), "--data", &s(&images), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["images"], 20);
+    let (top1, top5) = (v["top1"].as_f64().unwrap(), v["top5"].as_f64().unwrap());
+    assert!(
+        (0.0..=1.0).contains(&top1) && top1 <= top5 && top5 <= 1.0,
+        "{v}"
+    );
+}
+
+#[test]
+fn corrupt_kes_and_bad_images_fail_cleanly() {
+    let dir = tmp_dir().join("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = dir.join("fake.kes");
+    std::fs::write(&fake, b"KESTREL\0 and then nothing sensible").unwrap();
+    for cmd in ["inspect", "run"] {
+        let mut args = vec![cmd, fake.to_str().unwrap()];
+        if cmd == "run" {
+            args.push("whatever.png");
+        }
+        assert_clean_failure(&kestrel(&args), &["fake.kes", "truncated"]);
+    }
+    let onnx = dir.join("r20.onnx");
+    resnet20(&onnx);
+    let not_image = dir.join("notes.png");
+    std::fs::write(&not_image, b"plain text").unwrap();
+    assert_clean_failure(
+        &kestrel(&["run", onnx.to_str().unwrap(), not_image.to_str().unwrap()]),
+        &["notes.png"],
+    );
+}
