@@ -292,17 +292,22 @@ pub fn dense(
 }
 
 /// Dense layer `[K] → [N]` whose int32 output is requantised to one common scale
-/// (the logits, dequantised by the caller).
+/// (the logits, dequantised by the caller). `store(n, value)` receives each output, so the
+/// caller decides the byte layout (arena bytes need not be 4-aligned).
 pub fn dense_i32(
     input: &[i8],
     weights: &[i8],
     params: impl Fn(usize) -> (i32, i32, i32),
-    output: &mut [i32],
+    outputs: usize,
+    mut store: impl FnMut(usize, i32),
 ) {
     let k = input.len();
-    for (n, o) in output.iter_mut().enumerate() {
+    for n in 0..outputs {
         let (bias, m, sh) = params(n);
-        *o = requantize(bias.wrapping_add(dot(input, &weights[n * k..][..k])), m, sh);
+        store(
+            n,
+            requantize(bias.wrapping_add(dot(input, &weights[n * k..][..k])), m, sh),
+        );
     }
 }
 

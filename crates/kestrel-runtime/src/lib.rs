@@ -280,19 +280,9 @@ impl<'m, 'a> Session<'m, 'a> {
             }
             OpKind::Dense => match y.dtype {
                 DType::I8 => scalar::dense(input, op.weights, params, out_q, as_i8_mut(output)),
-                DType::I32 => {
-                    let n = oc;
-                    for (j, chunk) in output.chunks_exact_mut(4).enumerate().take(n) {
-                        let mut one = [0i32; 1];
-                        scalar::dense_i32(
-                            input,
-                            &op.weights[j * c..][..c],
-                            |_| params(j),
-                            &mut one,
-                        );
-                        chunk.copy_from_slice(&one[0].to_le_bytes());
-                    }
-                }
+                DType::I32 => scalar::dense_i32(input, op.weights, params, oc, |n, v| {
+                    output[4 * n..4 * n + 4].copy_from_slice(&v.to_le_bytes());
+                }),
             },
             OpKind::MaxPool => scalar::max_pool(&win, input, as_i8_mut(output)),
             OpKind::AvgPool => scalar::avg_pool(
