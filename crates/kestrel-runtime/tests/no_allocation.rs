@@ -3,14 +3,18 @@
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 struct Counting;
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    // Per thread: the test harness runs other tests, which allocate, on other threads.
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -28,12 +32,12 @@ fn run_allocates_nothing() {
     let mut arena = vec![0u8; model.arena_bytes()];
     let image: Vec<f32> = (0..6 * 6 * 3).map(|i| (i as f32 / 50.0) - 1.0).collect();
     let mut logits = [0f32; 3];
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let before = ALLOCATIONS.with(Cell::get);
     let mut session = kestrel_runtime::Session::new(&model, &mut arena).unwrap();
     session.set_input_nchw_f32(&image).unwrap();
     session.run();
     session.logits(&mut logits).unwrap();
-    let after = ALLOCATIONS.load(Ordering::SeqCst);
+    let after = ALLOCATIONS.with(Cell::get);
     assert_eq!(after - before, 0, "the session allocated");
     assert!(
         logits.iter().any(|&l| l != 0.0),
