@@ -60,65 +60,50 @@ pub fn compare(
         graph.nodes.len()
     );
     let images = dataset::spread(&dataset::list(data)?, limit);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = images.len().div_ceil(threads).max(1);
-    let parts: Vec<anyhow::Result<Sums>> = std::thread::scope(|s| {
-        let handles: Vec<_> = images
-            .chunks(chunk)
-            .map(|part| {
-                let (model, pre) = (&model, &pre);
-                s.spawn(move || -> anyhow::Result<Sums> {
-                    let mut sums = Sums {
-                        signal: vec![0.0; ops],
-                        noise: vec![0.0; ops],
-                        agree: 0,
-                    };
-                    let mut arena = vec![0u8; model.arena_bytes()];
-                    for img in part {
-                        let x = pre.load(&img.path)?;
-                        let mut float_out: Vec<Vec<f32>> = vec![Vec::new(); ops];
-                        reference::run_observed(graph, &x, |i, _, data| {
-                            float_out[i] = data.to_vec()
-                        })?;
-                        let mut session = kestrel_runtime::Session::new(model, &mut arena)
-                            .map_err(|e| anyhow::anyhow!("{e}"))?;
-                        session
-                            .set_input_nchw_f32(&x)
-                            .map_err(|e| anyhow::anyhow!("{e}"))?;
-                        for (i, float) in float_out.iter().enumerate() {
-                            session.run_op(i as u32);
-                            let op = model.file().op(i as u32).expect("validated");
-                            let (info, raw) = session.tensor(op.output).expect("validated");
-                            let q = dequantize_nchw(&info, raw);
-                            for (f, d) in float.iter().zip(&q) {
-                                sums.signal[i] += (*f as f64).powi(2);
-                                sums.noise[i] += (*f as f64 - *d as f64).powi(2);
-                            }
-                            if i + 1 == ops {
-                                sums.agree += (argmax(float) == argmax(&q)) as usize;
-                            }
-                        }
-                    }
-                    Ok(sums)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("compare thread panicked"))
-            .collect()
-    });
+    let parts = crate::parallel::map_chunks(&images, |part| {
+        let mut sums = Sums {
+            signal: vec![0.0; ops],
+            noise: vec![0.0; ops],
+            agree: 0,
+        };
+        let mut arena = vec![0u8; model.arena_bytes()];
+        for img in part {
+            let x = pre.load(&img.path)?;
+            let mut float_out: Vec<Vec<f32>> = vec![Vec::new(); ops];
+            reference::run_observed(graph, &x, |i, _, data| float_out[i] = data.to_vec())?;
+            let mut session = kestrel_runtime::Session::new(&model, &mut arena)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            session
+                .set_input_nchw_f32(&x)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            for (i, float) in float_out.iter().enumerate() {
+                session.run_op(i as u32);
+                let op = model.file().op(i as u32).expect("validated");
+                let (info, raw) = session.tensor(op.output).expect("validated");
+                let q = dequantize_nchw(&info, raw);
+                for (f, d) in float.iter().zip(&q) {
+                    sums.signal[i] += (*f as f64).powi(2);
+                    sums.noise[i] += (*f as f64 - *d as f64).powi(2);
+                }
+                if i + 1 == ops {
+                    sums.agree += (argmax(float) == argmax(&q)) as usize;
+                }
+            }
+        }
+        Ok(sums)
+    })?;
     let mut total = Sums {
         signal: vec![0.0; ops],
         noise: vec![0.0; ops],
         agree: 0,
     };
     for p in parts {
-        let p = p?;
         total.agree += p.agree;
-        for i in 0..ops {
-            total.signal[i] += p.signal[i];
-            total.noise[i] += p.noise[i];
+        for (t, s) in total.signal.iter_mut().zip(&p.signal) {
+            *t += s;
+        }
+        for (t, n) in total.noise.iter_mut().zip(&p.noise) {
+            *t += n;
         }
     }
     let layers = graph

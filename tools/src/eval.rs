@@ -142,40 +142,21 @@ pub fn evaluate(
     } else {
         ProgressBar::hidden()
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = images.len().div_ceil(threads).max(1);
-    let counts: Vec<anyhow::Result<(usize, usize)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = images
-            .chunks(chunk)
-            .zip(targets.chunks(chunk))
-            .map(|(imgs, tgts)| {
-                let bar = &bar;
-                s.spawn(move || -> anyhow::Result<(usize, usize)> {
-                    let mut run = model.runner()?;
-                    let (mut top1, mut top5) = (0, 0);
-                    for (img, &t) in imgs.iter().zip(tgts) {
-                        let logits = run(&model.preprocess.load(&img.path)?)?;
-                        let best = top_k(&logits, 5);
-                        top1 += (best[0] == t) as usize;
-                        top5 += best.contains(&t) as usize;
-                        bar.inc(1);
-                    }
-                    Ok((top1, top5))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("evaluation thread panicked"))
-            .collect()
-    });
+    let labelled: Vec<_> = images.iter().zip(targets).collect();
+    let counts = crate::parallel::map_chunks(&labelled, |part| {
+        let mut run = model.runner()?;
+        let (mut top1, mut top5) = (0, 0);
+        for (img, t) in part {
+            let logits = run(&model.preprocess.load(&img.path)?)?;
+            let best = top_k(&logits, 5);
+            top1 += (best[0] == *t) as usize;
+            top5 += best.contains(t) as usize;
+            bar.inc(1);
+        }
+        Ok((top1, top5))
+    })?;
     bar.finish_and_clear();
-    let (mut top1, mut top5) = (0, 0);
-    for c in counts {
-        let (a, b) = c?;
-        top1 += a;
-        top5 += b;
-    }
+    let (top1, top5) = counts.iter().fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
     let n = images.len().max(1) as f64;
     Ok(EvalReport {
         model: name.to_string(),

@@ -17,6 +17,7 @@ pub mod eval;
 pub mod graph;
 pub mod inspect;
 pub mod onnx_import;
+pub mod parallel;
 pub mod passes;
 pub mod plan;
 pub mod preprocess;

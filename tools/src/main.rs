@@ -1,17 +1,15 @@
 //! `kestrel`: the host command line.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use kestrel_tools::calibrate::Method;
 use kestrel_tools::card::LoadedCard;
 use kestrel_tools::check::{self, CheckReport};
 use kestrel_tools::compile::{self, CompileOptions, Target};
-use kestrel_tools::dataset;
 use kestrel_tools::eval::{self, Loaded};
 use kestrel_tools::inspect;
 use kestrel_tools::synth::{self, Arch, SynthOptions};
@@ -331,7 +329,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut model = synth::build(&opts)?;
             match calib {
                 Some(dir) => {
-                    let images = load_images(&dir, calib_count, &opts)?;
+                    let images = compile::load_images(&dir, calib_count, &opts.preprocess(), true)?;
                     let report = synth::calibrate_bn(&mut model, &images)?;
                     eprintln!(
                         "BatchNorm statistics of {} layers set from {} images; logits up to {:.2}, {} distinct predictions",
@@ -353,26 +351,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-fn load_images(dir: &Path, count: usize, opts: &SynthOptions) -> anyhow::Result<Vec<Vec<f32>>> {
-    let all = dataset::list(dir)?;
-    let picked = dataset::spread(&all, count);
-    let pre = opts.preprocess();
-    let bar = ProgressBar::new(picked.len() as u64).with_style(
-        ProgressStyle::with_template("loading images {bar:30} {pos}/{len}")
-            .expect("static template"),
-    );
-    let images = picked
-        .iter()
-        .map(|img| {
-            bar.inc(1);
-            pre.load(&img.path)
-                .with_context(|| format!("calibration image {}", img.path.display()))
-        })
-        .collect();
-    bar.finish_and_clear();
-    images
 }
 
 fn print_check(r: &CheckReport) {

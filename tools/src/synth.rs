@@ -20,7 +20,7 @@ use tract_onnx::pb::{
 
 use crate::graph::Op;
 use crate::onnx_import;
-use crate::preprocess::{ChannelOrder, Preprocess, Resize};
+use crate::preprocess::Preprocess;
 use crate::reference;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,15 +128,7 @@ impl SynthOptions {
     /// The preprocessing the synthetic model declares: ImageNet normalisation, bilinear
     /// resize of whatever image is given to the input size.
     pub fn preprocess(&self) -> Preprocess {
-        Preprocess {
-            size: [self.input_size, self.input_size],
-            resize: Resize::Bilinear,
-            resize_shorter: None,
-            scale: 1.0 / 255.0,
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
-            channel_order: ChannelOrder::Rgb,
-        }
+        crate::check::imagenet_preprocess([self.input_size, self.input_size])
     }
 }
 
