@@ -266,7 +266,14 @@ fn expected_squared_error(s: &TensorStats, a: usize, b: usize) -> f64 {
 }
 
 fn kl_divergence(s: &TensorStats, a: usize, b: usize) -> f64 {
-    let raw = &s.histogram[a..b];
+    // The bin holding 0 is left out: zero is exact in every candidate range, and after a
+    // ReLU that bin holds half the mass, which merged with its neighbours into one level
+    // would make every wide range look lossy and the chosen range far too narrow.
+    let zero_bin = if s.min >= 0.0 { 0 } else { s.bin_of(0.0) };
+    let mut raw = s.histogram[a..b].to_vec();
+    if (a..b).contains(&zero_bin) {
+        raw[zero_bin - a] = 0;
+    }
     // P: the histogram inside [a, b) with the clipped outliers folded into the edge bins.
     let mut p: Vec<f64> = raw.iter().map(|&c| c as f64).collect();
     p[0] += s.histogram[..a].iter().sum::<u64>() as f64;
@@ -348,6 +355,23 @@ mod tests {
         }
         let (_, hi) = choose_range(&s, Method::Mse);
         assert!(hi > 80.0 && hi < 97.0, "mse picked {hi}");
+    }
+
+    /// A ReLU output: half exact zeros, half an exponential tail. The zero spike must not
+    /// drive entropy calibration to a range far narrower than the tail.
+    #[test]
+    fn entropy_is_not_fooled_by_the_relu_zero_spike() {
+        let n = 50_000;
+        let mut values = vec![0.0f32; n];
+        values.extend((0..n).map(|i| -(((i as f64 + 0.5) / n as f64).ln()) as f32));
+        let s = stats_of(&values);
+        let (_, p) = choose_range(&s, Method::Percentile(99.99));
+        let (lo, e) = choose_range(&s, Method::Entropy);
+        assert_eq!(lo, 0.0);
+        assert!(
+            e > 0.4 * p,
+            "entropy picked {e}, the 99.99th percentile is {p}"
+        );
     }
 
     #[test]
