@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::check::argmax;
 use crate::compile;
 use crate::dataset;
+use crate::preprocess::Preprocess;
 use crate::reference;
 
 #[derive(Clone, Debug, Serialize)]
@@ -49,7 +50,7 @@ pub fn compare(
         std::fs::read(kes).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", kes.display()))?;
     let model = kestrel_runtime::Model::parse(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", kes.display()))?;
-    let pre = crate::quantize::preprocess_from_info(&model.file().preprocess);
+    let pre = Preprocess::from_info(&model.file().preprocess);
     let prepared = compile::prepare(onnx, None)?;
     let graph = &prepared.graph;
     let ops = model.file().op_count() as usize;

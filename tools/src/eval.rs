@@ -11,7 +11,6 @@ use crate::compile;
 use crate::dataset;
 use crate::graph::Graph;
 use crate::preprocess::Preprocess;
-use crate::quantize::preprocess_from_info;
 use crate::reference;
 
 /// A model that turns preprocessed NCHW images into logits.
@@ -41,7 +40,7 @@ impl Loaded {
             let file = model.file();
             let preprocess = match card {
                 Some(c) => c.preprocess(),
-                None => preprocess_from_info(&file.preprocess),
+                None => Preprocess::from_info(&file.preprocess),
             };
             let labels = (0..file.label_count())
                 .filter_map(|i| file.label(i).map(str::to_owned))

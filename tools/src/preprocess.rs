@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use kestrel_format::PreprocessInfo;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -184,74 +185,59 @@ impl Preprocess {
         Ok(self.apply(img.as_raw(), w as usize, h as usize))
     }
 
-    /// Preprocesses decoded interleaved RGB bytes (`h × w × 3`) into NCHW f32.
+    /// Preprocesses decoded interleaved RGB bytes (`h × w × 3`) into NCHW f32, with the
+    /// runtime's implementation so host and board inputs are identical.
     pub fn apply(&self, rgb: &[u8], w: usize, h: usize) -> Vec<f32> {
+        let info = self.to_info();
         let [oh, ow] = self.size;
-        let resized = match self.resize_shorter {
-            Some(shorter) => {
-                let (rw, rh) = if w <= h {
-                    (shorter, (h * shorter).div_ceil(w))
-                } else {
-                    ((w * shorter).div_ceil(h), shorter)
-                };
-                let big = resize(rgb, w, h, rw.max(ow), rh.max(oh), Resize::Bilinear);
-                center_crop(&big, rw.max(ow), rh.max(oh), ow, oh)
-            }
-            None => resize(rgb, w, h, ow, oh, self.resize),
-        };
         let mut out = vec![0.0f32; 3 * oh * ow];
-        let plane = oh * ow;
-        for p in 0..plane {
-            for c in 0..3 {
-                let src = match self.channel_order {
-                    ChannelOrder::Rgb => c,
-                    ChannelOrder::Bgr => 2 - c,
-                };
-                let v = resized[p * 3 + src] as f32 * self.scale;
-                out[c * plane + p] = (v - self.mean[c]) / self.std[c];
-            }
-        }
+        let mut scratch = vec![0.0f32; kestrel_runtime::preprocess::scratch_len(&info, w, h)];
+        kestrel_runtime::preprocess::preprocess_rgb(&info, rgb, w, h, &mut scratch, |c, p, v| {
+            out[c * oh * ow + p] = v
+        })
+        .expect("buffers are sized for the image");
         out
     }
-}
 
-fn resize(rgb: &[u8], w: usize, h: usize, ow: usize, oh: usize, how: Resize) -> Vec<u8> {
-    if (w, h) == (ow, oh) {
-        return rgb.to_vec();
-    }
-    match how {
-        Resize::Nearest => {
-            let mut out = Vec::with_capacity(ow * oh * 3);
-            for y in 0..oh {
-                let sy = y * h / oh;
-                for x in 0..ow {
-                    let sx = x * w / ow;
-                    out.extend_from_slice(&rgb[(sy * w + sx) * 3..][..3]);
-                }
-            }
-            out
-        }
-        Resize::Bilinear => {
-            let img = image::RgbImage::from_raw(w as u32, h as u32, rgb.to_vec())
-                .expect("buffer length is w × h × 3");
-            image::imageops::resize(
-                &img,
-                ow as u32,
-                oh as u32,
-                image::imageops::FilterType::Triangle,
-            )
-            .into_raw()
+    /// The `.kes` preprocessing record.
+    pub fn to_info(&self) -> PreprocessInfo {
+        PreprocessInfo {
+            size: [self.size[0] as u32, self.size[1] as u32],
+            resize: match self.resize {
+                Resize::Nearest => 0,
+                Resize::Bilinear => 1,
+            },
+            channel_order: match self.channel_order {
+                ChannelOrder::Rgb => 0,
+                ChannelOrder::Bgr => 1,
+            },
+            resize_shorter: self.resize_shorter.unwrap_or(0) as u32,
+            scale: self.scale,
+            mean: self.mean,
+            std: self.std,
         }
     }
-}
 
-fn center_crop(rgb: &[u8], w: usize, h: usize, cw: usize, ch: usize) -> Vec<u8> {
-    let (x0, y0) = ((w - cw) / 2, (h - ch) / 2);
-    let mut out = Vec::with_capacity(cw * ch * 3);
-    for y in y0..y0 + ch {
-        out.extend_from_slice(&rgb[(y * w + x0) * 3..][..cw * 3]);
+    /// The inverse of [`Preprocess::to_info`].
+    pub fn from_info(p: &PreprocessInfo) -> Self {
+        Preprocess {
+            size: [p.size[0] as usize, p.size[1] as usize],
+            resize: if p.resize == 0 {
+                Resize::Nearest
+            } else {
+                Resize::Bilinear
+            },
+            resize_shorter: (p.resize_shorter != 0).then_some(p.resize_shorter as usize),
+            scale: p.scale,
+            mean: p.mean,
+            std: p.std,
+            channel_order: if p.channel_order == 0 {
+                ChannelOrder::Rgb
+            } else {
+                ChannelOrder::Bgr
+            },
+        }
     }
-    out
 }
 
 /// A deterministic pseudo-image (interleaved RGB bytes): the fixed input `kestrel check`

@@ -12,13 +12,13 @@
 use std::collections::HashMap;
 
 use kestrel_format::writer::{KesModel, OpRecord, TensorRecord};
-use kestrel_format::{DType, OpKind, Plan, PreprocessInfo, Residual};
+use kestrel_format::{DType, OpKind, Plan, Residual};
 use kestrel_kernels::scalar::quantize_multiplier;
 
 use crate::calibrate::{choose_range, Method, TensorStats};
 use crate::graph::{Graph, Op, ValueId};
 use crate::plan::{self, Buffer};
-use crate::preprocess::{ChannelOrder, Preprocess, Resize};
+use crate::preprocess::Preprocess;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LowerError {
@@ -352,7 +352,7 @@ pub fn lower(
             arena_bytes: placement.arena_bytes as u64,
             lower_bound_bytes: placement.lower_bound_bytes as u64,
         },
-        preprocess: preprocess_info(pre),
+        preprocess: pre.to_info(),
         labels,
         metadata,
     };
@@ -462,43 +462,4 @@ fn plan_memory(
         })
         .collect();
     plan::Placement { offsets, ..placed }
-}
-
-pub fn preprocess_info(p: &Preprocess) -> PreprocessInfo {
-    PreprocessInfo {
-        size: [p.size[0] as u32, p.size[1] as u32],
-        resize: match p.resize {
-            Resize::Nearest => 0,
-            Resize::Bilinear => 1,
-        },
-        channel_order: match p.channel_order {
-            ChannelOrder::Rgb => 0,
-            ChannelOrder::Bgr => 1,
-        },
-        resize_shorter: p.resize_shorter.unwrap_or(0) as u32,
-        scale: p.scale,
-        mean: p.mean,
-        std: p.std,
-    }
-}
-
-/// The inverse of [`preprocess_info`].
-pub fn preprocess_from_info(p: &PreprocessInfo) -> Preprocess {
-    Preprocess {
-        size: [p.size[0] as usize, p.size[1] as usize],
-        resize: if p.resize == 0 {
-            Resize::Nearest
-        } else {
-            Resize::Bilinear
-        },
-        resize_shorter: (p.resize_shorter != 0).then_some(p.resize_shorter as usize),
-        scale: p.scale,
-        mean: p.mean,
-        std: p.std,
-        channel_order: if p.channel_order == 0 {
-            ChannelOrder::Rgb
-        } else {
-            ChannelOrder::Bgr
-        },
-    }
 }

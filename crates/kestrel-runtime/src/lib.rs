@@ -24,6 +24,8 @@ use kestrel_kernels::scalar::{self, OutQuant, Residual, Window};
 
 pub use kestrel_format;
 
+pub mod preprocess;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
     /// The file is not a valid `.kes` model.
@@ -155,6 +157,33 @@ impl<'m, 'a> Session<'m, 'a> {
             }
         }
         Ok(())
+    }
+
+    /// Preprocesses a decoded RGB image (`height × width × 3` bytes) as the model
+    /// prescribes and quantises it into the input tensor; `scratch` holds at least
+    /// [`preprocess::scratch_len`] floats. Same values as host preprocessing followed by
+    /// [`Session::set_input_nchw_f32`].
+    pub fn set_input_rgb(
+        &mut self,
+        rgb: &[u8],
+        width: usize,
+        height: usize,
+        scratch: &mut [f32],
+    ) -> Result<(), Error> {
+        let t = self.model.input();
+        let c = t.dims[3] as usize;
+        if c != 3 {
+            return Err(Error::BufferSize {
+                expected: c,
+                given: 3,
+            });
+        }
+        let info = self.model.file.preprocess;
+        let (inv, zp) = (1.0 / t.scale, t.zero_point);
+        let input = self.input_mut();
+        preprocess::preprocess_rgb(&info, rgb, width, height, scratch, |ch, p, v| {
+            input[p * c + ch] = quantize(v, inv, zp);
+        })
     }
 
     /// Runs every op in order. Cannot fail: the file was checked when parsed.
