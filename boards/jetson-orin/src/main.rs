@@ -1,12 +1,26 @@
-//! Board binary for the Jetson Orin (Cortex-A78AE, sdot path, CSI cameras through GStreamer).
+//! Board binary for the Jetson Orin: Cortex-A78AE (the `sdot` kernel path), a CSI camera
+//! read through a GStreamer `nvarguscamerasrc` pipeline as raw I420 frames.
 //!
-//! It will grab a camera frame when a GPIO line fires, classify it with a `.kes` model
-//! and emit the result, through `kestrel-board`. The service loop is not written yet, so
-//! this binary says so and exits with a failure instead of pretending to run.
+//! The default trigger line (144 on `/dev/gpiochip0`) is meant as header pin 7 of the
+//! Orin Nano developer kit; line numbers differ between JetPack releases and carrier
+//! boards, so check it with `gpioinfo` and set `trigger` in the config.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "kestrel-jetson-orin: the board service is not implemented yet (see the boards issue)"
-    );
-    std::process::ExitCode::from(2)
+use std::process::ExitCode;
+
+use kestrel_board::BoardProfile;
+
+const PROFILE: BoardProfile = BoardProfile {
+    name: "jetson-orin",
+    description: "NVIDIA Jetson Orin (Cortex-A78AE, sdot path)",
+    cpu: "Cortex-A78AE ×6 @ 1.5 GHz (Orin Nano)",
+    kernels: "neon-dot",
+    threads: 6,
+    gpiochip: "/dev/gpiochip0",
+    trigger_line: 144,
+    camera: "pipe:yuv420:1280x720:gst-launch-1.0 -q nvarguscamerasrc ! 'video/x-raw(memory:NVMM),width=1280,height=720,framerate=30/1' ! nvvidconv ! 'video/x-raw,format=I420' ! fdsink fd=1",
+    camera_size: [640, 480],
+};
+
+fn main() -> ExitCode {
+    kestrel_board::app::main(&PROFILE)
 }

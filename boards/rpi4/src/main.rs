@@ -1,10 +1,22 @@
-//! Board binary for the Raspberry Pi 4 (Cortex-A72, no dot product: the NEON SMLAL path, 4 threads).
-//!
-//! It will grab a camera frame when a GPIO line fires, classify it with a `.kes` model
-//! and emit the result, through `kestrel-board`. The service loop is not written yet, so
-//! this binary says so and exits with a failure instead of pretending to run.
+//! Board binary for the Raspberry Pi 4: Cortex-A72 (NEON without dot product), four cores,
+//! a CSI camera read through `rpicam-vid`, the trigger on header pin 11 (GPIO17).
 
-fn main() -> std::process::ExitCode {
-    eprintln!("kestrel-rpi4: the board service is not implemented yet (see the boards issue)");
-    std::process::ExitCode::from(2)
+use std::process::ExitCode;
+
+use kestrel_board::BoardProfile;
+
+const PROFILE: BoardProfile = BoardProfile {
+    name: "rpi4",
+    description: "Raspberry Pi 4 (Cortex-A72, NEON without dot product)",
+    cpu: "Cortex-A72 ×4 @ 1.8 GHz",
+    kernels: "neon",
+    threads: 4,
+    gpiochip: "/dev/gpiochip0",
+    trigger_line: 17,
+    camera: "pipe:rpicam-vid -t 0 -n --codec mjpeg --width 640 --height 480 --framerate 15 -o -",
+    camera_size: [640, 480],
+};
+
+fn main() -> ExitCode {
+    kestrel_board::app::main(&PROFILE)
 }

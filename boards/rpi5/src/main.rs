@@ -1,10 +1,25 @@
-//! Board binary for the Raspberry Pi 5 (Cortex-A76, sdot path, 4 threads).
+//! Board binary for the Raspberry Pi 5: Cortex-A76 (the `sdot` kernel path), four cores,
+//! a CSI camera read through `rpicam-vid`, the trigger on header pin 11 (GPIO17).
 //!
-//! It will grab a camera frame when a GPIO line fires, classify it with a `.kes` model
-//! and emit the result, through `kestrel-board`. The service loop is not written yet, so
-//! this binary says so and exits with a failure instead of pretending to run.
+//! On Pi 5 kernels before 6.6.45 the header's GPIO chip is `/dev/gpiochip4`; pass
+//! `--trigger gpio:gpiochip4:17` there.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("kestrel-rpi5: the board service is not implemented yet (see the boards issue)");
-    std::process::ExitCode::from(2)
+use std::process::ExitCode;
+
+use kestrel_board::BoardProfile;
+
+const PROFILE: BoardProfile = BoardProfile {
+    name: "rpi5",
+    description: "Raspberry Pi 5 (Cortex-A76, sdot path)",
+    cpu: "Cortex-A76 ×4 @ 2.4 GHz",
+    kernels: "neon-dot",
+    threads: 4,
+    gpiochip: "/dev/gpiochip0",
+    trigger_line: 17,
+    camera: "pipe:rpicam-vid -t 0 -n --codec mjpeg --width 640 --height 480 --framerate 15 -o -",
+    camera_size: [640, 480],
+};
+
+fn main() -> ExitCode {
+    kestrel_board::app::main(&PROFILE)
 }

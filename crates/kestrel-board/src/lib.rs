@@ -1,6 +1,28 @@
-//! What every Kestrel board binary shares.
-//!
-//! This crate will own camera sources (V4L2, a child process's frames, replay folders),
-//! triggers (embedded-hal GPIO input pins, intervals, stdin), preprocessing of frames into
-//! the model's input, result sinks (JSON lines, an output pin) and the service loop that
-//! survives camera faults. Boards in `boards/` are thin binaries over it.
+//! What every Kestrel board binary shares: camera sources (V4L2, a child process's frames,
+//! replay folders), triggers (embedded-hal GPIO input pins, intervals, stdin), frame
+//! conversion and preprocessing into preallocated buffers, result sinks (JSON lines, an
+//! output pin) and the service loop that survives camera faults. Boards in `boards/` are
+//! thin binaries over [`app::main`] with their [`config::BoardProfile`].
+
+pub mod app;
+pub mod classifier;
+pub mod config;
+pub mod frame;
+pub mod gpio;
+pub mod service;
+pub mod sink;
+pub mod source;
+pub mod trigger;
+#[cfg(feature = "v4l2")]
+pub mod v4l2;
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/embedded_model.rs"));
+}
+
+/// The model embedded at build time (`KESTREL_EMBED_MODEL`), if any.
+pub fn embedded_model() -> Option<&'static [u8]> {
+    embedded::EMBEDDED_MODEL
+}
+
+pub use config::BoardProfile;

@@ -1,0 +1,147 @@
+//! The board binary's `main`: flags and config, open everything, run the service.
+
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::classifier::Classifier;
+use crate::config::{usage, BoardProfile, FileConfig, Flags, Settings};
+use crate::service::{Backoff, EndReason, Service};
+use crate::sink::{ClassIndicator, ClassPin, JsonLines};
+use crate::trigger::TriggerSpec;
+
+/// Exit codes: 0 clean stop or end of input, 1 a start-up failure (bad model, camera,
+/// GPIO line), 2 bad usage, 3 the loop ended on a failure it cannot retry.
+pub fn main(profile: &BoardProfile) -> ExitCode {
+    let flags = match Flags::parse(std::env::args_os().skip(1)) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("kestrel-{}: {e}\n\n{}", profile.name, usage(profile));
+            return ExitCode::from(2);
+        }
+    };
+    if flags.help {
+        print!("{}", usage(profile));
+        return ExitCode::SUCCESS;
+    }
+    if flags.version {
+        println!("kestrel-{} {}", profile.name, env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    if flags.print_profile {
+        println!("{}", profile_json(profile));
+        return ExitCode::SUCCESS;
+    }
+    match run(profile, &flags) {
+        Ok(reason) => match reason {
+            EndReason::Stopped | EndReason::SourceExhausted | EndReason::TriggerEnded => {
+                ExitCode::SUCCESS
+            }
+            EndReason::TriggerFailed | EndReason::OutputClosed => ExitCode::from(3),
+        },
+        Err(e) => {
+            eprintln!("kestrel-{}: {e}", profile.name);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn profile_json(p: &BoardProfile) -> serde_json::Value {
+    serde_json::json!({
+        "board": p.name,
+        "description": p.description,
+        "cpu": p.cpu,
+        "kernels": p.kernels,
+        "threads": p.threads,
+        "gpiochip": p.gpiochip,
+        "trigger_line": p.trigger_line,
+        "camera": p.camera,
+        "camera_size": p.camera_size,
+    })
+}
+
+fn run(profile: &BoardProfile, flags: &Flags) -> Result<EndReason, String> {
+    let file = match &flags.config {
+        Some(path) => FileConfig::load(path).map_err(|e| e.to_string())?,
+        None => FileConfig::default(),
+    };
+    let settings = Settings::resolve(profile, file, flags).map_err(|e| e.to_string())?;
+    let (classifier, model_name) = match (&settings.model, crate::embedded_model()) {
+        (Some(path), _) => (
+            Classifier::from_file(path).map_err(|e| e.to_string())?,
+            path.display().to_string(),
+        ),
+        (None, Some(bytes)) => (
+            Classifier::new(bytes).map_err(|e| format!("embedded model: {e}"))?,
+            "embedded".to_string(),
+        ),
+        (None, None) => {
+            return Err("no model: pass --model PATH (this binary has none embedded)".into())
+        }
+    };
+    let trigger_spec =
+        TriggerSpec::parse(&settings.trigger, (profile.gpiochip, profile.trigger_line))
+            .map_err(|e| e.to_string())?;
+    let trigger = trigger_spec.open().map_err(|e| e.to_string())?;
+    let source =
+        crate::source::open(&settings.camera, settings.camera_size).map_err(|e| e.to_string())?;
+    let indicator: Option<Box<dyn ClassIndicator>> = match &settings.output {
+        None => None,
+        Some(out) => {
+            let class = classifier.class_of(&out.class).ok_or_else(|| {
+                format!(
+                    "output class '{}' is not one of the model's labels",
+                    out.class
+                )
+            })?;
+            let chip = out.chip.as_deref().unwrap_or(profile.gpiochip);
+            let pin = crate::gpio::output_pin(chip, out.line).map_err(|e| e.to_string())?;
+            let off = out.off.unwrap_or(out.on * 0.75);
+            Some(Box::new(ClassPin::new(pin, class, out.on, off)?))
+        }
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| format!("cannot install the signal handler: {e}"))?;
+    }
+    if settings.threads > 1 {
+        eprintln!(
+            "kestrel-{}: the runtime's kernels run on one thread for now; --threads {} is kept for when the threaded kernels land",
+            profile.name, settings.threads
+        );
+    }
+    let mut sink = JsonLines::new(std::io::stdout().lock());
+    let model = classifier.model();
+    let start = serde_json::json!({
+        "board": profile.name,
+        "model": model_name,
+        "classes": model.classes(),
+        "input": model.input().dims,
+        "arena_bytes": model.arena_bytes(),
+        "camera": source.name(),
+        "trigger": settings.trigger,
+        "threads": settings.threads,
+    });
+    sink.event("start", None, None, start)
+        .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    let mut service = Service {
+        source,
+        trigger,
+        classifier,
+        sink,
+        indicator,
+        top_k: settings.top,
+        backoff: Backoff::default(),
+    };
+    let summary = service.run(&stop);
+    let reason = format!("{:?}", summary.reason);
+    let _ = service.sink.event(
+        "stop",
+        None,
+        None,
+        serde_json::json!({ "frames": summary.frames, "errors": summary.errors, "reason": reason }),
+    );
+    Ok(summary.reason)
+}

@@ -1,0 +1,134 @@
+//! A `.kes` model with its arena and every buffer a frame needs, allocated once.
+
+use std::time::Instant;
+
+use kestrel_runtime::{preprocess, Model, Session};
+
+use crate::frame::RgbImage;
+use crate::sink::Ranked;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifierError {
+    #[error("cannot read model {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{0}")]
+    Runtime(#[from] kestrel_runtime::Error),
+}
+
+/// Milliseconds spent on one frame's two stages.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timing {
+    pub preprocess_ms: f64,
+    pub inference_ms: f64,
+}
+
+pub struct Classifier {
+    model: Model<'static>,
+    arena: Vec<u8>,
+    scratch: Vec<f32>,
+    logits: Vec<f32>,
+    scores: Vec<f32>,
+    order: Vec<usize>,
+    index_labels: Vec<String>,
+}
+
+impl Classifier {
+    /// Parses (and fully checks) the model. The bytes live as long as the process: a
+    /// board runs one model from start to exit, and the runtime borrows them zero-copy.
+    pub fn new(bytes: &'static [u8]) -> Result<Self, ClassifierError> {
+        let model = Model::parse(bytes)?;
+        let classes = model.classes();
+        let index_labels = (0..classes).map(|i| i.to_string()).collect();
+        Ok(Classifier {
+            arena: vec![0u8; model.arena_bytes()],
+            scratch: Vec::new(),
+            logits: vec![0.0; classes],
+            scores: vec![0.0; classes],
+            order: (0..classes).collect(),
+            index_labels,
+            model,
+        })
+    }
+
+    /// Reads a `.kes` file and leaks it for the life of the process.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ClassifierError> {
+        let bytes = std::fs::read(path).map_err(|e| ClassifierError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::new(Box::leak(bytes.into_boxed_slice()))
+    }
+
+    pub fn model(&self) -> &Model<'static> {
+        &self.model
+    }
+
+    /// Classifies one RGB image: preprocessing and inference, no allocation once the
+    /// frame size has been seen.
+    pub fn classify(&mut self, image: &RgbImage<'_>) -> Result<Timing, ClassifierError> {
+        let t0 = Instant::now();
+        let info = self.model.file().preprocess;
+        let need = preprocess::scratch_len(&info, image.width, image.height);
+        if self.scratch.len() < need {
+            self.scratch.resize(need, 0.0);
+        }
+        let mut session = Session::new(&self.model, &mut self.arena)?;
+        session.set_input_rgb(image.rgb, image.width, image.height, &mut self.scratch)?;
+        let t1 = Instant::now();
+        session.run();
+        session.logits(&mut self.logits)?;
+        let t2 = Instant::now();
+        softmax(&self.logits, &mut self.scores);
+        let logits = &self.logits;
+        // Stable order: ties keep the lower class first, like `kestrel run`.
+        self.order
+            .sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        Ok(Timing {
+            preprocess_ms: (t1 - t0).as_secs_f64() * 1e3,
+            inference_ms: (t2 - t1).as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Softmax probabilities of the last frame, by class.
+    pub fn scores(&self) -> &[f32] {
+        &self.scores
+    }
+
+    /// The best `k` classes of the last frame.
+    pub fn top(&self, k: usize) -> Vec<Ranked<'_>> {
+        self.order
+            .iter()
+            .take(k)
+            .map(|&i| Ranked {
+                label: self.label(i),
+                index: i,
+                score: self.scores[i],
+            })
+            .collect()
+    }
+
+    /// The class's label, or its index when the model has no labels.
+    pub fn label(&self, class: usize) -> &str {
+        match self.model.label(class) {
+            Some(l) => l,
+            None => self.index_labels.get(class).map_or("", String::as_str),
+        }
+    }
+
+    /// A class index by label.
+    pub fn class_of(&self, label: &str) -> Option<usize> {
+        (0..self.model.classes()).find(|&i| self.label(i) == label)
+    }
+}
+
+fn softmax(logits: &[f32], out: &mut [f32]) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for (o, &l) in out.iter_mut().zip(logits) {
+        *o = (l - max).exp();
+        sum += *o;
+    }
+    for o in out.iter_mut() {
+        *o /= sum;
+    }
+}
