@@ -5,7 +5,8 @@
 //! against tract ([`tract_ref`]), image preprocessing ([`preprocess`]), model cards
 //! ([`card`]) and synthetic ResNets written as ONNX ([`synth`]); then calibration
 //! ([`calibrate`]), quantisation and lowering ([`quantize`]), the static memory plan
-//! ([`plan`]), `.kes` compilation ([`compile`]) and accuracy measurement ([`eval`]).
+//! ([`plan`]), `.kes` compilation ([`compile`]), accuracy measurement ([`eval`]) and board
+//! packages ([`package`]).
 
 pub mod calibrate;
 pub mod card;
@@ -17,6 +18,7 @@ pub mod eval;
 pub mod graph;
 pub mod inspect;
 pub mod onnx_import;
+pub mod package;
 pub mod parallel;
 pub mod passes;
 pub mod plan;

@@ -12,6 +12,7 @@ use kestrel_tools::check::{self, CheckReport};
 use kestrel_tools::compile::{self, CompileOptions, Target};
 use kestrel_tools::eval::{self, Loaded};
 use kestrel_tools::inspect;
+use kestrel_tools::package::{self, PackageOptions};
 use kestrel_tools::synth::{self, Arch, SynthOptions};
 
 #[derive(Parser)]
@@ -121,6 +122,35 @@ enum Command {
         seed: u64,
         #[arg(short, long)]
         output: PathBuf,
+    },
+    /// Cross-compile a board binary and package it with a model: a .deb (cargo-deb) and a
+    /// tarball with an install script.
+    Package {
+        /// rpi4, rpi5 or jetson-orin.
+        #[arg(long)]
+        board: String,
+        #[arg(long)]
+        model: PathBuf,
+        /// Output folder.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Also embed the model in the binary, so the binary alone is the firmware.
+        #[arg(long)]
+        embed: bool,
+        /// Cargo profile of the board binary.
+        #[arg(long, default_value = "release")]
+        profile: String,
+        /// Rust target (default: aarch64-unknown-linux-musl if installed, else -gnu).
+        #[arg(long)]
+        target: Option<String>,
+        /// The Kestrel source tree (default: the one this `kestrel` was built from).
+        #[arg(long)]
+        workspace: Option<PathBuf>,
+        /// Then copy the .deb to USER@HOST over ssh and install it with apt.
+        #[arg(long, value_name = "USER@HOST")]
+        install: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -259,6 +289,49 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&results)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Package {
+            board,
+            model,
+            output,
+            embed,
+            profile,
+            target,
+            workspace,
+            install,
+            json,
+        } => {
+            let report = package::package(&PackageOptions {
+                board,
+                model,
+                out_dir: output,
+                embed,
+                profile,
+                workspace: workspace.unwrap_or_else(package::default_workspace),
+                target,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} ({}, binary {} bytes{}, model {} bytes)\n{}",
+                    report.deb.display(),
+                    report.target,
+                    report.binary_bytes,
+                    if report.embedded {
+                        " with the model"
+                    } else {
+                        ""
+                    },
+                    report.model_bytes,
+                    report.tarball.display()
+                );
+            }
+            if let Some(dest) = install {
+                package::install_over_ssh(&report.deb, &dest)?;
+                println!("installed on {dest}");
             }
             Ok(ExitCode::SUCCESS)
         }

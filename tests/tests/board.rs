@@ -1,0 +1,443 @@
+//! The board side end to end: the service loop on real images and a real model, the board
+//! binaries built for aarch64 and run under qemu, and `kestrel package`.
+//!
+//! Every label a board prints is checked against what `kestrel run` (the same library
+//! path, in process) says for the same image.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kestrel_board::classifier::Classifier;
+use kestrel_board::frame::Frame;
+use kestrel_board::service::{Backoff, EndReason, Service};
+use kestrel_board::sink::JsonLines;
+use kestrel_board::source::{DirSource, FrameSource, SourceError};
+use kestrel_board::trigger::Continuous;
+use kestrel_e2e::{shared_dir, shared_model};
+use kestrel_tools::calibrate::Method;
+use kestrel_tools::compile::{self, CompileOptions, Target};
+use kestrel_tools::dataset;
+use kestrel_tools::eval::{self, Loaded};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kestrel-board-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// ResNet-20 (real weights) compiled once for all tests here.
+fn resnet20_kes() -> &'static Path {
+    static KES: OnceLock<PathBuf> = OnceLock::new();
+    KES.get_or_init(|| {
+        let opts = CompileOptions {
+            method: Method::Percentile(99.99),
+            calib_count: 100,
+            target: Target::Generic,
+            progress: false,
+        };
+        let calib = shared_dir().join("data/cifar10/calib");
+        let (bytes, _) =
+            compile::compile(&shared_model("resnet20_cifar10"), &calib, None, &opts).unwrap();
+        let path = temp_dir("model").join("resnet20.kes");
+        std::fs::write(&path, bytes).unwrap();
+        path
+    })
+}
+
+/// `count` dev images spread over the classes, copied to `DIR/<class>/<file>`; returns
+/// the folder and each copy's path relative to it.
+fn dev_images(name: &str, count: usize) -> (PathBuf, Vec<String>) {
+    let all = dataset::list(&shared_dir().join("data/cifar10/dev")).unwrap();
+    let dir = temp_dir(name);
+    let mut rel = Vec::new();
+    for img in dataset::spread(&all, count) {
+        let r = format!(
+            "{}/{}",
+            img.class,
+            img.path.file_name().unwrap().to_string_lossy()
+        );
+        std::fs::create_dir_all(dir.join(&img.class)).unwrap();
+        std::fs::copy(&img.path, dir.join(&r)).unwrap();
+        rel.push(r);
+    }
+    rel.sort();
+    (dir, rel)
+}
+
+/// What `kestrel run MODEL IMAGE` puts first, for each image.
+fn kestrel_run_labels(kes: &Path, dir: &Path, images: &[String]) -> HashMap<String, String> {
+    let loaded = Loaded::open(kes, None).unwrap();
+    let mut run = loaded.runner().unwrap();
+    images
+        .iter()
+        .map(|rel| {
+            let logits = run(&loaded.preprocess.load(&dir.join(rel)).unwrap()).unwrap();
+            let best = eval::top_k(&logits, 1)[0];
+            (rel.clone(), loaded.labels[best].clone())
+        })
+        .collect()
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// A camera that drops out every `disconnect_every` grabs (and fails its first reconnect
+/// attempt each time) and delivers a corrupt frame every `bad_every` grabs.
+struct FlakyCamera {
+    inner: DirSource,
+    grabs: u64,
+    disconnect_every: u64,
+    bad_every: u64,
+    failed_reopens: u64,
+    refuse_next_reopen: bool,
+}
+
+impl FrameSource for FlakyCamera {
+    fn grab(&mut self) -> Result<Frame<'_>, SourceError> {
+        self.grabs += 1;
+        if self.grabs % self.disconnect_every == 0 {
+            self.refuse_next_reopen = true;
+            return Err(SourceError::Disconnected {
+                source_name: "flaky".into(),
+                reason: "unplugged (injected)".into(),
+            });
+        }
+        if self.grabs % self.bad_every == 0 {
+            return Err(SourceError::BadFrame {
+                source_name: "flaky".into(),
+                reason: "torn frame (injected)".into(),
+            });
+        }
+        self.inner.grab()
+    }
+
+    fn name(&self) -> &str {
+        "flaky"
+    }
+
+    fn reopen(&mut self) -> Result<(), SourceError> {
+        if std::mem::take(&mut self.refuse_next_reopen) {
+            self.failed_reopens += 1;
+            return Err(SourceError::Open {
+                source_name: "flaky".into(),
+                reason: "still unplugged (injected)".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn the_service_survives_a_camera_that_fails_every_few_frames() {
+    let kes = resnet20_kes();
+    let (dir, images) = dev_images("flaky", 30);
+    let expected = kestrel_run_labels(kes, &dir, &images);
+    let camera = FlakyCamera {
+        inner: DirSource::open(&dir).unwrap(),
+        grabs: 0,
+        disconnect_every: 4,
+        bad_every: 7,
+        failed_reopens: 0,
+        refuse_next_reopen: false,
+    };
+    let mut service = Service {
+        source: Box::new(camera),
+        trigger: Box::new(Continuous),
+        classifier: Classifier::from_file(kes).unwrap(),
+        sink: JsonLines::new(Vec::new()),
+        indicator: None,
+        top_k: 3,
+        backoff: Backoff {
+            first: Duration::from_millis(1),
+            max: Duration::from_millis(4),
+        },
+    };
+    let summary = service.run(&AtomicBool::new(false));
+    let Service { sink, .. } = service;
+    let lines = json_lines(&String::from_utf8(sink.into_inner()).unwrap());
+
+    assert_eq!(summary.reason, EndReason::SourceExhausted);
+    assert_eq!(
+        summary.frames,
+        images.len() as u64,
+        "every image was classified"
+    );
+    let events = |name: &str| lines.iter().filter(|l| l["event"] == name).count();
+    // Each disconnect is reported twice (the drop, then the refused first reconnect).
+    let (drops, bad) = (events("camera_error") / 2, events("bad_frame"));
+    assert_eq!(events("camera_error"), 2 * drops);
+    // Grabs: the 30 images, the injected failures, and the last grab that found the
+    // folder empty. Failures fell exactly on every 4th grab, bad frames on every other 7th.
+    let grabs = 30 + drops + bad + 1;
+    assert_eq!(drops, (1..=grabs).filter(|g| g % 4 == 0).count());
+    assert_eq!(
+        bad,
+        (1..=grabs).filter(|g| g % 7 == 0 && g % 4 != 0).count()
+    );
+    assert!(drops >= 10 && bad >= 3);
+    assert_eq!(
+        summary.errors as usize,
+        events("camera_error") + events("bad_frame")
+    );
+    let frames: Vec<_> = lines.iter().filter(|l| l.get("frame").is_some()).collect();
+    assert_eq!(frames.len(), images.len());
+    for (n, line) in frames.iter().enumerate() {
+        assert_eq!(line["frame"], n as u64);
+        let source = line["source"].as_str().unwrap();
+        assert_eq!(
+            line["top"][0]["label"],
+            expected[source].as_str(),
+            "{source}"
+        );
+        let scores: Vec<f64> = (0..3)
+            .map(|k| line["top"][k]["score"].as_f64().unwrap())
+            .collect();
+        assert!(scores[0] >= scores[1] && scores[1] >= scores[2] && scores[0] <= 1.0);
+        assert!(line["times_ms"]["inference"].as_f64().unwrap() > 0.0);
+    }
+}
+
+/// The three board binaries for aarch64 glibc, built once (release without fat LTO).
+fn board_binaries() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(repo())
+            .args([
+                "build",
+                "--profile",
+                "host",
+                "--target",
+                "aarch64-unknown-linux-gnu",
+                "-p",
+                "kestrel-rpi5",
+                "-p",
+                "kestrel-rpi4",
+            ])
+            .env_remove("KESTREL_EMBED_MODEL")
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "building the board binaries for aarch64 failed (scripts/setup installs the target and cross gcc)"
+        );
+        repo().join("target/aarch64-unknown-linux-gnu/host")
+    })
+}
+
+/// Runs a board binary under qemu with `-cpu CPU`, a `dir:` camera and a stdin trigger fed
+/// one line per image; returns its stdout.
+fn run_board_under_qemu(binary: &Path, cpu: &str, args: &[&str], triggers: usize) -> String {
+    let mut child = Command::new("qemu-aarch64")
+        .args(["-L", "/usr/aarch64-linux-gnu", "-cpu", cpu])
+        .arg(binary)
+        .args(args)
+        .args(["--trigger", "stdin", "--threads", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-aarch64 is installed (scripts/setup)");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for _ in 0..triggers {
+            writeln!(stdin, "go").unwrap();
+        }
+    } // closing stdin ends the trigger
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{} exited with {}: {}\n{stdout}",
+        binary.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn board_matches_kestrel_run(board: &str, cpu: &str) {
+    let kes = resnet20_kes();
+    let (dir, images) = dev_images(board, 20);
+    let expected = kestrel_run_labels(kes, &dir, &images);
+    let binary = board_binaries().join(format!("kestrel-{board}"));
+    let camera = format!("dir:{}", dir.display());
+    let stdout = run_board_under_qemu(
+        &binary,
+        cpu,
+        &["--model", kes.to_str().unwrap(), "--camera", &camera],
+        images.len(),
+    );
+    let lines = json_lines(&stdout);
+    assert_eq!(lines[0]["event"], "start");
+    assert_eq!(lines[0]["detail"]["board"], board);
+    let frames: Vec<_> = lines.iter().filter(|l| l.get("frame").is_some()).collect();
+    assert_eq!(frames.len(), images.len(), "{stdout}");
+    for (line, rel) in frames.iter().zip(&images) {
+        assert_eq!(line["source"], rel.as_str());
+        assert_eq!(
+            line["top"][0]["label"],
+            expected[rel].as_str(),
+            "{board} on {rel}"
+        );
+        for stage in ["capture", "preprocess", "inference"] {
+            assert!(line["times_ms"][stage].is_number(), "{stage} missing");
+        }
+    }
+    let last = lines.last().unwrap();
+    assert_eq!(last["event"], "stop");
+    assert_eq!(last["detail"]["errors"], 0);
+}
+
+#[test]
+fn rpi5_binary_under_qemu_cortex_a76_agrees_with_kestrel_run() {
+    board_matches_kestrel_run("rpi5", "cortex-a76");
+}
+
+#[test]
+fn rpi4_binary_under_qemu_cortex_a72_agrees_with_kestrel_run() {
+    board_matches_kestrel_run("rpi4", "cortex-a72");
+}
+
+#[test]
+fn a_missing_model_camera_or_gpio_line_is_a_clear_error() {
+    let binary = board_binaries().join("kestrel-rpi5");
+    let kes = resnet20_kes().to_str().unwrap().to_string();
+    let cases: [(&[&str], &str); 4] = [
+        (&["--camera", "file:/nonexistent.jpg"], "no model"),
+        (
+            &[
+                "--model",
+                &kes,
+                "--camera",
+                "dir:/no/such/dir",
+                "--trigger",
+                "stdin",
+            ],
+            "/no/such/dir",
+        ),
+        (
+            &[
+                "--model",
+                &kes,
+                "--camera",
+                "file:/x.jpg",
+                "--trigger",
+                "gpio:/dev/gpiochip99:17",
+            ],
+            "/dev/gpiochip99",
+        ),
+        (&["--model", "/no/model.kes"], "/no/model.kes"),
+    ];
+    for (args, needle) in cases {
+        let out = Command::new("qemu-aarch64")
+            .args(["-L", "/usr/aarch64-linux-gnu", "-cpu", "cortex-a76"])
+            .arg(&binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn kestrel_package_writes_a_deb_and_a_tarball_with_the_model_embedded() {
+    let kes = resnet20_kes();
+    let out = temp_dir("package");
+    let report = kestrel_tools::package::package(&kestrel_tools::package::PackageOptions {
+        board: "rpi5".into(),
+        model: kes.to_path_buf(),
+        out_dir: out.clone(),
+        embed: true,
+        profile: "host".into(),
+        workspace: repo(),
+        target: None,
+    })
+    .unwrap();
+    let listing = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(&report.deb)
+        .output()
+        .unwrap();
+    assert!(listing.status.success());
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    for path in [
+        "./usr/bin/kestrel-rpi5",
+        "./usr/share/kestrel-rpi5/model.kes",
+        "./etc/kestrel/rpi5.toml",
+        "./usr/lib/systemd/system/kestrel-rpi5.service",
+    ] {
+        assert!(listing.contains(path), "{path} not in the .deb:\n{listing}");
+    }
+    let model_line = listing.lines().find(|l| l.ends_with("model.kes")).unwrap();
+    let model_len = std::fs::metadata(kes).unwrap().len().to_string();
+    assert!(model_line.contains(&model_len), "{model_line}");
+    let info = Command::new("dpkg-deb")
+        .arg("-I")
+        .arg(&report.deb)
+        .output()
+        .unwrap();
+    let info = String::from_utf8(info.stdout).unwrap();
+    assert!(info.contains("Architecture: arm64"), "{info}");
+    assert!(info.contains("postinst"), "systemd scripts missing: {info}");
+
+    // The tarball holds the same files and an install script.
+    let tar = Command::new("tar")
+        .arg("tzf")
+        .arg(&report.tarball)
+        .output()
+        .unwrap();
+    let tar = String::from_utf8(tar.stdout).unwrap();
+    for f in [
+        "bin/kestrel-rpi5",
+        "model.kes",
+        "kestrel-rpi5.service",
+        "rpi5.toml",
+        "install.sh",
+    ] {
+        assert!(
+            tar.contains(&format!("kestrel-rpi5/{f}")),
+            "{f} not in:\n{tar}"
+        );
+    }
+
+    // The packaged binary is aarch64 and carries the model: it runs without --model.
+    let unpacked = out.join("unpacked");
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&report.deb)
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let image = dev_images("package-image", 10).0;
+    let stdout = run_board_under_qemu(
+        &unpacked.join("usr/bin/kestrel-rpi5"),
+        "cortex-a76",
+        &["--camera", &format!("dir:{}", image.display())],
+        10,
+    );
+    let lines = json_lines(&stdout);
+    assert_eq!(lines[0]["detail"]["model"], "embedded");
+    assert_eq!(
+        lines.iter().filter(|l| l.get("frame").is_some()).count(),
+        10
+    );
+}
