@@ -32,9 +32,14 @@ fn run_allocates_nothing() {
     let mut arena = vec![0u8; model.arena_bytes()];
     let image: Vec<f32> = (0..6 * 6 * 3).map(|i| (i as f32 / 50.0) - 1.0).collect();
     let mut logits = [0f32; 3];
+    let rgb: Vec<u8> = (0..9 * 7 * 3).map(|i| (i * 13 % 256) as u8).collect();
+    let mut scratch = [0f32; 7 * 6 * 3];
     let before = ALLOCATIONS.with(Cell::get);
     let mut session = kestrel_runtime::Session::new(&model, &mut arena).unwrap();
     session.set_input_nchw_f32(&image).unwrap();
+    session.run();
+    // Straight from camera RGB too (bilinear 9×7 → 6×6 needs scratch, given by the caller).
+    session.set_input_rgb(&rgb, 9, 7, &mut scratch).unwrap();
     session.run();
     session.logits(&mut logits).unwrap();
     let after = ALLOCATIONS.with(Cell::get);
