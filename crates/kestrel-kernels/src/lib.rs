@@ -10,5 +10,10 @@
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+pub mod gemm;
 pub mod isa;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;

@@ -119,11 +119,30 @@ fn dot(x: &[i8], w: &[i8]) -> i32 {
 }
 
 #[inline]
-fn finish(acc: i32, multiplier: i32, shift: i32, residual: i32, out: OutQuant) -> i8 {
+pub(crate) fn finish(acc: i32, multiplier: i32, shift: i32, residual: i32, out: OutQuant) -> i8 {
     let v = requantize(acc, multiplier, shift)
         .saturating_add(residual)
         .saturating_add(out.zero_point);
     v.clamp(out.min as i32, out.max as i32) as i8
+}
+
+/// The residual's contribution to output element `idx`, at the output scale.
+#[inline]
+pub(crate) fn residual_term(residual: &Residual<'_>, idx: usize, output: &[i8]) -> i32 {
+    match *residual {
+        Residual::None => 0,
+        Residual::Separate {
+            data,
+            zero_point,
+            multiplier,
+            shift,
+        } => requantize(data[idx] as i32 - zero_point, multiplier, shift),
+        Residual::InPlace {
+            zero_point,
+            multiplier,
+            shift,
+        } => requantize(output[idx] as i32 - zero_point, multiplier, shift),
+    }
 }
 
 /// Output channels accumulated together: a block of accumulators the compiler keeps in
@@ -249,20 +268,7 @@ fn conv2d_body(
                 for (j, &a) in acc[..n].iter().enumerate() {
                     let idx = base + o0 + j;
                     let (_, m, sh) = params(o0 + j);
-                    let res = match residual {
-                        Residual::None => 0,
-                        Residual::Separate {
-                            data,
-                            zero_point,
-                            multiplier,
-                            shift,
-                        } => requantize(data[idx] as i32 - zero_point, multiplier, shift),
-                        Residual::InPlace {
-                            zero_point,
-                            multiplier,
-                            shift,
-                        } => requantize(output[idx] as i32 - zero_point, multiplier, shift),
-                    };
+                    let res = residual_term(&residual, idx, output);
                     output[idx] = finish(a, m, sh, res, out);
                 }
             }

@@ -1,0 +1,492 @@
+//! Convolution as a packed GEMM: the layout every SIMD micro-kernel reads, the host-side
+//! weight packing, and the driver that runs a micro-kernel tile by tile.
+//!
+//! A conv is `C[P][OC] = A[P][K] · B[OC][K]ᵀ` with `P = OH·OW` output pixels and
+//! `K = KH·KW·IC` (the im2col order of the `[KH][KW][IC][OC]` weights). `K` is padded
+//! with zeros to a multiple of [`KC`], `OC` to a multiple of [`NR`].
+//!
+//! * Packed weights (written by `kestrel compile --target`, never by the runtime):
+//!   `[OC/NR][K/KC][NR][KC]` int8, then one little-endian `i32` per (padded) output
+//!   channel: the sum of its weights, which the VNNI kernel needs to undo its `+128`
+//!   input offset.
+//! * Packed input, built in a scratch buffer of [`scratch_len`] bytes, [`MR`] pixels at a
+//!   time (no full im2col of a feature map): `[K/KC][MR][KC]`. Padding taps hold the input
+//!   zero point, padded `k` hold zero.
+//!
+//! Every micro-kernel computes the same `MR × NR` block of wrapping `i32` dot products, so
+//! all paths agree bit for bit with [`crate::scalar::conv2d`]; the epilogue (bias,
+//! requantisation, residual, clamp) is the scalar one.
+
+use crate::isa::Isa;
+use crate::scalar::{finish, residual_term, OutQuant, Residual, Window};
+
+/// Output pixels per tile.
+pub const MR: usize = 4;
+/// Output channels per tile.
+pub const NR: usize = 4;
+/// Reduction depth per micro-kernel step (one 128-bit vector of int8).
+pub const KC: usize = 16;
+
+/// One `MR × NR` block of accumulators.
+pub type Tile = [[i32; NR]; MR];
+
+#[inline]
+pub const fn round_up(v: usize, to: usize) -> usize {
+    v.div_ceil(to) * to
+}
+
+/// Bytes of packed weights (and channel sums) for a `K × OC` conv.
+pub const fn packed_len(k: usize, oc: usize) -> usize {
+    let oc_pad = round_up(oc, NR);
+    oc_pad * round_up(k, KC) + 4 * oc_pad
+}
+
+/// Scratch bytes the driver needs for a conv with reduction depth `k`.
+pub const fn scratch_len(k: usize) -> usize {
+    MR * round_up(k, KC)
+}
+
+/// Packs `[K][OC]` weights (the portable `[KH][KW][IC][OC]` layout) for the micro-kernels.
+#[cfg(feature = "std")]
+pub fn pack_weights(weights: &[i8], k: usize, oc: usize) -> std::vec::Vec<i8> {
+    assert_eq!(weights.len(), k * oc, "weights are K × OC");
+    let (k_pad, oc_pad) = (round_up(k, KC), round_up(oc, NR));
+    let mut out = std::vec![0i8; packed_len(k, oc)];
+    let mut sums = std::vec![0i32; oc_pad];
+    for o in 0..oc {
+        for kk in 0..k {
+            let w = weights[kk * oc + o];
+            let (block, n) = (o / NR, o % NR);
+            let at = block * k_pad * NR + (kk / KC) * NR * KC + n * KC + kk % KC;
+            out[at] = w;
+            sums[o] = sums[o].wrapping_add(w as i32);
+        }
+    }
+    let base = oc_pad * k_pad;
+    for (o, s) in sums.iter().enumerate() {
+        for (j, b) in s.to_le_bytes().iter().enumerate() {
+            out[base + 4 * o + j] = *b as i8;
+        }
+    }
+    out
+}
+
+/// The sum of output channel `o`'s weights, stored after the packed weights.
+#[inline]
+fn channel_sum(packed: &[i8], base: usize, o: usize) -> i32 {
+    let b = &packed[base + 4 * o..base + 4 * o + 4];
+    i32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+}
+
+/// Fills the scratch with the im2col rows of pixels `p0 .. p0 + MR` in the `[K/KC][MR][KC]`
+/// layout. With `flip` every value is stored `x ^ 0x80` (`x + 128` as u8, for VNNI).
+fn pack_input(
+    s: &Window,
+    input: &[i8],
+    zero_point: i8,
+    p0: usize,
+    k: usize,
+    flip: bool,
+    a: &mut [i8],
+) {
+    let k_pad = round_up(k, KC);
+    let ic = s.in_c;
+    let pixels = s.out_h * s.out_w;
+    let x = if flip { 0x80u8 as i8 } else { 0 };
+    // Padded k (and rows past the last pixel) multiply zero weights: any value will do,
+    // zero keeps the tile deterministic.
+    a[..MR * k_pad].fill(x);
+    for m in 0..MR.min(pixels - p0) {
+        let (oy, ox) = ((p0 + m) / s.out_w, (p0 + m) % s.out_w);
+        for ky in 0..s.kernel[0] {
+            let iy = (oy * s.stride[0] + ky) as isize - s.pads[0] as isize;
+            for kx in 0..s.kernel[1] {
+                let ix = (ox * s.stride[1] + kx) as isize - s.pads[1] as isize;
+                let inside = iy >= 0 && ix >= 0 && iy < s.in_h as isize && ix < s.in_w as isize;
+                let k0 = (ky * s.kernel[1] + kx) * ic;
+                if inside {
+                    let row = &input[(iy as usize * s.in_w + ix as usize) * ic..][..ic];
+                    copy_run(a, m, k0, row, x);
+                } else {
+                    for kk in k0..k0 + ic {
+                        a[slot(m, kk)] = zero_point ^ x;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn slot(m: usize, k: usize) -> usize {
+    (k / KC) * MR * KC + m * KC + k % KC
+}
+
+/// Copies `row` to k positions `k0..` of pixel `m`, a whole chunk at a time where it can.
+#[inline(always)]
+fn copy_run(a: &mut [i8], m: usize, k0: usize, row: &[i8], x: i8) {
+    let mut kk = k0;
+    let mut rest = row;
+    while !rest.is_empty() {
+        let in_chunk = KC - kk % KC;
+        let n = in_chunk.min(rest.len());
+        let dst = &mut a[slot(m, kk)..][..n];
+        if x == 0 {
+            dst.copy_from_slice(&rest[..n]);
+        } else {
+            for (d, &v) in dst.iter_mut().zip(&rest[..n]) {
+                *d = v ^ x;
+            }
+        }
+        kk += n;
+        rest = &rest[n..];
+    }
+}
+
+/// The portable micro-kernel (and the definition of the others).
+pub fn tile_scalar(a: &[i8], b: &[i8], steps: usize) -> Tile {
+    let mut acc = [[0i32; NR]; MR];
+    for s in 0..steps {
+        let a = &a[s * MR * KC..][..MR * KC];
+        let b = &b[s * NR * KC..][..NR * KC];
+        for (m, row) in acc.iter_mut().enumerate() {
+            for (n, v) in row.iter_mut().enumerate() {
+                let d = a[m * KC..][..KC]
+                    .iter()
+                    .zip(&b[n * KC..][..KC])
+                    .fold(0i32, |t, (&x, &w)| t.wrapping_add(x as i32 * w as i32));
+                *v = v.wrapping_add(d);
+            }
+        }
+    }
+    acc
+}
+
+/// Runs the micro-kernel of `isa` on one tile. The caller checked that the CPU has it.
+#[inline]
+fn tile(isa: Isa, a: &[i8], b: &[i8], steps: usize) -> Tile {
+    debug_assert!(a.len() >= steps * MR * KC && b.len() >= steps * NR * KC);
+    match isa {
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: slices hold `steps` chunks (checked by the driver); NEON is baseline.
+        Isa::Neon => unsafe { crate::neon::tile_smlal(a.as_ptr(), b.as_ptr(), steps) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above; the session checked the CPU has the dot product.
+        Isa::NeonDot => unsafe { crate::neon::tile_sdot(a.as_ptr(), b.as_ptr(), steps) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above; the session checked AVX2.
+        Isa::Avx2 => unsafe { crate::x86::tile_avx2(a.as_ptr(), b.as_ptr(), steps) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above; the session checked AVX-512 VNNI.
+        Isa::Avx512Vnni => unsafe { crate::x86::tile_vnni(a.as_ptr(), b.as_ptr(), steps) },
+        _ => tile_scalar(a, b, steps),
+    }
+}
+
+/// Convolution on packed weights: same contract and results as [`crate::scalar::conv2d`].
+/// `scratch` holds at least [`scratch_len`] bytes.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d(
+    isa: Isa,
+    s: &Window,
+    input: &[i8],
+    input_zero_point: i32,
+    packed: &[i8],
+    params: impl Fn(usize) -> (i32, i32, i32),
+    out: OutQuant,
+    residual: Residual<'_>,
+    output: &mut [i8],
+    scratch: &mut [i8],
+) {
+    let k = s.kernel[0] * s.kernel[1] * s.in_c;
+    let (k_pad, oc) = (round_up(k, KC), s.out_c);
+    let steps = k_pad / KC;
+    let sums = round_up(oc, NR) * k_pad;
+    let flip = isa == Isa::Avx512Vnni;
+    let pixels = s.out_h * s.out_w;
+    let a = &mut scratch[..MR * k_pad];
+    for p0 in (0..pixels).step_by(MR) {
+        pack_input(s, input, input_zero_point as i8, p0, k, flip, a);
+        let rows = MR.min(pixels - p0);
+        for block in 0..oc.div_ceil(NR) {
+            let b = &packed[block * k_pad * NR..][..k_pad * NR];
+            let acc = tile(isa, a, b, steps);
+            for n in 0..NR.min(oc - block * NR) {
+                let o = block * NR + n;
+                let (bias, mult, shift) = params(o);
+                // VNNI multiplied x + 128: take 128 · Σw back out (wrapping, exactly).
+                let offset = if flip {
+                    channel_sum(packed, sums, o).wrapping_mul(128)
+                } else {
+                    0
+                };
+                for (m, row) in acc.iter().enumerate().take(rows) {
+                    let idx = (p0 + m) * oc + o;
+                    let total = bias.wrapping_add(row[n]).wrapping_sub(offset);
+                    let res = residual_term(&residual, idx, output);
+                    output[idx] = finish(total, mult, shift, res, out);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scalar;
+    use std::vec;
+    use std::vec::Vec;
+
+    /// Deterministic pseudo-random int8 values.
+    fn values(n: usize, seed: u32) -> Vec<i8> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s >> 7) as i8
+            })
+            .collect()
+    }
+
+    struct Case {
+        hw: [usize; 2],
+        ic: usize,
+        oc: usize,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+    }
+
+    /// Odd shapes: channels off the tile, 1×1, 3×3, 7×7, stride 2, padding, 1-pixel maps.
+    const CASES: [Case; 8] = [
+        Case {
+            hw: [5, 7],
+            ic: 3,
+            oc: 5,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        },
+        Case {
+            hw: [9, 9],
+            ic: 16,
+            oc: 16,
+            kernel: 1,
+            stride: 1,
+            pad: 0,
+        },
+        Case {
+            hw: [8, 6],
+            ic: 19,
+            oc: 13,
+            kernel: 3,
+            stride: 2,
+            pad: 1,
+        },
+        Case {
+            hw: [11, 10],
+            ic: 3,
+            oc: 8,
+            kernel: 7,
+            stride: 2,
+            pad: 3,
+        },
+        Case {
+            hw: [7, 7],
+            ic: 32,
+            oc: 36,
+            kernel: 1,
+            stride: 2,
+            pad: 0,
+        },
+        Case {
+            hw: [1, 1],
+            ic: 40,
+            oc: 7,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        },
+        Case {
+            hw: [6, 5],
+            ic: 64,
+            oc: 4,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        },
+        Case {
+            hw: [4, 4],
+            ic: 1,
+            oc: 1,
+            kernel: 1,
+            stride: 1,
+            pad: 0,
+        },
+    ];
+
+    /// Every ISA this CPU runs gives the scalar reference's output, on every case, with
+    /// and without a residual.
+    pub fn check_all_paths(isas: &[Isa]) {
+        for (ci, c) in CASES.iter().enumerate() {
+            let [h, w] = c.hw;
+            let oh = (h + 2 * c.pad - c.kernel) / c.stride + 1;
+            let ow = (w + 2 * c.pad - c.kernel) / c.stride + 1;
+            let win = Window {
+                in_h: h,
+                in_w: w,
+                in_c: c.ic,
+                out_h: oh,
+                out_w: ow,
+                out_c: c.oc,
+                kernel: [c.kernel; 2],
+                stride: [c.stride; 2],
+                pads: [c.pad; 4],
+            };
+            let k = c.kernel * c.kernel * c.ic;
+            let input = values(h * w * c.ic, ci as u32 + 1);
+            let weights: Vec<i8> = values(k * c.oc, ci as u32 + 100)
+                .into_iter()
+                .map(|v| v.max(-127))
+                .collect();
+            let params: Vec<(i32, i32, i32)> = (0..c.oc)
+                .map(|o| {
+                    (
+                        o as i32 * 977 - 3000,
+                        1_300_000_000 + o as i32 * 7_000_000,
+                        -7 + (o % 3) as i32,
+                    )
+                })
+                .collect();
+            let out = OutQuant {
+                zero_point: -5,
+                min: -128,
+                max: 127,
+            };
+            let res_data = values(oh * ow * c.oc, ci as u32 + 200);
+            for with_residual in [false, true] {
+                let residual = if with_residual {
+                    Residual::Separate {
+                        data: &res_data,
+                        zero_point: 3,
+                        multiplier: 1_500_000_000,
+                        shift: 0,
+                    }
+                } else {
+                    Residual::None
+                };
+                let mut expect = vec![0i8; oh * ow * c.oc];
+                scalar::conv2d(
+                    &win,
+                    &input,
+                    9,
+                    &weights,
+                    |o| params[o],
+                    out,
+                    residual,
+                    &mut expect,
+                );
+                let packed = pack_weights(&weights, k, c.oc);
+                assert_eq!(packed.len(), packed_len(k, c.oc));
+                for &isa in isas {
+                    let mut got = vec![0i8; oh * ow * c.oc];
+                    let mut scratch = vec![0i8; scratch_len(k)];
+                    conv2d(
+                        isa,
+                        &win,
+                        &input,
+                        9,
+                        &packed,
+                        |o| params[o],
+                        out,
+                        residual,
+                        &mut got,
+                        &mut scratch,
+                    );
+                    assert_eq!(
+                        got, expect,
+                        "{isa} differs on case {ci} (residual {with_residual})"
+                    );
+                }
+            }
+            // The portable micro-kernel is the definition: check a tile against plain sums.
+            assert!(expect_not_constant(&input));
+        }
+    }
+
+    fn expect_not_constant(v: &[i8]) -> bool {
+        v.iter().any(|&x| x != v[0])
+    }
+
+    #[test]
+    fn scalar_micro_kernel_matches_the_reference_conv() {
+        check_all_paths(&[Isa::Scalar]);
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn every_supported_simd_path_matches_the_reference_conv() {
+        let cpu = crate::isa::CpuFeatures::detect();
+        let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|&i| cpu.supports(i)).collect();
+        std::println!("checking {isas:?}");
+        check_all_paths(&isas);
+    }
+
+    #[test]
+    fn in_place_residual_matches_too() {
+        let win = Window {
+            in_h: 5,
+            in_w: 5,
+            in_c: 8,
+            out_h: 5,
+            out_w: 5,
+            out_c: 8,
+            kernel: [3, 3],
+            stride: [1, 1],
+            pads: [1; 4],
+        };
+        let input = values(200, 7);
+        let weights = values(9 * 8 * 8, 8);
+        let start = values(200, 9);
+        let out = OutQuant {
+            zero_point: 0,
+            min: 0,
+            max: 127,
+        };
+        let residual = Residual::InPlace {
+            zero_point: -2,
+            multiplier: 1_400_000_000,
+            shift: 1,
+        };
+        let mut expect = start.clone();
+        scalar::conv2d(
+            &win,
+            &input,
+            -3,
+            &weights,
+            |o| (o as i32, 1_200_000_000, -6),
+            out,
+            residual,
+            &mut expect,
+        );
+        let packed = pack_weights(&weights, 72, 8);
+        let mut got = start.clone();
+        let mut scratch = vec![0i8; scratch_len(72)];
+        conv2d(
+            Isa::Scalar,
+            &win,
+            &input,
+            -3,
+            &packed,
+            |o| (o as i32, 1_200_000_000, -6),
+            out,
+            residual,
+            &mut got,
+            &mut scratch,
+        );
+        assert_eq!(got, expect);
+    }
+}
