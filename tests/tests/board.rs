@@ -108,14 +108,14 @@ struct FlakyCamera {
 impl FrameSource for FlakyCamera {
     fn grab(&mut self) -> Result<Frame<'_>, SourceError> {
         self.grabs += 1;
-        if self.grabs % self.disconnect_every == 0 {
+        if self.grabs.is_multiple_of(self.disconnect_every) {
             self.refuse_next_reopen = true;
             return Err(SourceError::Disconnected {
                 source_name: "flaky".into(),
                 reason: "unplugged (injected)".into(),
             });
         }
-        if self.grabs % self.bad_every == 0 {
+        if self.grabs.is_multiple_of(self.bad_every) {
             return Err(SourceError::BadFrame {
                 source_name: "flaky".into(),
                 reason: "torn frame (injected)".into(),

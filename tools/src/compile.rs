@@ -17,8 +17,10 @@ use crate::passes::{self, PassReport};
 use crate::preprocess::{Preprocess, PreprocessError};
 use crate::quantize;
 
-/// The board a model is compiled for. Today every target gets the portable weight layout
-/// the scalar kernels read; the SIMD kernels will bring per-target packing.
+/// The board a model is compiled for. `generic` keeps the portable `[KH][KW][IC][OC]`
+/// conv weights the scalar reference reads; every board target gets the packed-GEMM
+/// layout its SIMD micro-kernel reads (one layout serves NEON, `sdot`, AVX2 and VNNI, so
+/// such a file also runs, slower, on any other CPU through the portable micro-kernel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Target {
@@ -28,6 +30,12 @@ pub enum Target {
     JetsonOrin,
     #[value(name = "x86-64")]
     X86_64,
+}
+
+impl Target {
+    pub fn packs_weights(self) -> bool {
+        self != Target::Generic
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -165,7 +173,11 @@ pub fn compile(
         p.labels.clone(),
         metadata,
     )?;
-    let bytes = lowered.model.to_bytes();
+    let mut model = lowered.model;
+    if opts.target.packs_weights() {
+        model.pack_convs();
+    }
+    let bytes = model.to_bytes();
     // What we write must be what the board accepts.
     kestrel_runtime::Model::parse(&bytes)
         .map_err(|e| anyhow::anyhow!("internal error: the compiled file does not parse: {e}"))?;
@@ -173,8 +185,8 @@ pub fn compile(
         passes: p.passes,
         calibration_images: images.len(),
         method: opts.method.name(),
-        arena_bytes: lowered.model.plan.arena_bytes,
-        arena_lower_bound_bytes: lowered.model.plan.lower_bound_bytes,
+        arena_bytes: model.plan.arena_bytes,
+        arena_lower_bound_bytes: model.plan.lower_bound_bytes,
         file_bytes: bytes.len(),
     };
     Ok((bytes, report))

@@ -27,6 +27,8 @@ pub struct Loaded {
     pub classifier: Classifier,
     pub preprocess: Preprocess,
     pub labels: Vec<String>,
+    /// Int8 kernel family (`None`: the fastest this CPU runs).
+    pub kernels: Option<kestrel_runtime::Isa>,
 }
 
 impl Loaded {
@@ -49,6 +51,7 @@ impl Loaded {
                 classifier: Classifier::Int8 { bytes },
                 preprocess,
                 labels,
+                kernels: None,
             })
         } else {
             let p = compile::prepare(path, card)?;
@@ -56,6 +59,7 @@ impl Loaded {
                 classifier: Classifier::Float { graph: p.graph },
                 preprocess: p.preprocess,
                 labels: p.labels,
+                kernels: None,
             })
         }
     }
@@ -69,9 +73,15 @@ impl Loaded {
                     kestrel_runtime::Model::parse(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
                 let mut arena = vec![0u8; model.arena_bytes()];
                 let mut logits = vec![0f32; model.classes()];
+                let kernels = self.kernels;
                 Ok(Box::new(move |x| {
-                    let mut session = kestrel_runtime::Session::new(&model, &mut arena)
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let mut session = match kernels {
+                        Some(isa) => {
+                            kestrel_runtime::Session::with_kernels(&model, &mut arena, isa)
+                        }
+                        None => kestrel_runtime::Session::new(&model, &mut arena),
+                    }
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
                     session
                         .set_input_nchw_f32(x)
                         .map_err(|e| anyhow::anyhow!("{e}"))?;

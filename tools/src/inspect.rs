@@ -28,6 +28,8 @@ pub struct OpReport {
     pub relu: bool,
     pub macs: u64,
     pub weights_bytes: usize,
+    /// Conv weights: `portable` or `packed` (the SIMD micro-kernels' layout).
+    pub layout: &'static str,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -35,6 +37,8 @@ pub struct InspectReport {
     pub file_bytes: usize,
     pub arena_bytes: u64,
     pub arena_lower_bound_bytes: u64,
+    /// Part of the arena the kernels use as scratch (packed input tiles).
+    pub scratch_bytes: u64,
     pub weights_bytes: usize,
     pub macs: u64,
     pub input_shape: [u32; 4],
@@ -86,12 +90,17 @@ pub fn inspect(bytes: &[u8]) -> Result<InspectReport, FormatError> {
             stride: op.stride,
             macs,
             weights_bytes: op.weights.len() + op.params.len() * kestrel_format::CHANNEL_PARAMS_LEN,
+            layout: match op.layout {
+                kestrel_format::WeightLayout::Portable => "portable",
+                kestrel_format::WeightLayout::Packed => "packed",
+            },
         });
     }
     let out = f.tensor(f.output).expect("validated by parse");
     Ok(InspectReport {
         file_bytes: bytes.len(),
         arena_bytes: f.plan.arena_bytes,
+        scratch_bytes: f.plan.scratch_bytes,
         arena_lower_bound_bytes: f.plan.lower_bound_bytes,
         weights_bytes: f.weights_bytes(),
         macs: ops.iter().map(|o| o.macs).sum(),
@@ -119,6 +128,12 @@ pub fn print(r: &InspectReport) {
         r.arena_lower_bound_bytes,
         r.arena_bytes as f64 / r.arena_lower_bound_bytes.max(1) as f64
     );
+    if r.scratch_bytes > 0 {
+        println!(
+            "scratch      {} bytes of the arena (packed input tiles of the convs)",
+            r.scratch_bytes
+        );
+    }
     println!("compute      {:.2} M MACs", r.macs as f64 / 1e6);
     println!(
         "input        {:?} NHWC int8, {} classes",

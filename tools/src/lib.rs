@@ -8,6 +8,7 @@
 //! ([`plan`]), `.kes` compilation ([`compile`]), accuracy measurement ([`eval`]) and board
 //! packages ([`package`]).
 
+pub mod bench;
 pub mod calibrate;
 pub mod card;
 pub mod check;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use kestrel_tools::bench::{self, BenchOptions};
 use kestrel_tools::calibrate::Method;
 use kestrel_tools::card::LoadedCard;
 use kestrel_tools::check::{self, CheckReport};
@@ -66,6 +67,9 @@ enum Command {
         /// Evaluate this many images, spread over the classes.
         #[arg(long)]
         limit: Option<usize>,
+        /// Int8 kernels: scalar, neon, neon-dot, avx2, avx512-vnni or auto.
+        #[arg(long, default_value = "auto", value_parser = parse_kernels)]
+        kernels: Kernels,
         #[arg(long)]
         json: bool,
     },
@@ -78,6 +82,30 @@ enum Command {
         card: Option<PathBuf>,
         #[arg(long, default_value_t = 5)]
         top: usize,
+        /// Int8 kernels: scalar, neon, neon-dot, avx2, avx512-vnni or auto.
+        #[arg(long, default_value = "auto", value_parser = parse_kernels)]
+        kernels: Kernels,
+        /// Inference threads (one until the worker pool lands).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Latency of a .kes on this machine: median and p90 over --iters runs, and per layer.
+    Bench {
+        model: PathBuf,
+        #[arg(long, default_value_t = 50)]
+        iters: usize,
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Int8 kernels: scalar, neon, neon-dot, avx2, avx512-vnni or auto.
+        #[arg(long, default_value = "auto", value_parser = parse_kernels)]
+        kernels: Kernels,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Add a per-layer time table.
+        #[arg(long)]
+        layers: bool,
         #[arg(long)]
         json: bool,
     },
@@ -152,6 +180,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `--kernels`: a family by name, or `auto` (`None`) for the fastest this CPU runs.
+type Kernels = Option<kestrel_runtime::Isa>;
+
+fn parse_kernels(name: &str) -> Result<Kernels, String> {
+    if name == "auto" {
+        return Ok(None);
+    }
+    kestrel_runtime::Isa::from_name(name)
+        .map(Some)
+        .ok_or_else(|| "expected scalar, neon, neon-dot, avx2, avx512-vnni or auto".to_string())
 }
 
 fn main() -> ExitCode {
@@ -230,10 +270,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             data,
             card,
             limit,
+            kernels,
             json,
         } => {
             let card = card.as_deref().map(LoadedCard::load).transpose()?;
-            let loaded = Loaded::open(&model, card.as_ref())?;
+            let mut loaded = Loaded::open(&model, card.as_ref())?;
+            loaded.kernels = kernels;
             let r = eval::evaluate(&loaded, &model.display().to_string(), &data, limit, !json)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -253,10 +295,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             images,
             card,
             top,
+            kernels,
+            threads,
             json,
         } => {
+            anyhow::ensure!(
+                threads == 1,
+                "--threads {threads}: the runtime runs on one thread until the worker pool lands"
+            );
             let card = card.as_deref().map(LoadedCard::load).transpose()?;
-            let loaded = Loaded::open(&model, card.as_ref())?;
+            let mut loaded = Loaded::open(&model, card.as_ref())?;
+            loaded.kernels = kernels;
             let mut run = loaded.runner()?;
             let mut results = Vec::new();
             for image in &images {
@@ -289,6 +338,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&results)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            model,
+            iters,
+            warmup,
+            kernels,
+            threads,
+            layers,
+            json,
+        } => {
+            let bytes = std::fs::read(&model)
+                .with_context(|| format!("cannot read {}", model.display()))?;
+            let report = bench::bench(
+                &model.display().to_string(),
+                &bytes,
+                &BenchOptions {
+                    iters,
+                    warmup,
+                    kernels,
+                    threads,
+                    layers,
+                },
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                bench::print(&report);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -670,7 +670,7 @@ impl Importer<'_> {
         }
         if let Some(i) = infer {
             let known: usize = shape.iter().product();
-            if known == 0 || total % known != 0 {
+            if known == 0 || !total.is_multiple_of(known) {
                 return Err(ctx.shape_err(format!("cannot reshape {s:?} into {target:?}")));
             }
             shape[i] = total / known;

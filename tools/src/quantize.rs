@@ -351,6 +351,8 @@ pub fn lower(
         plan: Plan {
             arena_bytes: placement.arena_bytes as u64,
             lower_bound_bytes: placement.lower_bound_bytes as u64,
+            scratch_offset: 0,
+            scratch_bytes: 0,
         },
         preprocess: pre.to_info(),
         labels,

@@ -27,7 +27,7 @@ pub mod writer;
 pub use container::{SectionKind, ALIGN, HEADER_LEN, MAGIC, SECTION_ENTRY_LEN, VERSION};
 pub use model::{
     ChannelParams, DType, KesFile, Metadata, OpKind, OpView, Plan, PreprocessInfo, Residual,
-    TensorInfo, CHANNEL_PARAMS_LEN, OP_RECORD_LEN, TENSOR_RECORD_LEN,
+    TensorInfo, WeightLayout, CHANNEL_PARAMS_LEN, OP_RECORD_LEN, TENSOR_RECORD_LEN,
 };
 
 use core::fmt;

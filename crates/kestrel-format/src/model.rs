@@ -8,6 +8,7 @@
 use crate::container::{parse_container, SectionKind};
 use crate::reader::{i32_at, Reader};
 use crate::FormatError;
+use kestrel_kernels::gemm;
 
 pub const TENSOR_RECORD_LEN: usize = 32;
 pub const OP_RECORD_LEN: usize = 64;
@@ -106,6 +107,26 @@ impl OpKind {
     }
 }
 
+/// How a conv's weights are laid out in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// `[KH][KW][IC][OC]`: what the scalar reference reads (`--target generic`).
+    Portable = 0,
+    /// The packed-GEMM layout of `kestrel_kernels::gemm` (tiles of output channels,
+    /// 16-byte reduction chunks, channel sums), read by every SIMD micro-kernel.
+    Packed = 1,
+}
+
+impl WeightLayout {
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(WeightLayout::Portable),
+            1 => Some(WeightLayout::Packed),
+            _ => None,
+        }
+    }
+}
+
 /// The residual operand of a fused conv: how to bring it to the output scale.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Residual {
@@ -131,8 +152,9 @@ pub struct OpView<'a> {
     pub out_max: i8,
     /// Subsample: start row/column. PadChannels: channels before/after.
     pub aux: [u16; 2],
-    /// Conv `[KH][KW][IC][OC]`, Dense `[N][K]`: the layout the scalar kernels read.
+    /// Conv `[KH][KW][IC][OC]` or packed (see `layout`), Dense `[N][K]`.
     pub weights: &'a [i8],
+    pub layout: WeightLayout,
     pub params: ChannelParams<'a>,
 }
 
@@ -163,8 +185,12 @@ impl<'a> ChannelParams<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub arena_bytes: u64,
-    /// The largest sum of live tensor bytes at any step.
+    /// The largest sum of live tensor bytes at any step (scratch included).
     pub lower_bound_bytes: u64,
+    /// Where the kernels' scratch (packed input tiles) lies in the arena; no tensor
+    /// overlaps it. Zero bytes when every conv uses the portable layout.
+    pub scratch_offset: u64,
+    pub scratch_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -374,6 +400,15 @@ impl<'a> KesFile<'a> {
         if end.is_none_or(|e| e > self.plan.arena_bytes) {
             return Err(bad("does not fit in the arena"));
         }
+        let scratch = (
+            self.plan.scratch_offset,
+            self.plan.scratch_offset + self.plan.scratch_bytes,
+        );
+        if let Some(end) = end {
+            if (info.offset as u64) < scratch.1 && scratch.0 < end {
+                return Err(bad("overlaps the kernels' scratch"));
+            }
+        }
         if !(info.scale.is_finite() && info.scale > 0.0) {
             return Err(bad("scale is not a positive finite number"));
         }
@@ -414,7 +449,8 @@ impl<'a> KesFile<'a> {
         let (res_mult, res_shift) = (r.i32()?, r.i32()?);
         let (out_min, out_max) = (r.i8()?, r.i8()?);
         let aux = [r.u16()?, r.u16()?];
-        r.zeros(10, 0)
+        let layout = WeightLayout::from_u8(r.u8()?).ok_or(bad("unknown weight layout"))?;
+        r.zeros(9, 0)
             .map_err(|_| bad("reserved bytes are not zero"))?;
         let range = |off: usize, len: usize| {
             off.checked_add(len)
@@ -450,6 +486,7 @@ impl<'a> KesFile<'a> {
             out_max,
             aux,
             weights,
+            layout,
             params: ChannelParams { bytes: params },
         })
     }
@@ -505,6 +542,9 @@ impl<'a> KesFile<'a> {
         if !needs_weights && (!op.weights.is_empty() || !op.params.is_empty()) {
             return Err(bad("op carries weights it does not use"));
         }
+        if op.kind != OpKind::Conv && op.layout != WeightLayout::Portable {
+            return Err(bad("only convolutions take packed weights"));
+        }
         if op.kind != OpKind::Conv && op.residual.is_some() {
             return Err(bad("only convolutions take a residual"));
         }
@@ -523,8 +563,23 @@ impl<'a> KesFile<'a> {
                     }
                     (1, 1)
                 };
-                if op.weights.len() != oc * kh * kw * c || op.params.len() != oc {
+                let k = kh * kw * c;
+                let weights_len = match op.layout {
+                    WeightLayout::Portable => oc * k,
+                    WeightLayout::Packed => gemm::packed_len(k, oc),
+                };
+                if op.weights.len() != weights_len || op.params.len() != oc {
                     return Err(bad("weight or parameter size does not match the shapes"));
+                }
+                if op.layout == WeightLayout::Packed {
+                    if (self.plan.scratch_bytes as usize) < gemm::scratch_len(k) {
+                        return Err(bad("the plan's scratch is too small for this packed conv"));
+                    }
+                    if !gemm::packed_is_consistent(op.weights, k, oc) {
+                        return Err(bad(
+                            "packed weights hold -128, padding that is not zero, or wrong channel sums",
+                        ));
+                    }
                 }
                 if y.dtype == DType::I32 && op.kind != OpKind::Dense {
                     return Err(bad("only dense layers give int32 outputs"));
@@ -608,8 +663,16 @@ fn parse_plan(bytes: &[u8]) -> Result<Plan, FormatError> {
     let plan = Plan {
         arena_bytes: r.u64()?,
         lower_bound_bytes: r.u64()?,
+        scratch_offset: r.u64()?,
+        scratch_bytes: r.u64()?,
     };
     r.zeros(r.remaining(), 0)?;
+    let scratch_end = plan.scratch_offset.checked_add(plan.scratch_bytes);
+    if scratch_end.is_none_or(|e| e > plan.arena_bytes) {
+        return Err(FormatError::BadPlan {
+            reason: "scratch lies outside the arena",
+        });
+    }
     if plan.lower_bound_bytes > plan.arena_bytes || plan.arena_bytes > u32::MAX as u64 {
         return Err(FormatError::BadPlan {
             reason: "arena smaller than its lower bound, or over 4 GiB",

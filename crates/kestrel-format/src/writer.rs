@@ -7,7 +7,11 @@ use std::vec::Vec;
 use crate::container::{
     header_crc, SectionKind, ALIGN, HEADER_LEN, MAGIC, SECTION_ENTRY_LEN, VERSION,
 };
-use crate::model::{DType, OpKind, Plan, PreprocessInfo, Residual, OP_RECORD_LEN, PREPROCESS_LEN};
+use kestrel_kernels::gemm;
+
+use crate::model::{
+    DType, OpKind, Plan, PreprocessInfo, Residual, WeightLayout, OP_RECORD_LEN, PREPROCESS_LEN,
+};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorRecord {
@@ -32,6 +36,7 @@ pub struct OpRecord {
     pub out_max: i8,
     pub aux: [u16; 2],
     pub weights: Vec<i8>,
+    pub layout: WeightLayout,
     /// Per output channel: `(bias, multiplier, shift)`.
     pub params: Vec<(i32, i32, i32)>,
 }
@@ -52,6 +57,7 @@ impl OpRecord {
             out_max: i8::MAX,
             aux: [0; 2],
             weights: Vec::new(),
+            layout: WeightLayout::Portable,
             params: Vec::new(),
         }
     }
@@ -70,12 +76,38 @@ pub struct KesModel {
 }
 
 fn pad_to(buf: &mut Vec<u8>, align: usize) {
-    while buf.len() % align != 0 {
+    while !buf.len().is_multiple_of(align) {
         buf.push(0);
     }
 }
 
 impl KesModel {
+    /// Repacks every conv's weights for the packed-GEMM micro-kernels
+    /// (`kestrel_kernels::gemm`) and reserves their scratch (one packed input tile of the
+    /// deepest conv) after the tensors in the arena.
+    pub fn pack_convs(&mut self) {
+        let mut scratch = 0;
+        for op in self.ops.iter_mut() {
+            if op.kind != OpKind::Conv || op.layout == WeightLayout::Packed {
+                continue;
+            }
+            let input = &self.tensors[op.input as usize];
+            let k = op.kernel[0] as usize * op.kernel[1] as usize * input.dims[3] as usize;
+            op.weights = gemm::pack_weights(&op.weights, k, op.params.len());
+            op.layout = WeightLayout::Packed;
+            scratch = scratch.max(gemm::scratch_len(k) as u64);
+        }
+        if scratch > self.plan.scratch_bytes {
+            let plan = &mut self.plan;
+            plan.arena_bytes -= plan.scratch_bytes;
+            plan.lower_bound_bytes -= plan.scratch_bytes;
+            plan.scratch_offset = plan.arena_bytes.div_ceil(ALIGN as u64) * ALIGN as u64;
+            plan.scratch_bytes = scratch;
+            plan.arena_bytes = plan.scratch_offset + scratch;
+            plan.lower_bound_bytes += scratch;
+        }
+    }
+
     /// Serialises the model. The result parses with [`crate::KesFile::parse`] as long as the
     /// model itself is consistent (the parser checks that; the writer does not duplicate it).
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -110,7 +142,8 @@ impl KesModel {
             ops.extend_from_slice(&[op.out_min as u8, op.out_max as u8]);
             ops.extend_from_slice(&op.aux[0].to_le_bytes());
             ops.extend_from_slice(&op.aux[1].to_le_bytes());
-            ops.extend_from_slice(&[0; 10]);
+            ops.push(op.layout as u8);
+            ops.extend_from_slice(&[0; 9]);
         }
 
         let mut graph = Vec::new();
@@ -135,7 +168,8 @@ impl KesModel {
         let mut plan = Vec::new();
         plan.extend_from_slice(&self.plan.arena_bytes.to_le_bytes());
         plan.extend_from_slice(&self.plan.lower_bound_bytes.to_le_bytes());
-        plan.extend_from_slice(&[0; 16]);
+        plan.extend_from_slice(&self.plan.scratch_offset.to_le_bytes());
+        plan.extend_from_slice(&self.plan.scratch_bytes.to_le_bytes());
 
         let p = &self.preprocess;
         let mut pre = Vec::with_capacity(PREPROCESS_LEN);

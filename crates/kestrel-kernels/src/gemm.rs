@@ -71,6 +71,30 @@ pub fn pack_weights(weights: &[i8], k: usize, oc: usize) -> std::vec::Vec<i8> {
     out
 }
 
+/// Whether packed weights can be trusted by every micro-kernel: no `-128` (the A72
+/// kernel's int16 pair sums need |w| ≤ 127), zero padding, and the stored channel sums
+/// equal to the weights' (VNNI relies on them). The file parser checks this.
+pub fn packed_is_consistent(packed: &[i8], k: usize, oc: usize) -> bool {
+    let (k_pad, oc_pad) = (round_up(k, KC), round_up(oc, NR));
+    if packed.len() != packed_len(k, oc) {
+        return false;
+    }
+    let base = oc_pad * k_pad;
+    (0..oc_pad).all(|o| {
+        let (block, n) = (o / NR, o % NR);
+        let mut sum = 0i32;
+        for kk in 0..k_pad {
+            let w = packed[block * k_pad * NR + (kk / KC) * NR * KC + n * KC + kk % KC];
+            let real = o < oc && kk < k;
+            if (real && w == -128) || (!real && w != 0) {
+                return false;
+            }
+            sum = sum.wrapping_add(w as i32);
+        }
+        channel_sum(packed, base, o) == sum
+    })
+}
+
 /// The sum of output channel `o`'s weights, stored after the packed weights.
 #[inline]
 fn channel_sum(packed: &[i8], base: usize, o: usize) -> i32 {
@@ -433,6 +457,28 @@ mod tests {
         let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|&i| cpu.supports(i)).collect();
         std::println!("checking {isas:?}");
         check_all_paths(&isas);
+    }
+
+    #[test]
+    fn packed_weights_are_checked() {
+        let w = values(27 * 5, 3)
+            .into_iter()
+            .map(|v| v.max(-127))
+            .collect::<Vec<_>>();
+        let good = pack_weights(&w, 27, 5);
+        assert!(packed_is_consistent(&good, 27, 5));
+        // A -128, a non-zero pad, a wrong sum, a wrong length: each refused.
+        let mut bad = good.clone();
+        bad[0] = -128;
+        assert!(!packed_is_consistent(&bad, 27, 5));
+        let mut bad = good.clone();
+        bad[27] = 1; // k = 27 of channel 0 is padding
+        assert!(!packed_is_consistent(&bad, 27, 5));
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(!packed_is_consistent(&bad, 27, 5));
+        assert!(!packed_is_consistent(&good[1..], 27, 5));
     }
 
     #[test]

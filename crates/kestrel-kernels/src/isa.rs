@@ -85,6 +85,29 @@ impl CpuFeatures {
         }
     }
 
+    /// What the running CPU offers: detected through the OS with `std`, else what the
+    /// build's target features promise (a `no_std` build for a known core).
+    pub fn available() -> CpuFeatures {
+        #[cfg(feature = "std")]
+        {
+            CpuFeatures::detect()
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            CpuFeatures {
+                neon: cfg!(all(target_arch = "aarch64", target_feature = "neon")),
+                dotprod: cfg!(all(target_arch = "aarch64", target_feature = "dotprod")),
+                avx2: cfg!(all(target_arch = "x86_64", target_feature = "avx2")),
+                avx512_vnni: cfg!(all(
+                    target_arch = "x86_64",
+                    target_feature = "avx512f",
+                    target_feature = "avx512bw",
+                    target_feature = "avx512vnni"
+                )),
+            }
+        }
+    }
+
     /// Whether kernels of `isa` can run on this CPU.
     pub fn supports(&self, isa: Isa) -> bool {
         match isa {

@@ -19,10 +19,12 @@ extern crate std;
 
 use core::fmt;
 
-use kestrel_format::{DType, FormatError, KesFile, OpKind, OpView, TensorInfo};
+use kestrel_format::{DType, FormatError, KesFile, OpKind, OpView, TensorInfo, WeightLayout};
+use kestrel_kernels::gemm;
 use kestrel_kernels::scalar::{self, OutQuant, Residual, Window};
 
 pub use kestrel_format;
+pub use kestrel_kernels::isa::{CpuFeatures, Isa};
 
 pub mod preprocess;
 
@@ -34,6 +36,8 @@ pub enum Error {
     ArenaTooSmall { needed: usize, given: usize },
     /// A buffer passed in or out has the wrong length.
     BufferSize { expected: usize, given: usize },
+    /// Kernels were asked for that this CPU cannot run.
+    UnsupportedKernels { requested: Isa, best: Isa },
 }
 
 impl From<FormatError> for Error {
@@ -58,6 +62,10 @@ impl fmt::Display for Error {
                     "buffer holds {given} values, the model expects {expected}"
                 )
             }
+            Error::UnsupportedKernels { requested, best } => write!(
+                f,
+                "this CPU cannot run the {requested} kernels (the best it has: {best})"
+            ),
         }
     }
 }
@@ -119,10 +127,28 @@ impl<'a> Model<'a> {
 pub struct Session<'m, 'a> {
     model: &'m Model<'m>,
     arena: &'a mut [u8],
+    kernels: Isa,
 }
 
 impl<'m, 'a> Session<'m, 'a> {
+    /// Binds the model to the arena with the fastest kernels this CPU runs.
     pub fn new(model: &'m Model<'m>, arena: &'a mut [u8]) -> Result<Self, Error> {
+        Self::with_kernels(model, arena, CpuFeatures::available().best())
+    }
+
+    /// As [`Session::new`] with a chosen kernel family (tests and benchmarks compare them).
+    pub fn with_kernels(
+        model: &'m Model<'m>,
+        arena: &'a mut [u8],
+        kernels: Isa,
+    ) -> Result<Self, Error> {
+        let cpu = CpuFeatures::available();
+        if !cpu.supports(kernels) {
+            return Err(Error::UnsupportedKernels {
+                requested: kernels,
+                best: cpu.best(),
+            });
+        }
         let needed = model.arena_bytes();
         if arena.len() < needed {
             return Err(Error::ArenaTooSmall {
@@ -130,7 +156,16 @@ impl<'m, 'a> Session<'m, 'a> {
                 given: arena.len(),
             });
         }
-        Ok(Session { model, arena })
+        Ok(Session {
+            model,
+            arena,
+            kernels,
+        })
+    }
+
+    /// The kernel family this session runs.
+    pub fn kernels(&self) -> Isa {
+        self.kernels
     }
 
     /// The int8 NHWC input tensor, to be filled with the quantised image.
@@ -296,16 +331,41 @@ impl<'m, 'a> Session<'m, 'a> {
                         }
                     }
                 };
-                scalar::conv2d(
-                    &win,
-                    input,
-                    x.zero_point,
-                    op.weights,
-                    params,
-                    out_q,
-                    residual,
-                    as_i8_mut(output),
-                );
+                match op.layout {
+                    WeightLayout::Portable => scalar::conv2d(
+                        &win,
+                        input,
+                        x.zero_point,
+                        op.weights,
+                        params,
+                        out_q,
+                        residual,
+                        as_i8_mut(output),
+                    ),
+                    WeightLayout::Packed => {
+                        let plan = m.file.plan;
+                        // SAFETY: parse checked that the scratch lies in the arena, apart
+                        // from every tensor, and holds this conv's packed input tile.
+                        let scratch = unsafe {
+                            core::slice::from_raw_parts_mut(
+                                base.add(plan.scratch_offset as usize) as *mut i8,
+                                plan.scratch_bytes as usize,
+                            )
+                        };
+                        gemm::conv2d(
+                            self.kernels,
+                            &win,
+                            input,
+                            x.zero_point,
+                            op.weights,
+                            params,
+                            out_q,
+                            residual,
+                            as_i8_mut(output),
+                            scratch,
+                        );
+                    }
+                }
             }
             OpKind::Dense => match y.dtype {
                 DType::I8 => scalar::dense(input, op.weights, params, out_q, as_i8_mut(output)),

@@ -5,7 +5,7 @@
 mod common;
 
 use kestrel_format::FormatError;
-use kestrel_runtime::{Error, Model, Session};
+use kestrel_runtime::{CpuFeatures, Error, Isa, Model, Session};
 
 fn try_run(bytes: &[u8]) -> Result<(), Error> {
     let model = Model::parse(bytes)?;
@@ -45,6 +45,41 @@ fn the_hand_built_model_parses_and_runs() {
         model.file().metadata().next(),
         Some(("source_model", "hand-built"))
     );
+}
+
+/// The packed-GEMM layout gives the portable layout's logits on every kernel path this
+/// CPU runs, and a packed weight the A72 kernel cannot take (-128) is refused at parse.
+#[test]
+fn packed_weights_run_like_portable_ones_and_are_checked() {
+    let portable = common::tiny_model();
+    let mut packed = portable.clone();
+    packed.pack_convs();
+    assert!(packed.plan.scratch_bytes > 0);
+    let logits = |bytes: &[u8], isa: Isa| {
+        let model = Model::parse(bytes).unwrap();
+        let mut arena = vec![0u8; model.arena_bytes()];
+        let mut session = Session::with_kernels(&model, &mut arena, isa).unwrap();
+        for (i, v) in session.input_mut().iter_mut().enumerate() {
+            *v = (i * 7 % 251) as i8;
+        }
+        session.run();
+        let mut out = vec![0.0; model.classes()];
+        session.logits(&mut out).unwrap();
+        out
+    };
+    let reference = logits(&portable.to_bytes(), Isa::Scalar);
+    let cpu = CpuFeatures::available();
+    for isa in Isa::ALL.into_iter().filter(|&i| cpu.supports(i)) {
+        assert_eq!(logits(&packed.to_bytes(), isa), reference, "{isa}");
+    }
+    let mut bad = packed.clone();
+    bad.ops[0].weights[0] = -128;
+    match Model::parse(&bad.to_bytes()) {
+        Err(Error::Format(FormatError::BadOp { op: 0, reason })) => {
+            assert!(reason.contains("-128"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 #[test]
@@ -106,11 +141,18 @@ fn an_offset_past_the_end_is_refused() {
 /// Edits with the checksums recomputed reach the semantic checks; whatever parses must run.
 #[test]
 fn random_edits_with_valid_checksums_never_panic() {
-    let bytes = common::tiny_model().to_bytes();
+    let mut packed = common::tiny_model();
+    packed.pack_convs();
+    for bytes in [common::tiny_model().to_bytes(), packed.to_bytes()] {
+        random_edits(&bytes);
+    }
+}
+
+fn random_edits(bytes: &[u8]) {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let (mut refused, mut accepted) = (0, 0);
     for _ in 0..20_000 {
-        let mut m = bytes.clone();
+        let mut m = bytes.to_vec();
         for _ in 0..1 + rng.below(4) {
             let i = rng.below(m.len());
             m[i] = match rng.below(4) {

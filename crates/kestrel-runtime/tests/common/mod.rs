@@ -80,6 +80,8 @@ pub fn tiny_model() -> KesModel {
         plan: Plan {
             arena_bytes: 464,
             lower_bound_bytes: 300,
+            scratch_offset: 0,
+            scratch_bytes: 0,
         },
         preprocess: PreprocessInfo {
             size: [6, 6],

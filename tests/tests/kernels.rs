@@ -1,0 +1,219 @@
+//! Every kernel path gives the scalar reference's logits, bit for bit, on whole models:
+//! the six shared CIFAR ResNets and synthetic ResNet-18/50 (64×64 here, to keep qemu
+//! quick). On this x86 host in process (scalar, AVX2, AVX-512 VNNI, as the CPU has them);
+//! for AArch64 through the runtime's `bench` example under qemu `-cpu cortex-a72` (scalar,
+//! NEON) and `-cpu cortex-a76` (scalar, NEON, `sdot`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use kestrel_e2e::{shared_dir, shared_model, SHARED_MODELS};
+use kestrel_runtime::{CpuFeatures, Isa, Model, Session};
+use kestrel_tools::calibrate::Method;
+use kestrel_tools::compile::{self, CompileOptions, Target};
+use kestrel_tools::dataset;
+use kestrel_tools::synth::{self, Arch, SynthOptions};
+
+struct Compiled {
+    name: String,
+    /// Portable weights: the scalar reference conv.
+    generic: Vec<u8>,
+    /// Packed weights: the GEMM micro-kernels.
+    packed: Vec<u8>,
+}
+
+fn tmp() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kestrel-kernels-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn compile_both(name: &str, onnx: &Path) -> Compiled {
+    let calib = shared_dir().join("data/cifar10/calib");
+    let build = |target| {
+        let opts = CompileOptions {
+            method: Method::Percentile(99.99),
+            calib_count: 20,
+            target,
+            progress: false,
+        };
+        compile::compile(onnx, &calib, None, &opts).unwrap().0
+    };
+    Compiled {
+        name: name.to_string(),
+        generic: build(Target::Generic),
+        packed: build(Target::Rpi5),
+    }
+}
+
+fn synthetic(arch: Arch) -> PathBuf {
+    let mut opts = SynthOptions::new(arch);
+    opts.input_size = 64;
+    opts.classes = 10;
+    let mut model = synth::build(&opts).unwrap();
+    let pre = opts.preprocess();
+    let all = dataset::list(&shared_dir().join("data/cifar10/calib")).unwrap();
+    let images: Vec<Vec<f32>> = dataset::spread(&all, 8)
+        .iter()
+        .map(|i| pre.load(&i.path).unwrap())
+        .collect();
+    synth::calibrate_bn(&mut model, &images).unwrap();
+    let path = tmp().join(format!("{}-64.onnx", arch.name()));
+    synth::write(&model, &path).unwrap();
+    path
+}
+
+fn models() -> &'static [Compiled] {
+    static MODELS: OnceLock<Vec<Compiled>> = OnceLock::new();
+    MODELS.get_or_init(|| {
+        let mut out: Vec<Compiled> = SHARED_MODELS
+            .iter()
+            .map(|stem| compile_both(stem, &shared_model(stem)))
+            .collect();
+        for arch in [Arch::ResNet18, Arch::ResNet50] {
+            out.push(compile_both(
+                &format!("synthetic {}", arch.name()),
+                &synthetic(arch),
+            ));
+        }
+        out
+    })
+}
+
+/// Two dev images, decoded to RGB bytes.
+fn images() -> Vec<(Vec<u8>, usize, usize)> {
+    let all = dataset::list(&shared_dir().join("data/cifar10/dev")).unwrap();
+    dataset::spread(&all, 2)
+        .iter()
+        .map(|i| {
+            let img = image::open(&i.path).unwrap().to_rgb8();
+            let (w, h) = (img.width() as usize, img.height() as usize);
+            (img.into_raw(), w, h)
+        })
+        .collect()
+}
+
+fn logits(bytes: &[u8], isa: Isa, rgb: &[u8], w: usize, h: usize) -> Vec<f32> {
+    let model = Model::parse(bytes).unwrap();
+    let mut arena = vec![0u8; model.arena_bytes()];
+    let mut session = Session::with_kernels(&model, &mut arena, isa).unwrap();
+    let info = model.file().preprocess;
+    let mut scratch = vec![0f32; kestrel_runtime::preprocess::scratch_len(&info, w, h)];
+    session.set_input_rgb(rgb, w, h, &mut scratch).unwrap();
+    session.run();
+    let mut out = vec![0f32; model.classes()];
+    session.logits(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn every_x86_kernel_path_gives_the_reference_logits() {
+    let cpu = CpuFeatures::available();
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|&i| cpu.supports(i)).collect();
+    println!("kernel paths on this CPU: {isas:?}");
+    let images = images();
+    for m in models() {
+        for (rgb, w, h) in &images {
+            let reference = logits(&m.generic, Isa::Scalar, rgb, *w, *h);
+            assert!(reference.iter().any(|&v| v != reference[0]));
+            for &isa in &isas {
+                assert_eq!(
+                    logits(&m.packed, isa, rgb, *w, *h),
+                    reference,
+                    "{} with {isa} kernels",
+                    m.name
+                );
+            }
+        }
+    }
+}
+
+fn bench_example() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&repo)
+            .args([
+                "build",
+                "--profile",
+                "host",
+                "-p",
+                "kestrel-runtime",
+                "--example",
+                "bench",
+                "--target",
+                "aarch64-unknown-linux-gnu",
+            ])
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "building the aarch64 bench example failed"
+        );
+        repo.join("target/aarch64-unknown-linux-gnu/host/examples/bench")
+    })
+}
+
+#[test]
+fn every_aarch64_kernel_path_under_qemu_gives_the_reference_logits() {
+    let bench = bench_example();
+    let (rgb, w, h) = images().remove(0);
+    let rgb_file = tmp().join("image.rgb");
+    std::fs::write(&rgb_file, &rgb).unwrap();
+    let runs = [
+        ("cortex-a72", "scalar"),
+        ("cortex-a72", "neon"),
+        ("cortex-a76", "scalar"),
+        ("cortex-a76", "neon"),
+        ("cortex-a76", "neon-dot"),
+    ];
+    for (i, m) in models().iter().enumerate() {
+        let reference = logits(&m.generic, Isa::Scalar, &rgb, w, h);
+        let kes = tmp().join(format!("model-{i}.kes"));
+        std::fs::write(&kes, &m.packed).unwrap();
+        for (cpu, kernels) in runs {
+            let out = Command::new("qemu-aarch64")
+                .args(["-L", "/usr/aarch64-linux-gnu", "-cpu", cpu])
+                .arg(bench)
+                .arg(&kes)
+                .args(["--kernels", kernels, "--rgb"])
+                .arg(&rgb_file)
+                .args(["--size", &format!("{w}x{h}")])
+                .output()
+                .expect("qemu-aarch64 is installed (scripts/setup)");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{} on {cpu}/{kernels}: {}",
+                m.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+            assert_eq!(v["kernels"], kernels);
+            let got: Vec<f32> = v["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            assert_eq!(got, reference, "{} on {cpu} with {kernels}", m.name);
+        }
+    }
+    // A CPU without the dot product refuses the sdot kernels by name.
+    let out = Command::new("qemu-aarch64")
+        .args(["-L", "/usr/aarch64-linux-gnu", "-cpu", "cortex-a72"])
+        .arg(bench)
+        .arg(tmp().join("model-0.kes"))
+        .args(["--kernels", "neon-dot"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot run the neon-dot kernels"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
