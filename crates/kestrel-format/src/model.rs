@@ -171,6 +171,10 @@ impl<'a> ChannelParams<'a> {
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }
+    /// The raw records: little-endian `i32` bias, multiplier, shift per channel.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
     /// `(bias, multiplier, shift)` of channel `c` (`c < len()`).
     #[inline]
     pub fn get(&self, c: usize) -> (i32, i32, i32) {

@@ -95,6 +95,26 @@ pub fn packed_is_consistent(packed: &[i8], k: usize, oc: usize) -> bool {
     })
 }
 
+/// `(bias, multiplier, shift)` of channel `o` in little-endian 12-byte records.
+#[inline]
+pub fn param(params: &[u8], o: usize) -> (i32, i32, i32) {
+    let at = |i: usize| {
+        let b = &params[12 * o + 4 * i..12 * o + 4 * i + 4];
+        i32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    };
+    (at(0), at(1), at(2))
+}
+
+/// Channel parameters as the records [`param`] reads (for callers holding tuples).
+#[cfg(feature = "std")]
+pub fn param_bytes(params: &[(i32, i32, i32)]) -> std::vec::Vec<u8> {
+    params
+        .iter()
+        .flat_map(|&(b, m, s)| [b, m, s])
+        .flat_map(i32::to_le_bytes)
+        .collect()
+}
+
 /// The sum of output channel `o`'s weights, stored after the packed weights.
 #[inline]
 fn channel_sum(packed: &[i8], base: usize, o: usize) -> i32 {
@@ -104,7 +124,7 @@ fn channel_sum(packed: &[i8], base: usize, o: usize) -> i32 {
 
 /// Fills the scratch with the im2col rows of pixels `p0 .. p0 + MR` in the `[K/KC][MR][KC]`
 /// layout. With `flip` every value is stored `x ^ 0x80` (`x + 128` as u8, for VNNI).
-fn pack_input(
+pub(crate) fn pack_input(
     s: &Window,
     input: &[i8],
     zero_point: i8,
@@ -117,23 +137,85 @@ fn pack_input(
     let ic = s.in_c;
     let pixels = s.out_h * s.out_w;
     let x = if flip { 0x80u8 as i8 } else { 0 };
+    if ic.is_multiple_of(KC) && !flip {
+        pack_input_chunks(s, input, zero_point, p0, a);
+        return;
+    }
     // Padded k (and rows past the last pixel) multiply zero weights: any value will do,
     // zero keeps the tile deterministic.
     a[..MR * k_pad].fill(x);
+    let kw = s.kernel[1];
     for m in 0..MR.min(pixels - p0) {
         let (oy, ox) = ((p0 + m) / s.out_w, (p0 + m) % s.out_w);
+        // For one kernel row, consecutive taps read consecutive input pixels: copy the
+        // valid ones as one run and write the zero point for the padded ones.
+        let ix0 = (ox * s.stride[1]) as isize - s.pads[1] as isize;
+        let kx_lo = (-ix0).clamp(0, kw as isize) as usize;
+        let kx_hi = (s.in_w as isize - ix0).clamp(kx_lo as isize, kw as isize) as usize;
         for ky in 0..s.kernel[0] {
             let iy = (oy * s.stride[0] + ky) as isize - s.pads[0] as isize;
-            for kx in 0..s.kernel[1] {
-                let ix = (ox * s.stride[1] + kx) as isize - s.pads[1] as isize;
-                let inside = iy >= 0 && ix >= 0 && iy < s.in_h as isize && ix < s.in_w as isize;
-                let k0 = (ky * s.kernel[1] + kx) * ic;
-                if inside {
-                    let row = &input[(iy as usize * s.in_w + ix as usize) * ic..][..ic];
-                    copy_run(a, m, k0, row, x);
-                } else {
-                    for kk in k0..k0 + ic {
-                        a[slot(m, kk)] = zero_point ^ x;
+            let k_row = ky * kw * ic;
+            if iy < 0 || iy >= s.in_h as isize || kx_lo == kx_hi {
+                set_run(a, m, k_row, kw * ic, zero_point ^ x);
+                continue;
+            }
+            set_run(a, m, k_row, kx_lo * ic, zero_point ^ x);
+            let start = (iy as usize * s.in_w + (ix0 + kx_lo as isize) as usize) * ic;
+            let run = &input[start..][..(kx_hi - kx_lo) * ic];
+            copy_run(a, m, k_row + kx_lo * ic, run, x);
+            set_run(a, m, k_row + kx_hi * ic, (kw - kx_hi) * ic, zero_point ^ x);
+        }
+    }
+}
+
+/// Writes `value` to k positions `k0 .. k0 + len` of pixel `m`.
+#[inline(always)]
+fn set_run(a: &mut [i8], m: usize, k0: usize, len: usize, value: i8) {
+    let mut kk = k0;
+    let end = k0 + len;
+    while kk < end {
+        let n = (KC - kk % KC).min(end - kk);
+        a[slot(m, kk)..][..n].fill(value);
+        kk += n;
+    }
+}
+
+/// [`pack_input`] when every tap is whole 16-byte chunks (`IC % KC == 0`, so `K` needs no
+/// padding): chunk copies only. Rows past the last pixel keep whatever the scratch held;
+/// their results are never stored.
+fn pack_input_chunks(s: &Window, input: &[i8], zero_point: i8, p0: usize, a: &mut [i8]) {
+    let ic = s.in_c;
+    let chunks = ic / KC;
+    let pixels = s.out_h * s.out_w;
+    let rows = MR.min(pixels - p0);
+    let taps = s.kernel[0] * s.kernel[1];
+    assert!(a.len() >= MR * KC * chunks * taps && input.len() >= s.in_h * s.in_w * ic);
+    let pad = [zero_point; KC];
+    let dst0 = a.as_mut_ptr();
+    for m in 0..rows {
+        let (oy, ox) = ((p0 + m) / s.out_w, (p0 + m) % s.out_w);
+        let iy0 = (oy * s.stride[0]) as isize - s.pads[0] as isize;
+        let ix0 = (ox * s.stride[1]) as isize - s.pads[1] as isize;
+        // SAFETY: `dst` visits chunk `t · chunks + c` of pixel `m` for every tap t and
+        // chunk c, all inside `a` (asserted above); `src` reads `IC` bytes of an input
+        // pixel that lies inside the input (checked per tap) or the 16-byte pad, which
+        // is read without advancing.
+        unsafe {
+            let mut dst = dst0.add(m * KC);
+            for ky in 0..s.kernel[0] {
+                let iy = iy0 + ky as isize;
+                let row_inside = iy >= 0 && iy < s.in_h as isize;
+                for kx in 0..s.kernel[1] {
+                    let ix = ix0 + kx as isize;
+                    let (src, step) = if row_inside && ix >= 0 && ix < s.in_w as isize {
+                        let at = (iy as usize * s.in_w + ix as usize) * ic;
+                        (input.as_ptr().add(at), KC)
+                    } else {
+                        (pad.as_ptr(), 0)
+                    };
+                    for c in 0..chunks {
+                        core::ptr::copy_nonoverlapping(src.add(c * step), dst, KC);
+                        dst = dst.add(MR * KC);
                     }
                 }
             }
@@ -191,14 +273,8 @@ pub fn tile_scalar(a: &[i8], b: &[i8], steps: usize) -> Tile {
 fn tile(isa: Isa, a: &[i8], b: &[i8], steps: usize) -> Tile {
     debug_assert!(a.len() >= steps * MR * KC && b.len() >= steps * NR * KC);
     match isa {
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: slices hold `steps` chunks (checked by the driver); NEON is baseline.
-        Isa::Neon => unsafe { crate::neon::tile_smlal(a.as_ptr(), b.as_ptr(), steps) },
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: as above; the session checked the CPU has the dot product.
-        Isa::NeonDot => unsafe { crate::neon::tile_sdot(a.as_ptr(), b.as_ptr(), steps) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above; the session checked AVX2.
+        // SAFETY: slices hold `steps` chunks (checked by the driver); the session checked AVX2.
         Isa::Avx2 => unsafe { crate::x86::tile_avx2(a.as_ptr(), b.as_ptr(), steps) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above; the session checked AVX-512 VNNI.
@@ -216,12 +292,35 @@ pub fn conv2d(
     input: &[i8],
     input_zero_point: i32,
     packed: &[i8],
-    params: impl Fn(usize) -> (i32, i32, i32),
+    params: &[u8],
     out: OutQuant,
     residual: Residual<'_>,
     output: &mut [i8],
     scratch: &mut [i8],
 ) {
+    #[cfg(target_arch = "aarch64")]
+    if matches!(isa, Isa::Neon | Isa::NeonDot) {
+        let c = crate::neon::PackedConv {
+            window: s,
+            input,
+            zero_point: input_zero_point as i8,
+            packed,
+            params,
+            out,
+            residual,
+        };
+        // SAFETY: shapes were checked by the parser and scratch holds one packed tile; the
+        // session checked the CPU for the dot product before choosing NeonDot.
+        unsafe {
+            if isa == Isa::NeonDot {
+                crate::neon::conv_sdot(&c, output, scratch)
+            } else {
+                crate::neon::conv_smlal(&c, output, scratch)
+            }
+        }
+        return;
+    }
+    let params = |o: usize| param(params, o);
     let k = s.kernel[0] * s.kernel[1] * s.in_c;
     let (k_pad, oc) = (round_up(k, KC), s.out_c);
     let steps = k_pad / KC;
@@ -235,8 +334,9 @@ pub fn conv2d(
         for block in 0..oc.div_ceil(NR) {
             let b = &packed[block * k_pad * NR..][..k_pad * NR];
             let acc = tile(isa, a, b, steps);
-            for n in 0..NR.min(oc - block * NR) {
-                let o = block * NR + n;
+            let o0 = block * NR;
+            for n in 0..NR.min(oc - o0) {
+                let o = o0 + n;
                 let (bias, mult, shift) = params(o);
                 // VNNI multiplied x + 128: take 128 · Σw back out (wrapping, exactly).
                 let offset = if flip {
@@ -285,7 +385,7 @@ mod tests {
     }
 
     /// Odd shapes: channels off the tile, 1×1, 3×3, 7×7, stride 2, padding, 1-pixel maps.
-    const CASES: [Case; 8] = [
+    const CASES: [Case; 9] = [
         Case {
             hw: [5, 7],
             ic: 3,
@@ -350,6 +450,14 @@ mod tests {
             stride: 1,
             pad: 0,
         },
+        Case {
+            hw: [6, 6],
+            ic: 32,
+            oc: 6,
+            kernel: 3,
+            stride: 2,
+            pad: 1,
+        },
     ];
 
     /// Every ISA this CPU runs gives the scalar reference's output, on every case, with
@@ -376,18 +484,21 @@ mod tests {
                 .into_iter()
                 .map(|v| v.max(-127))
                 .collect();
+            // Odd cases shift left (small multipliers), even ones right; odd cases clamp
+            // like a fused ReLU.
             let params: Vec<(i32, i32, i32)> = (0..c.oc)
                 .map(|o| {
-                    (
-                        o as i32 * 977 - 3000,
-                        1_300_000_000 + o as i32 * 7_000_000,
-                        -7 + (o % 3) as i32,
-                    )
+                    let o = o as i32;
+                    if ci % 2 == 0 {
+                        (o * 977 - 3000, 1_300_000_000 + o * 7_000_000, -7 + o % 3)
+                    } else {
+                        (o * 31 - 100, 1_100_000_000 + o * 3_000_000, o % 5 - 3)
+                    }
                 })
                 .collect();
             let out = OutQuant {
                 zero_point: -5,
-                min: -128,
+                min: if ci % 2 == 0 { -128 } else { -5 },
                 max: 127,
             };
             let res_data = values(oh * ow * c.oc, ci as u32 + 200);
@@ -415,6 +526,7 @@ mod tests {
                 );
                 let packed = pack_weights(&weights, k, c.oc);
                 assert_eq!(packed.len(), packed_len(k, c.oc));
+                let raw = param_bytes(&params);
                 for &isa in isas {
                     let mut got = vec![0i8; oh * ow * c.oc];
                     let mut scratch = vec![0i8; scratch_len(k)];
@@ -424,7 +536,7 @@ mod tests {
                         &input,
                         9,
                         &packed,
-                        |o| params[o],
+                        &raw,
                         out,
                         residual,
                         &mut got,
@@ -450,11 +562,14 @@ mod tests {
         check_all_paths(&[Isa::Scalar]);
     }
 
-    #[cfg(feature = "std")]
+    fn supported() -> Vec<Isa> {
+        let cpu = crate::isa::CpuFeatures::available();
+        Isa::ALL.into_iter().filter(|&i| cpu.supports(i)).collect()
+    }
+
     #[test]
     fn every_supported_simd_path_matches_the_reference_conv() {
-        let cpu = crate::isa::CpuFeatures::detect();
-        let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|&i| cpu.supports(i)).collect();
+        let isas = supported();
         std::println!("checking {isas:?}");
         check_all_paths(&isas);
     }
@@ -519,20 +634,23 @@ mod tests {
             &mut expect,
         );
         let packed = pack_weights(&weights, 72, 8);
-        let mut got = start.clone();
-        let mut scratch = vec![0i8; scratch_len(72)];
-        conv2d(
-            Isa::Scalar,
-            &win,
-            &input,
-            -3,
-            &packed,
-            |o| (o as i32, 1_200_000_000, -6),
-            out,
-            residual,
-            &mut got,
-            &mut scratch,
-        );
-        assert_eq!(got, expect);
+        let raw = param_bytes(&(0..8).map(|o| (o, 1_200_000_000, -6)).collect::<Vec<_>>());
+        for isa in supported() {
+            let mut got = start.clone();
+            let mut scratch = vec![0i8; scratch_len(72)];
+            conv2d(
+                isa,
+                &win,
+                &input,
+                -3,
+                &packed,
+                &raw,
+                out,
+                residual,
+                &mut got,
+                &mut scratch,
+            );
+            assert_eq!(got, expect, "{isa}");
+        }
     }
 }

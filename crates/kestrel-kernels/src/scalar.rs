@@ -319,9 +319,31 @@ pub fn dense_i32(
 
 /// Max pooling; padded cells are ignored. Output quantisation equals the input's.
 pub fn max_pool(s: &Window, input: &[i8], output: &mut [i8]) {
-    window_reduce(s, input, output, |vals, _| {
-        vals.fold(i8::MIN as i32, i32::max) as i8
-    });
+    // Whole channel rows at a time (NHWC): the compiler turns the inner loop into vector
+    // maxima. Padding is ignored, as a max over the valid cells.
+    let c = s.in_c;
+    for oy in 0..s.out_h {
+        for ox in 0..s.out_w {
+            let out = &mut output[(oy * s.out_w + ox) * c..][..c];
+            out.fill(i8::MIN);
+            for ky in 0..s.kernel[0] {
+                let iy = (oy * s.stride[0] + ky) as isize - s.pads[0] as isize;
+                if iy < 0 || iy >= s.in_h as isize {
+                    continue;
+                }
+                for kx in 0..s.kernel[1] {
+                    let ix = (ox * s.stride[1] + kx) as isize - s.pads[1] as isize;
+                    if ix < 0 || ix >= s.in_w as isize {
+                        continue;
+                    }
+                    let row = &input[(iy as usize * s.in_w + ix as usize) * c..][..c];
+                    for (o, &x) in out.iter_mut().zip(row) {
+                        *o = (*o).max(x);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Average pooling; the divisor counts padded cells when `count_include_pad`.
@@ -385,14 +407,23 @@ fn window_reduce(
 
 /// Global average pooling `[H, W, C] → [C]`, same quantisation as the input.
 pub fn global_avg_pool(input: &[i8], channels: usize, zero_point: i32, output: &mut [i8]) {
+    const BLOCK: usize = 64;
     let pixels = input.len() / channels.max(1);
-    for (ch, o) in output.iter_mut().enumerate() {
-        let sum = (0..pixels).fold(0i32, |s, p| {
-            s.wrapping_add(input[p * channels + ch] as i32 - zero_point)
-        });
-        *o = zero_point
-            .saturating_add(rounding_div(sum, pixels.max(1) as i32))
-            .clamp(-128, 127) as i8;
+    // Pixel rows outer, a block of channel sums inner: contiguous, vectorisable reads.
+    for c0 in (0..channels).step_by(BLOCK) {
+        let n = BLOCK.min(channels - c0);
+        let mut sums = [0i32; BLOCK];
+        for p in 0..pixels {
+            let row = &input[p * channels + c0..][..n];
+            for (s, &x) in sums.iter_mut().zip(row) {
+                *s = s.wrapping_add(x as i32 - zero_point);
+            }
+        }
+        for (o, &sum) in output[c0..c0 + n].iter_mut().zip(&sums) {
+            *o = zero_point
+                .saturating_add(rounding_div(sum, pixels.max(1) as i32))
+                .clamp(-128, 127) as i8;
+        }
     }
 }
 
@@ -574,6 +605,49 @@ mod tests {
             separate.iter().any(|&v| v != -128),
             "the test must exercise non-clamped values"
         );
+    }
+
+    #[test]
+    fn max_pool_takes_the_max_of_valid_cells_and_global_pool_averages() {
+        // 5×4×3 input, 3×3 window, stride 2, padding 1 on top/left only.
+        let (h, w, c) = (5usize, 4usize, 3usize);
+        let input: Vec<i8> = (0..h * w * c)
+            .map(|i| ((i * 53) % 256) as u8 as i8)
+            .collect();
+        let s = Window {
+            in_h: h,
+            in_w: w,
+            in_c: c,
+            out_h: 3,
+            out_w: 2,
+            out_c: c,
+            kernel: [3, 3],
+            stride: [2, 2],
+            pads: [1, 1, 0, 0],
+        };
+        let mut out = vec![0i8; 3 * 2 * c];
+        max_pool(&s, &input, &mut out);
+        for oy in 0..3usize {
+            for ox in 0..2usize {
+                for ch in 0..c {
+                    let mut best = i8::MIN;
+                    for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
+                        for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
+                            best = best.max(input[(iy * w + ix) * c + ch]);
+                        }
+                    }
+                    assert_eq!(out[(oy * 2 + ox) * c + ch], best, "({oy},{ox},{ch})");
+                }
+            }
+        }
+        // 70 channels (more than one block of sums), 2 pixels: (a + b) / 2 rounded.
+        let input: Vec<i8> = (0..140i32).map(|i| (i - 70) as i8).collect();
+        let mut out = vec![0i8; 70];
+        global_avg_pool(&input, 70, 0, &mut out);
+        for ch in 0..70 {
+            let sum = input[ch] as i32 + input[70 + ch] as i32;
+            assert_eq!(out[ch] as i32, rounding_div(sum, 2), "channel {ch}");
+        }
     }
 
     #[test]

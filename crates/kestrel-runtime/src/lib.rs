@@ -358,7 +358,7 @@ impl<'m, 'a> Session<'m, 'a> {
                             input,
                             x.zero_point,
                             op.weights,
-                            params,
+                            op.params.as_bytes(),
                             out_q,
                             residual,
                             as_i8_mut(output),
