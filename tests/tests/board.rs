@@ -314,6 +314,51 @@ fn rpi4_binary_under_qemu_cortex_a72_agrees_with_kestrel_run() {
 }
 
 #[test]
+fn sigterm_ends_the_service_cleanly() {
+    use std::io::BufRead;
+    let binary = board_binaries().join("kestrel-rpi5");
+    let (dir, images) = dev_images("sigterm", 1);
+    let image = dir.join(&images[0]);
+    let mut child = Command::new("qemu-aarch64")
+        .args(["-L", "/usr/aarch64-linux-gnu", "-cpu", "cortex-a76"])
+        .arg(&binary)
+        .args(["--model", resnet20_kes().to_str().unwrap()])
+        .args(["--camera", &format!("file:{}", image.display())])
+        .args(["--trigger", "interval:50", "--threads", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Wait for two classified frames, then ask it to stop as systemd would.
+    let mut frames = 0;
+    for line in lines.by_ref() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v.get("frame").is_some() {
+            frames += 1;
+            if frames == 2 {
+                break;
+            }
+        }
+    }
+    assert_eq!(frames, 2, "the service classified frames on its interval");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<serde_json::Value> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    let code = child.wait().unwrap();
+    assert!(code.success(), "exit status after SIGTERM: {code}");
+    let last = rest.last().expect("a stop event");
+    assert_eq!(last["event"], "stop");
+    assert_eq!(last["detail"]["reason"], "Stopped");
+}
+
+#[test]
 fn a_missing_model_camera_or_gpio_line_is_a_clear_error() {
     let binary = board_binaries().join("kestrel-rpi5");
     let kes = resnet20_kes().to_str().unwrap().to_string();
