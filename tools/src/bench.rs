@@ -7,8 +7,10 @@ use serde::Serialize;
 
 use kestrel_runtime::{Isa, Model, Session};
 
+use crate::compile;
 use crate::inspect;
 use crate::preprocess::{synthetic_rgb, Preprocess};
+use crate::tract_ref::TractModel;
 
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -137,6 +139,44 @@ pub fn bench(name: &str, bytes: &[u8], opts: &BenchOptions) -> anyhow::Result<Be
         gmacs_per_s: report.macs as f64 / median / 1e6,
         arena_bytes: report.arena_bytes,
         layers,
+    })
+}
+
+/// The float peer in the same process: tract running the original ONNX file (one thread;
+/// tract has no worker pool of its own). Same report, `kernels` = `tract-f32`.
+pub fn bench_onnx(path: &std::path::Path, opts: &BenchOptions) -> anyhow::Result<BenchReport> {
+    if opts.threads != 1 {
+        anyhow::bail!("--threads {}: tract runs on one thread", opts.threads);
+    }
+    anyhow::ensure!(opts.iters > 0, "--iters must be at least 1");
+    let prepared = compile::prepare(path, None)?;
+    let [h, w] = prepared.preprocess.size;
+    let input = prepared.preprocess.apply(&synthetic_rgb(w, h, 7), w, h);
+    let model = TractModel::load(path, &[1, 3, h, w])?;
+    for _ in 0..opts.warmup {
+        model.run(&input)?;
+    }
+    let mut times = Vec::with_capacity(opts.iters);
+    for _ in 0..opts.iters {
+        let t = Instant::now();
+        model.run(&input)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = percentile(&times, 0.5);
+    let macs = prepared.graph.macs();
+    Ok(BenchReport {
+        model: path.display().to_string(),
+        kernels: "tract-f32".into(),
+        threads: 1,
+        iters: opts.iters,
+        latency_ms_median: median,
+        latency_ms_p90: percentile(&times, 0.9),
+        latency_ms_min: times[0],
+        macs,
+        gmacs_per_s: macs as f64 / median / 1e6,
+        arena_bytes: 0,
+        layers: None,
     })
 }
 

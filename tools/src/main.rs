@@ -91,7 +91,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Latency of a .kes on this machine: median and p90 over --iters runs, and per layer.
+    /// Latency on this machine: a .kes (int8, median and p90 over --iters runs, per layer)
+    /// or an .onnx (float, tract: the peer measured in the same process).
     Bench {
         model: PathBuf,
         #[arg(long, default_value_t = 50)]
@@ -352,17 +353,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let bytes = std::fs::read(&model)
                 .with_context(|| format!("cannot read {}", model.display()))?;
-            let report = bench::bench(
-                &model.display().to_string(),
-                &bytes,
-                &BenchOptions {
-                    iters,
-                    warmup,
-                    kernels,
-                    threads,
-                    layers,
-                },
-            )?;
+            let opts = BenchOptions {
+                iters,
+                warmup,
+                kernels,
+                threads,
+                layers,
+            };
+            let report = if bytes.starts_with(&kestrel_format::MAGIC) {
+                bench::bench(&model.display().to_string(), &bytes, &opts)?
+            } else {
+                bench::bench_onnx(&model, &opts)?
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

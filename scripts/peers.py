@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Kestrel against its peers on this machine, in one run, side by side.
+
+For each model: Kestrel int8 (`kestrel compile --target x86-64`, `kestrel bench`), tract
+float (`kestrel bench MODEL.onnx`, tract in the same process as Kestrel's tools), ONNX
+Runtime float, and ONNX Runtime int8 (its own `quantize_static`: QDQ, per-channel
+weights, calibrated on the same calibration images). One thread, then all threads for
+the peers that have a thread pool. Prints a markdown table with latency ratios.
+
+    python3 -m pip install onnxruntime onnx numpy pillow
+    cargo build --profile host -p kestrel-tools
+    python3 scripts/peers.py                    # synthetic ResNet-18 224 + the CIFAR ResNets
+    python3 scripts/peers.py --models resnet20_cifar10 --iters 20
+"""
+
+import argparse
+import importlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+KESTREL = REPO / "target" / "host" / "kestrel"
+WORK = REPO / "target" / "peers"
+CALIB = SHARED / "data" / "cifar10" / "calib"
+
+
+def need(module):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        sys.exit(f"peers: python module '{module}' is missing: python3 -m pip install onnxruntime onnx numpy pillow")
+
+
+def run(cmd):
+    out = subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True)
+    return out.stdout
+
+
+def kestrel_bench(model, iters):
+    return json.loads(run([KESTREL, "bench", model, "--iters", iters, "--json"]))
+
+
+def model_path(name):
+    if name == "resnet18_synthetic_224":
+        path = WORK / "resnet18_synthetic_224.onnx"
+        if not path.exists():
+            run([KESTREL, "synth", "--arch", "resnet18", "--calib", CALIB, "-o", path])
+        return path
+    path = SHARED / "models" / f"{name}.onnx"
+    if not path.exists():
+        sys.exit(f"peers: {path} is missing (the shared models beside the repository)")
+    return path
+
+
+def preprocessing(onnx_model):
+    """The model's preprocessing from its metadata (what Kestrel reads too)."""
+    meta = {p.key: p.value for p in onnx_model.metadata_props}
+    dims = onnx_model.graph.input[0].type.tensor_type.shape.dim
+    size = (dims[2].dim_value, dims[3].dim_value)
+    floats = lambda key, default: [float(v) for v in meta[key].split(",")] if key in meta else default
+    return {
+        "size": size,
+        "scale": float(meta.get("preprocess.scale", 1 / 255)),
+        "mean": floats("preprocess.mean", [0.485, 0.456, 0.406]),
+        "std": floats("preprocess.std", [0.229, 0.224, 0.225]),
+        "name": onnx_model.graph.input[0].name,
+    }
+
+
+def calibration_images(pre, count):
+    np = need("numpy")
+    image = need("PIL.Image")
+    files = sorted(p for p in CALIB.rglob("*") if p.suffix.lower() in (".jpg", ".png"))
+    step = max(1, len(files) // count)
+    out = []
+    for f in files[::step][:count]:
+        img = image.open(f).convert("RGB").resize(pre["size"][::-1], image.BILINEAR)
+        x = np.asarray(img, dtype=np.float32) * pre["scale"]
+        x = (x - np.array(pre["mean"], dtype=np.float32)) / np.array(pre["std"], dtype=np.float32)
+        out.append(x.transpose(2, 0, 1)[None].astype(np.float32))
+    return out
+
+
+def ort_quantize(src, dst, pre, images):
+    """ONNX Runtime's recommended path: its pre-processing (shape inference, graph
+    optimisation: BatchNorm folded), then static QDQ quantisation, per-channel weights."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = dst.with_suffix(".pre.onnx")
+    quant_pre_process(str(src), str(prepared))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(images)
+
+        def get_next(self):
+            x = next(self.items, None)
+            return None if x is None else {pre["name"]: x}
+
+    quantize_static(
+        str(prepared),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+
+
+def ort_latency(path, pre, threads, iters, warmup=3):
+    ort = need("onnxruntime")
+    np = need("numpy")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(7).standard_normal((1, 3, *pre["size"]), dtype=np.float32)
+    for _ in range(warmup):
+        sess.run(None, {pre["name"]: x})
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        sess.run(None, {pre["name"]: x})
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=[
+        "resnet18_synthetic_224", "resnet20_cifar10", "resnet32_cifar10", "resnet44_cifar10",
+        "resnet56_cifar10", "resnet8_tiny_cifar10", "resnet18_cifar10_64px"])
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--calib-count", type=int, default=100)
+    args = ap.parse_args()
+    import logging
+
+    logging.getLogger().setLevel(logging.ERROR)  # ORT's quantiser is chatty
+    onnx = need("onnx")
+    ort = need("onnxruntime")
+    if not KESTREL.exists():
+        sys.exit("peers: build the CLI first: cargo build --profile host -p kestrel-tools")
+    WORK.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    print(f"machine: {cores} cores; onnxruntime {ort.__version__}; one run, medians of {args.iters}\n")
+    print("| model | Kestrel int8 1T (ms) | ORT int8 1T | ORT f32 1T | tract f32 1T | ORT int8 {0}T | ORT f32 {0}T | Kestrel / ORT int8, 1T |".format(cores))
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name in args.models:
+        src = model_path(name)
+        pre = preprocessing(onnx.load(str(src)))
+        kes = WORK / f"{name}.kes"
+        run([KESTREL, "compile", src, "--calib", CALIB, "--calib-count", args.calib_count,
+             "--target", "x86-64", "-o", kes])
+        qdq = WORK / f"{name}.qdq.onnx"
+        if not qdq.exists():
+            ort_quantize(src, qdq, pre, calibration_images(pre, args.calib_count))
+        k = kestrel_bench(kes, args.iters)["latency_ms_median"]
+        tract = kestrel_bench(src, args.iters)["latency_ms_median"]
+        oi1 = ort_latency(qdq, pre, 1, args.iters)
+        of1 = ort_latency(src, pre, 1, args.iters)
+        oin = ort_latency(qdq, pre, cores, args.iters)
+        ofn = ort_latency(src, pre, cores, args.iters)
+        print(f"| {name} | {k:.2f} | {oi1:.2f} | {of1:.2f} | {tract:.2f} | {oin:.2f} | {ofn:.2f} | {k / oi1:.2f} |")
+    print("\nKestrel runs one thread until its worker pool lands; tract has no thread pool.")
+
+
+if __name__ == "__main__":
+    main()
