@@ -249,3 +249,65 @@ fn corrupt_kes_and_bad_images_fail_cleanly() {
         &["notes.png"],
     );
 }
+
+/// `kestrel bench` on a packed model: the JSON report holds what benchmarks read, and
+/// kernels or threads this machine cannot give are refused by name.
+#[test]
+fn bench_reports_latency_and_refuses_what_it_cannot_run() {
+    let dir = tmp_dir();
+    let onnx = dir.join("bench-r20.onnx");
+    resnet20(&onnx);
+    let kes = dir.join("bench-r20.kes");
+    let calib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cifar10/calib");
+    assert!(
+        calib.is_dir(),
+        "the shared calibration images are missing: {}",
+        calib.display()
+    );
+    let out = kestrel(&[
+        "compile",
+        onnx.to_str().unwrap(),
+        "--calib",
+        calib.to_str().unwrap(),
+        "--calib-count",
+        "10",
+        "--target",
+        "x86-64",
+        "-o",
+        kes.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kestrel(&[
+        "bench",
+        kes.to_str().unwrap(),
+        "--iters",
+        "3",
+        "--layers",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["latency_ms_median", "latency_ms_p90", "gmacs_per_s"] {
+        assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {r}");
+    }
+    assert_eq!(r["threads"], 1);
+    let inspect = kestrel(&["inspect", kes.to_str().unwrap(), "--json"]);
+    let inspect: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(r["macs"], inspect["macs"]);
+    assert_eq!(r["iters"], 3);
+    assert!(r["layers"].as_array().unwrap().len() > 20);
+    let out = kestrel(&["bench", kes.to_str().unwrap(), "--kernels", "neon-dot"]);
+    assert_clean_failure(&out, &["neon-dot"]);
+    let out = kestrel(&["bench", kes.to_str().unwrap(), "--kernels", "sse9"]);
+    assert_clean_failure(&out, &["sse9"]);
+    let out = kestrel(&["bench", kes.to_str().unwrap(), "--threads", "2"]);
+    assert_clean_failure(&out, &["--threads 2"]);
+}
