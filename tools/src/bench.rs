@@ -53,13 +53,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// Refuses a thread count other than one: the runtime has no worker pool yet (and tract
+/// none of its own).
+pub fn require_one_thread(threads: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        threads == 1,
+        "--threads {threads}: inference runs on one thread until the worker pool lands"
+    );
+    Ok(())
+}
+
 pub fn bench(name: &str, bytes: &[u8], opts: &BenchOptions) -> anyhow::Result<BenchReport> {
-    if opts.threads != 1 {
-        anyhow::bail!(
-            "--threads {}: the runtime runs on one thread until the worker pool lands",
-            opts.threads
-        );
-    }
+    require_one_thread(opts.threads)?;
     anyhow::ensure!(opts.iters > 0, "--iters must be at least 1");
     let model = Model::parse(bytes).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let report = inspect::inspect(bytes).context("inspect")?;
@@ -145,9 +150,7 @@ pub fn bench(name: &str, bytes: &[u8], opts: &BenchOptions) -> anyhow::Result<Be
 /// The float peer in the same process: tract running the original ONNX file (one thread;
 /// tract has no worker pool of its own). Same report, `kernels` = `tract-f32`.
 pub fn bench_onnx(path: &std::path::Path, opts: &BenchOptions) -> anyhow::Result<BenchReport> {
-    if opts.threads != 1 {
-        anyhow::bail!("--threads {}: tract runs on one thread", opts.threads);
-    }
+    require_one_thread(opts.threads)?;
     anyhow::ensure!(opts.iters > 0, "--iters must be at least 1");
     let prepared = compile::prepare(path, None)?;
     let [h, w] = prepared.preprocess.size;

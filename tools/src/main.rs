@@ -300,10 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             threads,
             json,
         } => {
-            anyhow::ensure!(
-                threads == 1,
-                "--threads {threads}: the runtime runs on one thread until the worker pool lands"
-            );
+            bench::require_one_thread(threads)?;
             let card = card.as_deref().map(LoadedCard::load).transpose()?;
             let mut loaded = Loaded::open(&model, card.as_ref())?;
             loaded.kernels = kernels;

@@ -320,7 +320,6 @@ pub fn conv2d(
         }
         return;
     }
-    let params = |o: usize| param(params, o);
     let k = s.kernel[0] * s.kernel[1] * s.in_c;
     let (k_pad, oc) = (round_up(k, KC), s.out_c);
     let steps = k_pad / KC;
@@ -335,21 +334,59 @@ pub fn conv2d(
             let b = &packed[block * k_pad * NR..][..k_pad * NR];
             let acc = tile(isa, a, b, steps);
             let o0 = block * NR;
-            for n in 0..NR.min(oc - o0) {
-                let o = o0 + n;
-                let (bias, mult, shift) = params(o);
-                // VNNI multiplied x + 128: take 128 · Σw back out (wrapping, exactly).
-                let offset = if flip {
+            // VNNI multiplied x + 128: take 128 · Σw back out (wrapping, exactly).
+            let offset = |o| {
+                if flip {
                     channel_sum(packed, sums, o).wrapping_mul(128)
                 } else {
                     0
-                };
-                for (m, row) in acc.iter().enumerate().take(rows) {
-                    let idx = (p0 + m) * oc + o;
-                    let total = bias.wrapping_add(row[n]).wrapping_sub(offset);
-                    let res = residual_term(&residual, idx, output);
-                    output[idx] = finish(total, mult, shift, res, out);
                 }
+            };
+            let store = TileStore {
+                rows,
+                p0,
+                o0,
+                oc,
+                params,
+                out,
+                residual: &residual,
+            };
+            store.lanes(&acc, NR.min(oc - o0), offset, output);
+        }
+    }
+}
+
+/// Where a tile's results go, for the element-by-element epilogue.
+pub(crate) struct TileStore<'a, 'r> {
+    pub rows: usize,
+    /// First pixel and first channel of the tile; `oc` channels per output pixel.
+    pub p0: usize,
+    pub o0: usize,
+    pub oc: usize,
+    /// `(bias, multiplier, shift)` records, 12 bytes per channel.
+    pub params: &'a [u8],
+    pub out: OutQuant,
+    pub residual: &'a Residual<'r>,
+}
+
+impl TileStore<'_, '_> {
+    /// The scalar epilogue on the first `channels` lanes of every row: bias (minus
+    /// `offset(channel)`), requantisation, residual, clamp.
+    pub fn lanes(
+        &self,
+        acc: &Tile,
+        channels: usize,
+        offset: impl Fn(usize) -> i32,
+        output: &mut [i8],
+    ) {
+        for n in 0..channels {
+            let o = self.o0 + n;
+            let (bias, mult, shift) = param(self.params, o);
+            let bias = bias.wrapping_sub(offset(o));
+            for (m, row) in acc.iter().enumerate().take(self.rows) {
+                let idx = (self.p0 + m) * self.oc + o;
+                let res = residual_term(self.residual, idx, output);
+                output[idx] = finish(bias.wrapping_add(row[n]), mult, shift, res, self.out);
             }
         }
     }

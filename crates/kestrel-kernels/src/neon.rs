@@ -11,7 +11,7 @@
 use core::arch::aarch64::*;
 
 use crate::gemm::{KC, MR, NR};
-use crate::scalar::{finish, residual_term, OutQuant, Residual, Window};
+use crate::scalar::{OutQuant, Residual, Window};
 
 #[inline(always)]
 unsafe fn load_rows<const R: usize>(p: *const i8) -> [int8x16_t; R] {
@@ -237,14 +237,16 @@ unsafe fn conv_tiles<const DOT: bool>(c: &PackedConv<'_>, output: &mut [i8], scr
                 for m in 0..MR {
                     vst1q_s32(tile[m].as_mut_ptr(), r[m]);
                 }
-                for n in 0..oc - o0 {
-                    let (bias, mult, shift) = crate::gemm::param(c.params, o0 + n);
-                    for (m, row) in tile.iter().enumerate().take(rows) {
-                        let idx = first + m * oc + n;
-                        let res = residual_term(&c.residual, idx, output);
-                        output[idx] = finish(bias.wrapping_add(row[n]), mult, shift, res, c.out);
-                    }
-                }
+                let store = crate::gemm::TileStore {
+                    rows,
+                    p0,
+                    o0,
+                    oc,
+                    params: c.params,
+                    out: c.out,
+                    residual: &c.residual,
+                };
+                store.lanes(&tile, oc - o0, |_| 0, output);
             }
         }
     }
