@@ -1,14 +1,16 @@
 //! Every kernel path gives the scalar reference's logits, bit for bit, on whole models:
 //! the six shared CIFAR ResNets and synthetic ResNet-18/50 (64×64 here, to keep qemu
-//! quick). On this x86 host in process (scalar, AVX2, AVX-512 VNNI, as the CPU has them);
-//! for AArch64 through the runtime's `bench` example under qemu `-cpu cortex-a72` (scalar,
-//! NEON) and `-cpu cortex-a76` (scalar, NEON, `sdot`).
+//! quick), for both packed weight layouts and 1, 2 and 4 threads. On this x86 host in
+//! process (scalar, AVX2, AVX-512 VNNI, as the CPU has them); for AArch64 through the
+//! runtime's `bench` example under qemu `-cpu cortex-a72` (scalar, NEON) and `-cpu
+//! cortex-a76` (scalar, NEON, `sdot`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 use kestrel_e2e::{shared_dir, shared_model, SHARED_MODELS};
+use kestrel_runtime::pool::ThreadPool;
 use kestrel_runtime::{CpuFeatures, Isa, Model, Session};
 use kestrel_tools::calibrate::Method;
 use kestrel_tools::compile::{self, CompileOptions, Target};
@@ -19,8 +21,10 @@ struct Compiled {
     name: String,
     /// Portable weights: the scalar reference conv.
     generic: Vec<u8>,
-    /// Packed weights: the GEMM micro-kernels.
-    packed: Vec<u8>,
+    /// `--target rpi4`: 4-channel blocks (the A72 kernel).
+    blocks4: Vec<u8>,
+    /// `--target rpi5`: 16-channel lanes (`sdot` by element, VNNI, AVX2).
+    lanes16: Vec<u8>,
 }
 
 fn tmp() -> PathBuf {
@@ -43,7 +47,8 @@ fn compile_both(name: &str, onnx: &Path) -> Compiled {
     Compiled {
         name: name.to_string(),
         generic: build(Target::Generic),
-        packed: build(Target::Rpi5),
+        blocks4: build(Target::Rpi4),
+        lanes16: build(Target::Rpi5),
     }
 }
 
@@ -94,10 +99,13 @@ fn images() -> Vec<(Vec<u8>, usize, usize)> {
         .collect()
 }
 
-fn logits(bytes: &[u8], isa: Isa, rgb: &[u8], w: usize, h: usize) -> Vec<f32> {
+fn logits(bytes: &[u8], isa: Isa, threads: usize, rgb: &[u8], w: usize, h: usize) -> Vec<f32> {
     let model = Model::parse(bytes).unwrap();
+    let pool = ThreadPool::new(threads, model.scratch_bytes(), false).unwrap();
     let mut arena = vec![0u8; model.arena_bytes()];
     let mut session = Session::with_kernels(&model, &mut arena, isa).unwrap();
+    session.set_parallel(&pool);
+    assert_eq!(session.threads(), threads);
     let info = model.file().preprocess;
     let mut scratch = vec![0f32; kestrel_runtime::preprocess::scratch_len(&info, w, h)];
     session.set_input_rgb(rgb, w, h, &mut scratch).unwrap();
@@ -115,15 +123,19 @@ fn every_x86_kernel_path_gives_the_reference_logits() {
     let images = images();
     for m in models() {
         for (rgb, w, h) in &images {
-            let reference = logits(&m.generic, Isa::Scalar, rgb, *w, *h);
+            let reference = logits(&m.generic, Isa::Scalar, 1, rgb, *w, *h);
             assert!(reference.iter().any(|&v| v != reference[0]));
-            for &isa in &isas {
-                assert_eq!(
-                    logits(&m.packed, isa, rgb, *w, *h),
-                    reference,
-                    "{} with {isa} kernels",
-                    m.name
-                );
+            for (layout, bytes) in [("blocks4", &m.blocks4), ("lanes16", &m.lanes16)] {
+                for &isa in &isas {
+                    for threads in [1, 2, 4] {
+                        assert_eq!(
+                            logits(bytes, isa, threads, rgb, *w, *h),
+                            reference,
+                            "{} ({layout}) with {isa} kernels on {threads} threads",
+                            m.name
+                        );
+                    }
+                }
             }
         }
     }
@@ -144,6 +156,8 @@ fn bench_example() -> &'static Path {
                 "kestrel-runtime",
                 "--example",
                 "bench",
+                "--features",
+                "std",
                 "--target",
                 "aarch64-unknown-linux-gnu",
             ])
@@ -163,18 +177,28 @@ fn every_aarch64_kernel_path_under_qemu_gives_the_reference_logits() {
     let (rgb, w, h) = images().remove(0);
     let rgb_file = tmp().join("image.rgb");
     std::fs::write(&rgb_file, &rgb).unwrap();
+    // Each board's own layout on every path and thread count of its core; the other
+    // layout on the SIMD paths once.
     let runs = [
-        ("cortex-a72", "scalar"),
-        ("cortex-a72", "neon"),
-        ("cortex-a76", "scalar"),
-        ("cortex-a76", "neon"),
-        ("cortex-a76", "neon-dot"),
+        ("cortex-a72", "blocks4", "scalar", 1),
+        ("cortex-a72", "blocks4", "neon", 1),
+        ("cortex-a72", "blocks4", "neon", 2),
+        ("cortex-a72", "blocks4", "neon", 4),
+        ("cortex-a72", "lanes16", "neon", 1),
+        ("cortex-a76", "lanes16", "scalar", 1),
+        ("cortex-a76", "lanes16", "neon-dot", 1),
+        ("cortex-a76", "lanes16", "neon-dot", 2),
+        ("cortex-a76", "lanes16", "neon-dot", 4),
+        ("cortex-a76", "blocks4", "neon", 1),
+        ("cortex-a76", "blocks4", "neon-dot", 1),
     ];
     for (i, m) in models().iter().enumerate() {
-        let reference = logits(&m.generic, Isa::Scalar, &rgb, w, h);
-        let kes = tmp().join(format!("model-{i}.kes"));
-        std::fs::write(&kes, &m.packed).unwrap();
-        for (cpu, kernels) in runs {
+        let reference = logits(&m.generic, Isa::Scalar, 1, &rgb, w, h);
+        for (layout, bytes) in [("blocks4", &m.blocks4), ("lanes16", &m.lanes16)] {
+            std::fs::write(tmp().join(format!("model-{i}-{layout}.kes")), bytes).unwrap();
+        }
+        for (cpu, layout, kernels, threads) in runs {
+            let kes = tmp().join(format!("model-{i}-{layout}.kes"));
             let out = Command::new("qemu-aarch64")
                 .args(["-L", "/usr/aarch64-linux-gnu", "-cpu", cpu])
                 .arg(bench)
@@ -182,31 +206,33 @@ fn every_aarch64_kernel_path_under_qemu_gives_the_reference_logits() {
                 .args(["--kernels", kernels, "--rgb"])
                 .arg(&rgb_file)
                 .args(["--size", &format!("{w}x{h}")])
+                .args(["--threads", &threads.to_string()])
                 .output()
                 .expect("qemu-aarch64 is installed (scripts/setup)");
             let stdout = String::from_utf8_lossy(&out.stdout);
+            let what = format!("{} ({layout}) on {cpu}/{kernels}/{threads} threads", m.name);
             assert!(
                 out.status.success(),
-                "{} on {cpu}/{kernels}: {}",
-                m.name,
+                "{what}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
             let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
             assert_eq!(v["kernels"], kernels);
+            assert_eq!(v["threads"], threads);
             let got: Vec<f32> = v["logits"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .map(|x| x.as_f64().unwrap() as f32)
                 .collect();
-            assert_eq!(got, reference, "{} on {cpu} with {kernels}", m.name);
+            assert_eq!(got, reference, "{what}");
         }
     }
     // A CPU without the dot product refuses the sdot kernels by name.
     let out = Command::new("qemu-aarch64")
         .args(["-L", "/usr/aarch64-linux-gnu", "-cpu", "cortex-a72"])
         .arg(bench)
-        .arg(tmp().join("model-0.kes"))
+        .arg(tmp().join("model-0-lanes16.kes"))
         .args(["--kernels", "neon-dot"])
         .output()
         .unwrap();

@@ -5,6 +5,7 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Serialize;
 
+use kestrel_runtime::pool::ThreadPool;
 use kestrel_runtime::{Isa, Model, Session};
 
 use crate::compile;
@@ -53,30 +54,38 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-/// Refuses a thread count other than one: the runtime has no worker pool yet (and tract
-/// none of its own).
-pub fn require_one_thread(threads: usize) -> anyhow::Result<()> {
+/// The worker pool for `--threads N` (none for one thread), checked for a sane count.
+pub fn thread_pool(threads: usize, model: &Model) -> anyhow::Result<Option<ThreadPool>> {
     anyhow::ensure!(
-        threads == 1,
-        "--threads {threads}: inference runs on one thread until the worker pool lands"
+        (1..=256).contains(&threads),
+        "--threads {threads}: give 1 to 256"
     );
-    Ok(())
+    if threads == 1 {
+        return Ok(None);
+    }
+    Ok(Some(
+        ThreadPool::new(threads, model.scratch_bytes(), false)
+            .context("starting the worker threads")?,
+    ))
 }
 
 pub fn bench(name: &str, bytes: &[u8], opts: &BenchOptions) -> anyhow::Result<BenchReport> {
-    require_one_thread(opts.threads)?;
     anyhow::ensure!(opts.iters > 0, "--iters must be at least 1");
     let model = Model::parse(bytes).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let report = inspect::inspect(bytes).context("inspect")?;
     let pre = Preprocess::from_info(&model.file().preprocess);
     let [h, w] = pre.size;
     let input = pre.apply(&synthetic_rgb(w, h, 7), w, h);
+    let pool = thread_pool(opts.threads, &model)?;
     let mut arena = vec![0u8; model.arena_bytes()];
     let mut session = match opts.kernels {
         Some(isa) => Session::with_kernels(&model, &mut arena, isa),
         None => Session::new(&model, &mut arena),
     }
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(pool) = &pool {
+        session.set_parallel(pool);
+    }
     let kernels = session.kernels();
     session
         .set_input_nchw_f32(&input)
@@ -150,7 +159,11 @@ pub fn bench(name: &str, bytes: &[u8], opts: &BenchOptions) -> anyhow::Result<Be
 /// The float peer in the same process: tract running the original ONNX file (one thread;
 /// tract has no worker pool of its own). Same report, `kernels` = `tract-f32`.
 pub fn bench_onnx(path: &std::path::Path, opts: &BenchOptions) -> anyhow::Result<BenchReport> {
-    require_one_thread(opts.threads)?;
+    anyhow::ensure!(
+        opts.threads == 1,
+        "--threads {}: tract runs on one thread",
+        opts.threads
+    );
     anyhow::ensure!(opts.iters > 0, "--iters must be at least 1");
     let prepared = compile::prepare(path, None)?;
     let [h, w] = prepared.preprocess.size;

@@ -16,11 +16,13 @@ use crate::onnx_import;
 use crate::passes::{self, PassReport};
 use crate::preprocess::{Preprocess, PreprocessError};
 use crate::quantize;
+use kestrel_format::WeightLayout;
 
 /// The board a model is compiled for. `generic` keeps the portable `[KH][KW][IC][OC]`
 /// conv weights the scalar reference reads; every board target gets the packed-GEMM
-/// layout its SIMD micro-kernel reads (one layout serves NEON, `sdot`, AVX2 and VNNI, so
-/// such a file also runs, slower, on any other CPU through the portable micro-kernel).
+/// layout its fastest micro-kernel reads: 4-channel blocks for the Pi 4's Cortex-A72,
+/// 16-channel lanes for `sdot` by element (Pi 5, Jetson Orin) and AVX-512 VNNI/AVX2.
+/// Either file also runs, slower, on any other CPU (the portable micro-kernel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Target {
@@ -33,8 +35,13 @@ pub enum Target {
 }
 
 impl Target {
-    pub fn packs_weights(self) -> bool {
-        self != Target::Generic
+    /// The conv weight layout this target's kernels read.
+    pub fn weight_layout(self) -> WeightLayout {
+        match self {
+            Target::Generic => WeightLayout::Portable,
+            Target::Rpi4 => WeightLayout::Blocks4,
+            Target::Rpi5 | Target::JetsonOrin | Target::X86_64 => WeightLayout::Lanes16,
+        }
     }
 }
 
@@ -174,9 +181,7 @@ pub fn compile(
         metadata,
     )?;
     let mut model = lowered.model;
-    if opts.target.packs_weights() {
-        model.pack_convs();
-    }
+    model.pack_convs(opts.target.weight_layout());
     let bytes = model.to_bytes();
     // What we write must be what the board accepts.
     kestrel_runtime::Model::parse(&bytes)

@@ -29,6 +29,8 @@ pub struct Loaded {
     pub labels: Vec<String>,
     /// Int8 kernel family (`None`: the fastest this CPU runs).
     pub kernels: Option<kestrel_runtime::Isa>,
+    /// Int8 inference threads.
+    pub threads: usize,
 }
 
 impl Loaded {
@@ -52,6 +54,7 @@ impl Loaded {
                 preprocess,
                 labels,
                 kernels: None,
+                threads: 1,
             })
         } else {
             let p = compile::prepare(path, card)?;
@@ -60,6 +63,7 @@ impl Loaded {
                 preprocess: p.preprocess,
                 labels: p.labels,
                 kernels: None,
+                threads: 1,
             })
         }
     }
@@ -74,6 +78,7 @@ impl Loaded {
                 let mut arena = vec![0u8; model.arena_bytes()];
                 let mut logits = vec![0f32; model.classes()];
                 let kernels = self.kernels;
+                let pool = crate::bench::thread_pool(self.threads, &model)?;
                 Ok(Box::new(move |x| {
                     let mut session = match kernels {
                         Some(isa) => {
@@ -82,6 +87,9 @@ impl Loaded {
                         None => kestrel_runtime::Session::new(&model, &mut arena),
                     }
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    if let Some(pool) = &pool {
+                        session.set_parallel(pool);
+                    }
                     session
                         .set_input_nchw_f32(x)
                         .map_err(|e| anyhow::anyhow!("{e}"))?;

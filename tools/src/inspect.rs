@@ -90,10 +90,7 @@ pub fn inspect(bytes: &[u8]) -> Result<InspectReport, FormatError> {
             stride: op.stride,
             macs,
             weights_bytes: op.weights.len() + op.params.len() * kestrel_format::CHANNEL_PARAMS_LEN,
-            layout: match op.layout {
-                kestrel_format::WeightLayout::Portable => "portable",
-                kestrel_format::WeightLayout::Packed => "packed",
-            },
+            layout: op.layout.name(),
         });
     }
     let out = f.tensor(f.output).expect("validated by parse");

@@ -85,7 +85,7 @@ enum Command {
         /// Int8 kernels: scalar, neon, neon-dot, avx2, avx512-vnni or auto.
         #[arg(long, default_value = "auto", value_parser = parse_kernels)]
         kernels: Kernels,
-        /// Inference threads (one until the worker pool lands).
+        /// Inference threads (convolutions split over a worker pool).
         #[arg(long, default_value_t = 1)]
         threads: usize,
         #[arg(long)]
@@ -300,10 +300,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             threads,
             json,
         } => {
-            bench::require_one_thread(threads)?;
             let card = card.as_deref().map(LoadedCard::load).transpose()?;
             let mut loaded = Loaded::open(&model, card.as_ref())?;
             loaded.kernels = kernels;
+            loaded.threads = threads;
             let mut run = loaded.runner()?;
             let mut results = Vec::new();
             for image in &images {

@@ -251,7 +251,7 @@ fn corrupt_kes_and_bad_images_fail_cleanly() {
 }
 
 /// `kestrel bench` on a packed model: the JSON report holds what benchmarks read, and
-/// kernels or threads this machine cannot give are refused by name.
+/// kernels this machine cannot give, and a thread count of zero, are refused by name.
 #[test]
 fn bench_reports_latency_and_refuses_what_it_cannot_run() {
     let dir = tmp_dir();
@@ -308,6 +308,23 @@ fn bench_reports_latency_and_refuses_what_it_cannot_run() {
     assert_clean_failure(&out, &["neon-dot"]);
     let out = kestrel(&["bench", kes.to_str().unwrap(), "--kernels", "sse9"]);
     assert_clean_failure(&out, &["sse9"]);
-    let out = kestrel(&["bench", kes.to_str().unwrap(), "--threads", "2"]);
-    assert_clean_failure(&out, &["--threads 2"]);
+    // Two threads: the worker pool reports itself; zero threads is refused by name.
+    let out = kestrel(&[
+        "bench",
+        kes.to_str().unwrap(),
+        "--iters",
+        "2",
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["threads"], 2);
+    let out = kestrel(&["bench", kes.to_str().unwrap(), "--threads", "0"]);
+    assert_clean_failure(&out, &["--threads 0"]);
 }

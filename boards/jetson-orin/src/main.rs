@@ -15,6 +15,7 @@ const PROFILE: BoardProfile = BoardProfile {
     cpu: "Cortex-A78AE ×6 @ 1.5 GHz (Orin Nano)",
     kernels: "neon-dot",
     threads: 6,
+    pin_threads: true,
     gpiochip: "/dev/gpiochip0",
     trigger_line: 144,
     camera: "pipe:yuv420:1280x720:gst-launch-1.0 -q nvarguscamerasrc ! 'video/x-raw(memory:NVMM),width=1280,height=720,framerate=30/1' ! nvvidconv ! 'video/x-raw,format=I420' ! fdsink fd=1",

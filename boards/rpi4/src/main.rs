@@ -11,6 +11,7 @@ const PROFILE: BoardProfile = BoardProfile {
     cpu: "Cortex-A72 ×4 @ 1.8 GHz",
     kernels: "neon",
     threads: 4,
+    pin_threads: true,
     gpiochip: "/dev/gpiochip0",
     trigger_line: 17,
     camera: "pipe:rpicam-vid -t 0 -n --codec mjpeg --width 640 --height 480 --framerate 15 -o -",

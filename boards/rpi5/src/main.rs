@@ -14,6 +14,7 @@ const PROFILE: BoardProfile = BoardProfile {
     cpu: "Cortex-A76 ×4 @ 2.4 GHz",
     kernels: "neon-dot",
     threads: 4,
+    pin_threads: true,
     gpiochip: "/dev/gpiochip0",
     trigger_line: 17,
     camera: "pipe:rpicam-vid -t 0 -n --codec mjpeg --width 640 --height 480 --framerate 15 -o -",

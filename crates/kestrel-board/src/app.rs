@@ -66,7 +66,7 @@ fn run(profile: &BoardProfile, flags: &Flags) -> Result<EndReason, String> {
         None => FileConfig::default(),
     };
     let settings = Settings::resolve(profile, file, flags).map_err(|e| e.to_string())?;
-    let (classifier, model_name) = match (&settings.model, crate::embedded_model()) {
+    let (mut classifier, model_name) = match (&settings.model, crate::embedded_model()) {
         (Some(path), _) => (
             Classifier::from_file(path).map_err(|e| e.to_string())?,
             path.display().to_string(),
@@ -106,12 +106,9 @@ fn run(profile: &BoardProfile, flags: &Flags) -> Result<EndReason, String> {
         signal_hook::flag::register(signal, stop.clone())
             .map_err(|e| format!("cannot install the signal handler: {e}"))?;
     }
-    if settings.threads > 1 {
-        eprintln!(
-            "kestrel-{}: the runtime's kernels run on one thread for now; --threads {} is kept for when the threaded kernels land",
-            profile.name, settings.threads
-        );
-    }
+    classifier
+        .set_threads(settings.threads, profile.pin_threads)
+        .map_err(|e| format!("cannot start {} inference threads: {e}", settings.threads))?;
     let mut sink = JsonLines::new(std::io::stdout().lock());
     let model = classifier.model();
     let start = serde_json::json!({

@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use kestrel_runtime::pool::ThreadPool;
 use kestrel_runtime::{preprocess, Model, Session};
 
 use crate::frame::RgbImage;
@@ -30,6 +31,7 @@ pub struct Classifier {
     scores: Vec<f32>,
     order: Vec<usize>,
     index_labels: Vec<String>,
+    pool: Option<ThreadPool>,
 }
 
 impl Classifier {
@@ -47,6 +49,7 @@ impl Classifier {
             order: (0..classes).collect(),
             index_labels,
             model,
+            pool: None,
         })
     }
 
@@ -57,6 +60,16 @@ impl Classifier {
             reason: e.to_string(),
         })?;
         Self::new(Box::leak(bytes.into_boxed_slice()))
+    }
+
+    /// Runs inference on `threads` threads from now on (a worker pool started once).
+    pub fn set_threads(&mut self, threads: usize, pin: bool) -> std::io::Result<()> {
+        self.pool = if threads > 1 {
+            Some(ThreadPool::new(threads, self.model.scratch_bytes(), pin)?)
+        } else {
+            None
+        };
+        Ok(())
     }
 
     pub fn model(&self) -> &Model<'static> {
@@ -73,6 +86,9 @@ impl Classifier {
             self.scratch.resize(need, 0.0);
         }
         let mut session = Session::new(&self.model, &mut self.arena)?;
+        if let Some(pool) = &self.pool {
+            session.set_parallel(pool);
+        }
         session.set_input_rgb(image.rgb, image.width, image.height, &mut self.scratch)?;
         let t1 = Instant::now();
         session.run();

@@ -15,6 +15,9 @@ pub struct BoardProfile {
     pub cpu: &'static str,
     pub kernels: &'static str,
     pub threads: usize,
+    /// Keep inference thread `i` on core `i` (steady latency on a board that does
+    /// little else).
+    pub pin_threads: bool,
     /// Default trigger input line.
     pub gpiochip: &'static str,
     pub trigger_line: u32,
@@ -224,6 +227,7 @@ mod tests {
         cpu: "none",
         kernels: "scalar",
         threads: 4,
+        pin_threads: false,
         gpiochip: "/dev/gpiochip0",
         trigger_line: 17,
         camera: "v4l2:/dev/video0",

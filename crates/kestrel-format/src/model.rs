@@ -8,7 +8,7 @@
 use crate::container::{parse_container, SectionKind};
 use crate::reader::{i32_at, Reader};
 use crate::FormatError;
-use kestrel_kernels::gemm;
+use kestrel_kernels::gemm::Packing;
 
 pub const TENSOR_RECORD_LEN: usize = 32;
 pub const OP_RECORD_LEN: usize = 64;
@@ -112,17 +112,39 @@ impl OpKind {
 pub enum WeightLayout {
     /// `[KH][KW][IC][OC]`: what the scalar reference reads (`--target generic`).
     Portable = 0,
-    /// The packed-GEMM layout of `kestrel_kernels::gemm` (tiles of output channels,
-    /// 16-byte reduction chunks, channel sums), read by every SIMD micro-kernel.
-    Packed = 1,
+    /// `kestrel_kernels::gemm`'s 4-channel blocks of 16-byte reduction chunks, plus
+    /// channel sums (`--target rpi4`: the Cortex-A72 kernel).
+    Blocks4 = 1,
+    /// `kestrel_kernels::gemm16`'s 16-channel lanes of four reduction steps, plus
+    /// channel sums (`--target rpi5|jetson-orin|x86-64`: `sdot` by element, VNNI, AVX2).
+    Lanes16 = 2,
 }
 
 impl WeightLayout {
     fn from_u8(v: u8) -> Option<Self> {
         match v {
             0 => Some(WeightLayout::Portable),
-            1 => Some(WeightLayout::Packed),
+            1 => Some(WeightLayout::Blocks4),
+            2 => Some(WeightLayout::Lanes16),
             _ => None,
+        }
+    }
+
+    /// The kernels' packing, for packed layouts.
+    pub fn packing(self) -> Option<Packing> {
+        match self {
+            WeightLayout::Portable => None,
+            WeightLayout::Blocks4 => Some(Packing::Blocks4),
+            WeightLayout::Lanes16 => Some(Packing::Lanes16),
+        }
+    }
+
+    /// The name `kestrel inspect` shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightLayout::Portable => "portable",
+            WeightLayout::Blocks4 => "blocks4",
+            WeightLayout::Lanes16 => "lanes16",
         }
     }
 }
@@ -568,18 +590,18 @@ impl<'a> KesFile<'a> {
                     (1, 1)
                 };
                 let k = kh * kw * c;
-                let weights_len = match op.layout {
-                    WeightLayout::Portable => oc * k,
-                    WeightLayout::Packed => gemm::packed_len(k, oc),
+                let weights_len = match op.layout.packing() {
+                    None => oc * k,
+                    Some(packing) => packing.packed_len(k, oc),
                 };
                 if op.weights.len() != weights_len || op.params.len() != oc {
                     return Err(bad("weight or parameter size does not match the shapes"));
                 }
-                if op.layout == WeightLayout::Packed {
-                    if (self.plan.scratch_bytes as usize) < gemm::scratch_len(k) {
+                if let Some(packing) = op.layout.packing() {
+                    if (self.plan.scratch_bytes as usize) < packing.scratch_len(k) {
                         return Err(bad("the plan's scratch is too small for this packed conv"));
                     }
-                    if !gemm::packed_is_consistent(op.weights, k, oc) {
+                    if !packing.is_consistent(op.weights, k, oc) {
                         return Err(bad(
                             "packed weights hold -128, padding that is not zero, or wrong channel sums",
                         ));

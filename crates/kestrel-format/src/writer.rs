@@ -7,7 +7,6 @@ use std::vec::Vec;
 use crate::container::{
     header_crc, SectionKind, ALIGN, HEADER_LEN, MAGIC, SECTION_ENTRY_LEN, VERSION,
 };
-use kestrel_kernels::gemm;
 
 use crate::model::{
     DType, OpKind, Plan, PreprocessInfo, Residual, WeightLayout, OP_RECORD_LEN, PREPROCESS_LEN,
@@ -82,20 +81,23 @@ fn pad_to(buf: &mut Vec<u8>, align: usize) {
 }
 
 impl KesModel {
-    /// Repacks every conv's weights for the packed-GEMM micro-kernels
-    /// (`kestrel_kernels::gemm`) and reserves their scratch (one packed input tile of the
-    /// deepest conv) after the tensors in the arena.
-    pub fn pack_convs(&mut self) {
+    /// Repacks every conv's weights in `layout` for the packed-GEMM micro-kernels
+    /// (`kestrel_kernels::gemm::Packing`) and reserves their scratch (the packed input of
+    /// the deepest conv) after the tensors in the arena.
+    pub fn pack_convs(&mut self, layout: WeightLayout) {
+        let Some(packing) = layout.packing() else {
+            return;
+        };
         let mut scratch = 0;
         for op in self.ops.iter_mut() {
-            if op.kind != OpKind::Conv || op.layout == WeightLayout::Packed {
+            if op.kind != OpKind::Conv || op.layout != WeightLayout::Portable {
                 continue;
             }
             let input = &self.tensors[op.input as usize];
             let k = op.kernel[0] as usize * op.kernel[1] as usize * input.dims[3] as usize;
-            op.weights = gemm::pack_weights(&op.weights, k, op.params.len());
-            op.layout = WeightLayout::Packed;
-            scratch = scratch.max(gemm::scratch_len(k) as u64);
+            op.weights = packing.pack_weights(&op.weights, k, op.params.len());
+            op.layout = layout;
+            scratch = scratch.max(packing.scratch_len(k) as u64);
         }
         if scratch > self.plan.scratch_bytes {
             let plan = &mut self.plan;

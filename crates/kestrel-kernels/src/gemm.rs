@@ -41,9 +41,10 @@ pub const fn packed_len(k: usize, oc: usize) -> usize {
     oc_pad * round_up(k, KC) + 4 * oc_pad
 }
 
-/// Scratch bytes the driver needs for a conv with reduction depth `k`.
+/// Scratch bytes the driver needs for a conv with reduction depth `k`: a panel of
+/// pixels as [`crate::gemm16`] sizes it (the AArch64 kernels pack a panel at once).
 pub const fn scratch_len(k: usize) -> usize {
-    MR * round_up(k, KC)
+    crate::gemm16::scratch_len(k)
 }
 
 /// Packs `[K][OC]` weights (the portable `[KH][KW][IC][OC]` layout) for the micro-kernels.
@@ -117,35 +118,57 @@ pub fn param_bytes(params: &[(i32, i32, i32)]) -> std::vec::Vec<u8> {
 
 /// The sum of output channel `o`'s weights, stored after the packed weights.
 #[inline]
-fn channel_sum(packed: &[i8], base: usize, o: usize) -> i32 {
+pub(crate) fn channel_sum(packed: &[i8], base: usize, o: usize) -> i32 {
     let b = &packed[base + 4 * o..base + 4 * o + 4];
     i32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
 }
 
-/// Fills the scratch with the im2col rows of pixels `p0 .. p0 + MR` in the `[K/KC][MR][KC]`
-/// layout. With `flip` every value is stored `x ^ 0x80` (`x + 128` as u8, for VNNI).
+/// Fills the scratch with the im2col rows of pixels `p0 .. p0 + count`, in groups of
+/// `group` pixels (one micro-kernel tile each, contiguous so a tile reads one stream):
+/// group `g` is `[K/KC][group][KC]` at `g · group · K'` (`K'` = `K` padded to `KC`);
+/// with `group` = 1 that is one whole row per pixel. The scratch holds `count` rounded
+/// up to `group`, times `K'` bytes.
+/// With `flip` every value is stored `x ^ 0x80` (`x + 128` as u8, for VNNI).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn pack_input(
     s: &Window,
     input: &[i8],
     zero_point: i8,
     p0: usize,
+    count: usize,
+    group: usize,
     k: usize,
     flip: bool,
     a: &mut [i8],
 ) {
+    debug_assert!(p0 + count <= s.out_h * s.out_w);
     let k_pad = round_up(k, KC);
     let ic = s.in_c;
-    let pixels = s.out_h * s.out_w;
     let x = if flip { 0x80u8 as i8 } else { 0 };
-    if ic.is_multiple_of(KC) && !flip {
-        pack_input_chunks(s, input, zero_point, p0, a);
+    let flip = u128::from_ne_bytes([x as u8; KC]);
+    if group == 1 {
+        pack_input_pixel_rows(s, input, zero_point, p0, count, flip, a);
+        return;
+    }
+    if ic.is_multiple_of(KC) {
+        // Two copies of the loop: without the flip it is a plain copy.
+        if flip == 0 {
+            pack_input_chunks::<false>(s, input, zero_point, p0, count, group, a);
+        } else {
+            pack_input_chunks::<true>(s, input, zero_point, p0, count, group, a);
+        }
+        return;
+    }
+    if k_pad <= ROW_MAX {
+        pack_input_rows(s, input, zero_point, p0, count, group, flip, a);
         return;
     }
     // Padded k (and rows past the last pixel) multiply zero weights: any value will do,
     // zero keeps the tile deterministic.
-    a[..MR * k_pad].fill(x);
+    a[..round_up(count, group) * k_pad].fill(x);
     let kw = s.kernel[1];
-    for m in 0..MR.min(pixels - p0) {
+    let at = Slots { group, k_pad };
+    for m in 0..count {
         let (oy, ox) = ((p0 + m) / s.out_w, (p0 + m) % s.out_w);
         // For one kernel row, consecutive taps read consecutive input pixels: copy the
         // valid ones as one run and write the zero point for the padded ones.
@@ -156,96 +179,260 @@ pub(crate) fn pack_input(
             let iy = (oy * s.stride[0] + ky) as isize - s.pads[0] as isize;
             let k_row = ky * kw * ic;
             if iy < 0 || iy >= s.in_h as isize || kx_lo == kx_hi {
-                set_run(a, m, k_row, kw * ic, zero_point ^ x);
+                at.set_run(a, m, k_row, kw * ic, zero_point ^ x);
                 continue;
             }
-            set_run(a, m, k_row, kx_lo * ic, zero_point ^ x);
+            at.set_run(a, m, k_row, kx_lo * ic, zero_point ^ x);
             let start = (iy as usize * s.in_w + (ix0 + kx_lo as isize) as usize) * ic;
             let run = &input[start..][..(kx_hi - kx_lo) * ic];
-            copy_run(a, m, k_row + kx_lo * ic, run, x);
-            set_run(a, m, k_row + kx_hi * ic, (kw - kx_hi) * ic, zero_point ^ x);
+            at.copy_run(a, m, k_row + kx_lo * ic, run, x);
+            at.set_run(a, m, k_row + kx_hi * ic, (kw - kx_hi) * ic, zero_point ^ x);
         }
     }
 }
 
-/// Writes `value` to k positions `k0 .. k0 + len` of pixel `m`.
+/// Deepest im2col row [`pack_input_rows`] builds on the stack (a 7×7 stem on RGB is 147).
+const ROW_MAX: usize = 1024;
+
+/// [`pack_input`] one pixel after the other (`group` = 1: each im2col row contiguous),
+/// built in place.
+fn pack_input_pixel_rows(
+    s: &Window,
+    input: &[i8],
+    zero_point: i8,
+    p0: usize,
+    count: usize,
+    flip: u128,
+    a: &mut [i8],
+) {
+    let k_pad = round_up(s.kernel[0] * s.kernel[1] * s.in_c, KC);
+    let (mut oy, mut ox) = (p0 / s.out_w, p0 % s.out_w);
+    for row in a[..count * k_pad].chunks_exact_mut(k_pad) {
+        im2col_row(s, input, zero_point, [oy, ox], row);
+        if flip != 0 {
+            for c in (0..k_pad).step_by(KC) {
+                let v = read16(&row[c..]);
+                write16(&mut row[c..], v ^ flip);
+            }
+        }
+        ox += 1;
+        if ox == s.out_w {
+            (oy, ox) = (oy + 1, 0);
+        }
+    }
+}
+
+/// [`pack_input`] for shallow inputs (`IC` off the chunk size, as a stem's three
+/// colours) in groups of several pixels: each pixel's im2col row is built on the stack,
+/// then stored a chunk at a time.
+#[allow(clippy::too_many_arguments)]
+fn pack_input_rows(
+    s: &Window,
+    input: &[i8],
+    zero_point: i8,
+    p0: usize,
+    count: usize,
+    group: usize,
+    flip: u128,
+    a: &mut [i8],
+) {
+    let k_pad = round_up(s.kernel[0] * s.kernel[1] * s.in_c, KC);
+    let mut row = [0i8; ROW_MAX];
+    let row = &mut row[..k_pad];
+    for m in 0..count {
+        im2col_row(
+            s,
+            input,
+            zero_point,
+            [(p0 + m) / s.out_w, (p0 + m) % s.out_w],
+            row,
+        );
+        // Chunk c of pixel m at base + c · group · KC (the division once per pixel).
+        let base = Slots { group, k_pad }.slot(m, 0);
+        for c in 0..k_pad / KC {
+            let v = read16(&row[c * KC..]) ^ flip;
+            write16(&mut a[base + c * group * KC..], v);
+        }
+    }
+}
+
+/// The im2col row of output pixel `[oy, ox]` into `row` (`K` rounded up to 16 bytes):
+/// padding taps hold the zero point, the padded `k` zero.
+fn im2col_row(s: &Window, input: &[i8], zero_point: i8, [oy, ox]: [usize; 2], row: &mut [i8]) {
+    let (ic, kw) = (s.in_c, s.kernel[1]);
+    let k = s.kernel[0] * kw * ic;
+    let ix0 = (ox * s.stride[1]) as isize - s.pads[1] as isize;
+    let kx_lo = (-ix0).clamp(0, kw as isize) as usize;
+    let kx_hi = (s.in_w as isize - ix0).clamp(kx_lo as isize, kw as isize) as usize;
+    for ky in 0..s.kernel[0] {
+        let iy = (oy * s.stride[0] + ky) as isize - s.pads[0] as isize;
+        let r0 = ky * kw * ic;
+        if iy < 0 || iy >= s.in_h as isize || kx_lo == kx_hi {
+            row[r0..r0 + kw * ic].fill(zero_point);
+            continue;
+        }
+        if kx_lo > 0 {
+            row[r0..r0 + kx_lo * ic].fill(zero_point);
+        }
+        // The valid taps of a kernel row are one run of the input. Short runs are the
+        // rule (21 bytes for a 7×7 stem on RGB) and a call to memcpy per run costs more
+        // than the run: whole 16-byte copies, whose bytes past the run land where the
+        // rest of this row, the next row or the k padding is written after.
+        let start = (iy as usize * s.in_w + (ix0 + kx_lo as isize) as usize) * ic;
+        let len = (kx_hi - kx_lo) * ic;
+        let dst = r0 + kx_lo * ic;
+        let whole = round_up(len, KC);
+        if start + whole <= input.len() && dst + whole <= row.len() {
+            for c in (0..whole).step_by(KC) {
+                write16(&mut row[dst + c..], read16(&input[start + c..]));
+            }
+        } else {
+            row[dst..dst + len].copy_from_slice(&input[start..][..len]);
+        }
+        if kx_hi < kw {
+            row[r0 + kx_hi * ic..r0 + kw * ic].fill(zero_point);
+        }
+    }
+    // Padded k multiply zero weights; zero keeps the tile deterministic.
+    row[k..].fill(0);
+}
+
+/// The first 16 bytes of `s` (which holds at least that many).
 #[inline(always)]
-fn set_run(a: &mut [i8], m: usize, k0: usize, len: usize, value: i8) {
-    let mut kk = k0;
-    let end = k0 + len;
-    while kk < end {
-        let n = (KC - kk % KC).min(end - kk);
-        a[slot(m, kk)..][..n].fill(value);
-        kk += n;
+fn read16(s: &[i8]) -> u128 {
+    let s = &s[..KC];
+    // SAFETY: `s` is 16 bytes long (sliced above); unaligned reads are allowed.
+    unsafe { core::ptr::read_unaligned(s.as_ptr() as *const u128) }
+}
+
+/// Writes 16 bytes at the start of `d` (which holds at least that many).
+#[inline(always)]
+fn write16(d: &mut [i8], v: u128) {
+    let d = &mut d[..KC];
+    // SAFETY: `d` is 16 bytes long (sliced above).
+    unsafe { core::ptr::write_unaligned(d.as_mut_ptr() as *mut u128, v) }
+}
+
+/// Addressing of a packed input in groups of `group` pixels.
+#[derive(Clone, Copy)]
+struct Slots {
+    group: usize,
+    k_pad: usize,
+}
+
+impl Slots {
+    #[inline(always)]
+    fn slot(&self, m: usize, k: usize) -> usize {
+        let g = self.group;
+        (m / g) * g * self.k_pad + (k / KC) * g * KC + (m % g) * KC + k % KC
+    }
+
+    /// Writes `value` to k positions `k0 .. k0 + len` of pixel `m`.
+    #[inline(always)]
+    fn set_run(&self, a: &mut [i8], m: usize, k0: usize, len: usize, value: i8) {
+        let mut kk = k0;
+        let end = k0 + len;
+        while kk < end {
+            let n = (KC - kk % KC).min(end - kk);
+            a[self.slot(m, kk)..][..n].fill(value);
+            kk += n;
+        }
+    }
+
+    /// Copies `row` (each value `^ x`) to k positions `k0..` of pixel `m`.
+    #[inline(always)]
+    fn copy_run(&self, a: &mut [i8], m: usize, k0: usize, row: &[i8], x: i8) {
+        let mut kk = k0;
+        let mut rest = row;
+        while !rest.is_empty() {
+            let n = (KC - kk % KC).min(rest.len());
+            let dst = &mut a[self.slot(m, kk)..][..n];
+            for (d, &v) in dst.iter_mut().zip(&rest[..n]) {
+                *d = v ^ x;
+            }
+            kk += n;
+            rest = &rest[n..];
+        }
     }
 }
 
 /// [`pack_input`] when every tap is whole 16-byte chunks (`IC % KC == 0`, so `K` needs no
-/// padding): chunk copies only. Rows past the last pixel keep whatever the scratch held;
-/// their results are never stored.
-fn pack_input_chunks(s: &Window, input: &[i8], zero_point: i8, p0: usize, a: &mut [i8]) {
+/// padding): chunk copies only (each byte `^ 0x80` with `FLIP`). Slots past the last
+/// pixel keep whatever the scratch held; their results are never stored.
+fn pack_input_chunks<const FLIP: bool>(
+    s: &Window,
+    input: &[i8],
+    zero_point: i8,
+    p0: usize,
+    rows: usize,
+    group: usize,
+    a: &mut [i8],
+) {
+    let x = if FLIP { 0x80u8 as i8 } else { 0 };
     let ic = s.in_c;
     let chunks = ic / KC;
-    let pixels = s.out_h * s.out_w;
-    let rows = MR.min(pixels - p0);
-    let taps = s.kernel[0] * s.kernel[1];
-    assert!(a.len() >= MR * KC * chunks * taps && input.len() >= s.in_h * s.in_w * ic);
+    let k_pad = chunks * KC * s.kernel[0] * s.kernel[1];
+    assert!(a.len() >= round_up(rows, group) * k_pad && input.len() >= s.in_h * s.in_w * ic);
     let pad = [zero_point; KC];
+    let flip = u128::from_ne_bytes([x as u8; KC]);
     let dst0 = a.as_mut_ptr();
+    let kw = s.kernel[1];
+    let step = group * KC;
+    let (mut oy, mut ox) = (p0 / s.out_w, p0 % s.out_w);
     for m in 0..rows {
-        let (oy, ox) = ((p0 + m) / s.out_w, (p0 + m) % s.out_w);
         let iy0 = (oy * s.stride[0]) as isize - s.pads[0] as isize;
         let ix0 = (ox * s.stride[1]) as isize - s.pads[1] as isize;
+        // The taps kx_lo .. kx_hi of a kernel row read consecutive input pixels.
+        let kx_lo = (-ix0).clamp(0, kw as isize) as usize;
+        let kx_hi = (s.in_w as isize - ix0).clamp(kx_lo as isize, kw as isize) as usize;
         // SAFETY: `dst` visits chunk `t · chunks + c` of pixel `m` for every tap t and
-        // chunk c, all inside `a` (asserted above); `src` reads `IC` bytes of an input
-        // pixel that lies inside the input (checked per tap) or the 16-byte pad, which
-        // is read without advancing.
+        // chunk c, all inside `a` (asserted above); `src` reads the valid taps' `IC`
+        // bytes each, inside the input (rows and columns checked), or the 16-byte pad.
         unsafe {
-            let mut dst = dst0.add(m * KC);
-            for ky in 0..s.kernel[0] {
-                let iy = iy0 + ky as isize;
-                let row_inside = iy >= 0 && iy < s.in_h as isize;
-                for kx in 0..s.kernel[1] {
-                    let ix = ix0 + kx as isize;
-                    let (src, step) = if row_inside && ix >= 0 && ix < s.in_w as isize {
-                        let at = (iy as usize * s.in_w + ix as usize) * ic;
-                        (input.as_ptr().add(at), KC)
-                    } else {
-                        (pad.as_ptr(), 0)
-                    };
-                    for c in 0..chunks {
-                        core::ptr::copy_nonoverlapping(src.add(c * step), dst, KC);
-                        dst = dst.add(MR * KC);
+            let mut dst = dst0.add((m / group) * group * k_pad + (m % group) * KC);
+            let mut put = |v: u128| {
+                core::ptr::write_unaligned(dst as *mut u128, if FLIP { v ^ flip } else { v });
+                dst = dst.add(step);
+            };
+            let pad = core::ptr::read_unaligned(pad.as_ptr() as *const u128);
+            let kh = s.kernel[0];
+            if kx_lo == 0 && kx_hi == kw && iy0 >= 0 && iy0 + kh as isize <= s.in_h as isize {
+                // Inside the map (most pixels): every kernel row is one run.
+                let mut src = input
+                    .as_ptr()
+                    .add((iy0 as usize * s.in_w + ix0 as usize) * ic)
+                    as *const u128;
+                for _ in 0..kh {
+                    for c in 0..kw * chunks {
+                        put(core::ptr::read_unaligned(src.add(c)));
                     }
+                    src = src.add(s.in_w * chunks);
                 }
+                ox += 1;
+                if ox == s.out_w {
+                    (oy, ox) = (oy + 1, 0);
+                }
+                continue;
+            }
+            for ky in 0..kh {
+                let iy = iy0 + ky as isize;
+                if iy < 0 || iy >= s.in_h as isize {
+                    (0..kw * chunks).for_each(|_| put(pad));
+                    continue;
+                }
+                (0..kx_lo * chunks).for_each(|_| put(pad));
+                let at = (iy as usize * s.in_w) as isize + ix0 + kx_lo as isize;
+                let src = input.as_ptr().add(at as usize * ic) as *const u128;
+                for c in 0..(kx_hi - kx_lo) * chunks {
+                    put(core::ptr::read_unaligned(src.add(c)));
+                }
+                (0..(kw - kx_hi) * chunks).for_each(|_| put(pad));
             }
         }
-    }
-}
-
-#[inline(always)]
-fn slot(m: usize, k: usize) -> usize {
-    (k / KC) * MR * KC + m * KC + k % KC
-}
-
-/// Copies `row` to k positions `k0..` of pixel `m`, a whole chunk at a time where it can.
-#[inline(always)]
-fn copy_run(a: &mut [i8], m: usize, k0: usize, row: &[i8], x: i8) {
-    let mut kk = k0;
-    let mut rest = row;
-    while !rest.is_empty() {
-        let in_chunk = KC - kk % KC;
-        let n = in_chunk.min(rest.len());
-        let dst = &mut a[slot(m, kk)..][..n];
-        if x == 0 {
-            dst.copy_from_slice(&rest[..n]);
-        } else {
-            for (d, &v) in dst.iter_mut().zip(&rest[..n]) {
-                *d = v ^ x;
-            }
+        ox += 1;
+        if ox == s.out_w {
+            (oy, ox) = (oy + 1, 0);
         }
-        kk += n;
-        rest = &rest[n..];
     }
 }
 
@@ -283,61 +470,82 @@ fn tile(isa: Isa, a: &[i8], b: &[i8], steps: usize) -> Tile {
     }
 }
 
-/// Convolution on packed weights: same contract and results as [`crate::scalar::conv2d`].
-/// `scratch` holds at least [`scratch_len`] bytes.
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d(
-    isa: Isa,
-    s: &Window,
-    input: &[i8],
-    input_zero_point: i32,
-    packed: &[i8],
-    params: &[u8],
-    out: OutQuant,
-    residual: Residual<'_>,
-    output: &mut [i8],
-    scratch: &mut [i8],
-) {
+/// A conv on packed weights over a run of output pixels, `first ..` as many as the
+/// output slice it is given holds: the output and a separate residual cover that run
+/// only, so threads can each own one.
+#[derive(Clone, Copy)]
+pub struct PackedConv<'a> {
+    pub window: &'a Window,
+    pub input: &'a [i8],
+    pub zero_point: i8,
+    /// Packed weights and channel sums.
+    pub packed: &'a [i8],
+    /// `(bias, multiplier, shift)` little-endian records, 12 bytes per channel.
+    pub params: &'a [u8],
+    pub out: OutQuant,
+    /// Indexed like the output slice (relative to `first`).
+    pub residual: Residual<'a>,
+    /// The first output pixel of the run.
+    pub first: usize,
+}
+
+impl PackedConv<'_> {
+    /// Reduction depth `K = KH·KW·IC`.
+    pub fn k(&self) -> usize {
+        self.window.kernel[0] * self.window.kernel[1] * self.window.in_c
+    }
+
+    /// Output pixels in the run `output` covers.
+    pub fn pixels(&self, output: &[i8]) -> usize {
+        output.len() / self.window.out_c
+    }
+}
+
+/// Convolution on weights packed by [`pack_weights`]: same results as
+/// [`crate::scalar::conv2d`] on the pixels of `output`. `scratch` holds at least
+/// [`scratch_len`] bytes.
+pub fn conv2d(isa: Isa, c: &PackedConv<'_>, output: &mut [i8], scratch: &mut [i8]) {
     #[cfg(target_arch = "aarch64")]
     if matches!(isa, Isa::Neon | Isa::NeonDot) {
-        let c = crate::neon::PackedConv {
-            window: s,
-            input,
-            zero_point: input_zero_point as i8,
-            packed,
-            params,
-            out,
-            residual,
-        };
         // SAFETY: shapes were checked by the parser and scratch holds one packed tile; the
         // session checked the CPU for the dot product before choosing NeonDot.
         unsafe {
             if isa == Isa::NeonDot {
-                crate::neon::conv_sdot(&c, output, scratch)
+                crate::neon::conv_sdot(c, output, scratch)
             } else {
-                crate::neon::conv_smlal(&c, output, scratch)
+                crate::neon::conv_smlal(c, output, scratch)
             }
         }
         return;
     }
-    let k = s.kernel[0] * s.kernel[1] * s.in_c;
-    let (k_pad, oc) = (round_up(k, KC), s.out_c);
+    let k = c.k();
+    let (k_pad, oc) = (round_up(k, KC), c.window.out_c);
     let steps = k_pad / KC;
     let sums = round_up(oc, NR) * k_pad;
     let flip = isa == Isa::Avx512Vnni;
-    let pixels = s.out_h * s.out_w;
+    let pixels = c.pixels(output);
     let a = &mut scratch[..MR * k_pad];
     for p0 in (0..pixels).step_by(MR) {
-        pack_input(s, input, input_zero_point as i8, p0, k, flip, a);
         let rows = MR.min(pixels - p0);
+        pack_input(
+            c.window,
+            c.input,
+            c.zero_point,
+            c.first + p0,
+            rows,
+            MR,
+            k,
+            flip,
+            a,
+        );
         for block in 0..oc.div_ceil(NR) {
-            let b = &packed[block * k_pad * NR..][..k_pad * NR];
+            let b = &c.packed[block * k_pad * NR..][..k_pad * NR];
             let acc = tile(isa, a, b, steps);
             let o0 = block * NR;
             // VNNI multiplied x + 128: take 128 · Σw back out (wrapping, exactly).
             let offset = |o| {
                 if flip {
-                    channel_sum(packed, sums, o).wrapping_mul(128)
+                    channel_sum(c.packed, sums, o).wrapping_mul(128)
                 } else {
                     0
                 }
@@ -347,11 +555,61 @@ pub fn conv2d(
                 p0,
                 o0,
                 oc,
-                params,
-                out,
-                residual: &residual,
+                params: c.params,
+                out: c.out,
+                residual: &c.residual,
             };
-            store.lanes(&acc, NR.min(oc - o0), offset, output);
+            store.lanes(NR.min(oc - o0), |m, n| acc[m][n], offset, output);
+        }
+    }
+}
+
+/// The packed weight layouts, each read by its own family of micro-kernels; every ISA
+/// runs both (the ones without a kernel of their own through the portable tile).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Packing {
+    /// This module's `[OC/4][K/16][4][16]`: Cortex-A72 (`SMLAL`), and `sdot` without
+    /// lane indexing.
+    Blocks4,
+    /// [`crate::gemm16`]'s `[OC/16][K/4][16][4]`: AVX-512 VNNI, AVX2, `sdot` by element.
+    Lanes16,
+}
+
+impl Packing {
+    pub const fn packed_len(self, k: usize, oc: usize) -> usize {
+        match self {
+            Packing::Blocks4 => packed_len(k, oc),
+            Packing::Lanes16 => crate::gemm16::packed_len(k, oc),
+        }
+    }
+
+    pub const fn scratch_len(self, k: usize) -> usize {
+        match self {
+            Packing::Blocks4 => scratch_len(k),
+            Packing::Lanes16 => crate::gemm16::scratch_len(k),
+        }
+    }
+
+    #[cfg(feature = "std")]
+    pub fn pack_weights(self, weights: &[i8], k: usize, oc: usize) -> std::vec::Vec<i8> {
+        match self {
+            Packing::Blocks4 => pack_weights(weights, k, oc),
+            Packing::Lanes16 => crate::gemm16::pack_weights(weights, k, oc),
+        }
+    }
+
+    pub fn is_consistent(self, packed: &[i8], k: usize, oc: usize) -> bool {
+        match self {
+            Packing::Blocks4 => packed_is_consistent(packed, k, oc),
+            Packing::Lanes16 => crate::gemm16::packed_is_consistent(packed, k, oc),
+        }
+    }
+
+    /// The conv on weights packed this way, on the best kernel of `isa` for it.
+    pub fn conv2d(self, isa: Isa, c: &PackedConv<'_>, output: &mut [i8], scratch: &mut [i8]) {
+        match self {
+            Packing::Blocks4 => conv2d(isa, c, output, scratch),
+            Packing::Lanes16 => crate::gemm16::conv2d(isa, c, output, scratch),
         }
     }
 }
@@ -359,7 +617,8 @@ pub fn conv2d(
 /// Where a tile's results go, for the element-by-element epilogue.
 pub(crate) struct TileStore<'a, 'r> {
     pub rows: usize,
-    /// First pixel and first channel of the tile; `oc` channels per output pixel.
+    /// First pixel (in the output slice) and first channel of the tile; `oc` channels per
+    /// output pixel.
     pub p0: usize,
     pub o0: usize,
     pub oc: usize,
@@ -374,8 +633,8 @@ impl TileStore<'_, '_> {
     /// `offset(channel)`), requantisation, residual, clamp.
     pub fn lanes(
         &self,
-        acc: &Tile,
         channels: usize,
+        acc: impl Fn(usize, usize) -> i32,
         offset: impl Fn(usize) -> i32,
         output: &mut [i8],
     ) {
@@ -383,24 +642,26 @@ impl TileStore<'_, '_> {
             let o = self.o0 + n;
             let (bias, mult, shift) = param(self.params, o);
             let bias = bias.wrapping_sub(offset(o));
-            for (m, row) in acc.iter().enumerate().take(self.rows) {
+            for m in 0..self.rows {
                 let idx = (self.p0 + m) * self.oc + o;
                 let res = residual_term(self.residual, idx, output);
-                output[idx] = finish(bias.wrapping_add(row[n]), mult, shift, res, self.out);
+                output[idx] = finish(bias.wrapping_add(acc(m, n)), mult, shift, res, self.out);
             }
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::scalar;
     use std::vec;
     use std::vec::Vec;
 
+    pub(crate) use super::Packing as Layout;
+
     /// Deterministic pseudo-random int8 values.
-    fn values(n: usize, seed: u32) -> Vec<i8> {
+    pub(crate) fn values(n: usize, seed: u32) -> Vec<i8> {
         let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
         (0..n)
             .map(|_| {
@@ -499,7 +760,7 @@ mod tests {
 
     /// Every ISA this CPU runs gives the scalar reference's output, on every case, with
     /// and without a residual.
-    pub fn check_all_paths(isas: &[Isa]) {
+    pub fn check_all_paths(layout: Layout, isas: &[Isa]) {
         for (ci, c) in CASES.iter().enumerate() {
             let [h, w] = c.hw;
             let oh = (h + 2 * c.pad - c.kernel) / c.stride + 1;
@@ -561,28 +822,50 @@ mod tests {
                     residual,
                     &mut expect,
                 );
-                let packed = pack_weights(&weights, k, c.oc);
-                assert_eq!(packed.len(), packed_len(k, c.oc));
+                let packed = layout.pack_weights(&weights, k, c.oc);
+                assert_eq!(packed.len(), layout.packed_len(k, c.oc));
+                assert!(layout.is_consistent(&packed, k, c.oc));
                 let raw = param_bytes(&params);
                 for &isa in isas {
-                    let mut got = vec![0i8; oh * ow * c.oc];
-                    let mut scratch = vec![0i8; scratch_len(k)];
-                    conv2d(
-                        isa,
-                        &win,
-                        &input,
-                        9,
-                        &packed,
-                        &raw,
-                        out,
-                        residual,
-                        &mut got,
-                        &mut scratch,
-                    );
-                    assert_eq!(
-                        got, expect,
-                        "{isa} differs on case {ci} (residual {with_residual})"
-                    );
+                    // The whole map at once, and split in runs of pixels as threads do.
+                    let pixels = oh * ow;
+                    for parts in [1, 3] {
+                        let mut got = vec![0i8; pixels * c.oc];
+                        let mut scratch = vec![0i8; layout.scratch_len(k)];
+                        let run = pixels.div_ceil(parts);
+                        for (i, chunk) in got.chunks_mut(run * c.oc).enumerate() {
+                            let first = i * run;
+                            let part_residual = match residual {
+                                Residual::Separate {
+                                    data,
+                                    zero_point,
+                                    multiplier,
+                                    shift,
+                                } => Residual::Separate {
+                                    data: &data[first * c.oc..][..chunk.len()],
+                                    zero_point,
+                                    multiplier,
+                                    shift,
+                                },
+                                r => r,
+                            };
+                            let conv = PackedConv {
+                                window: &win,
+                                input: &input,
+                                zero_point: 9,
+                                packed: &packed,
+                                params: &raw,
+                                out,
+                                residual: part_residual,
+                                first,
+                            };
+                            layout.conv2d(isa, &conv, chunk, &mut scratch);
+                        }
+                        assert_eq!(
+                            got, expect,
+                            "{layout:?}/{isa} differs on case {ci} (residual {with_residual}, {parts} parts)"
+                        );
+                    }
                 }
             }
             // The portable micro-kernel is the definition: check a tile against plain sums.
@@ -596,7 +879,8 @@ mod tests {
 
     #[test]
     fn scalar_micro_kernel_matches_the_reference_conv() {
-        check_all_paths(&[Isa::Scalar]);
+        check_all_paths(Layout::Blocks4, &[Isa::Scalar]);
+        check_all_paths(Layout::Lanes16, &[Isa::Scalar]);
     }
 
     fn supported() -> Vec<Isa> {
@@ -608,7 +892,7 @@ mod tests {
     fn every_supported_simd_path_matches_the_reference_conv() {
         let isas = supported();
         std::println!("checking {isas:?}");
-        check_all_paths(&isas);
+        check_all_paths(Layout::Blocks4, &isas);
     }
 
     #[test]
@@ -670,24 +954,25 @@ mod tests {
             residual,
             &mut expect,
         );
-        let packed = pack_weights(&weights, 72, 8);
         let raw = param_bytes(&(0..8).map(|o| (o, 1_200_000_000, -6)).collect::<Vec<_>>());
-        for isa in supported() {
-            let mut got = start.clone();
-            let mut scratch = vec![0i8; scratch_len(72)];
-            conv2d(
-                isa,
-                &win,
-                &input,
-                -3,
-                &packed,
-                &raw,
-                out,
-                residual,
-                &mut got,
-                &mut scratch,
-            );
-            assert_eq!(got, expect, "{isa}");
+        for layout in [Layout::Blocks4, Layout::Lanes16] {
+            let packed = layout.pack_weights(&weights, 72, 8);
+            for isa in supported() {
+                let mut got = start.clone();
+                let mut scratch = vec![0i8; layout.scratch_len(72)];
+                let conv = PackedConv {
+                    window: &win,
+                    input: &input,
+                    zero_point: -3,
+                    packed: &packed,
+                    params: &raw,
+                    out,
+                    residual,
+                    first: 0,
+                };
+                layout.conv2d(isa, &conv, &mut got, &mut scratch);
+                assert_eq!(got, expect, "{layout:?}/{isa}");
+            }
         }
     }
 }

@@ -1,16 +1,17 @@
 //! Int8 kernels for Kestrel's runtime.
 //!
-//! This crate will own convolution as packed GEMM, pooling, the residual add, the dense
-//! layer and requantisation, one module per ISA: `scalar` (the reference every other
-//! path must match bit for bit), `neon` (Cortex-A72 without dot product, and A76/A78
-//! with `sdot`) and `x86` (AVX2, AVX-512 VNNI). Today it holds the reference
-//! ([`scalar`]) and CPU feature detection ([`isa`]) for dispatch.
+//! [`scalar`] is the reference every other path matches bit for bit. Convolutions run as
+//! packed GEMMs on one of two weight layouts ([`gemm::Packing`]): [`gemm`] (4-channel
+//! blocks, for the Cortex-A72 `SMLAL` kernel) and [`gemm16`] (16-channel lanes, for
+//! AVX-512 VNNI, AVX2 and `sdot` by element), with the micro-kernels in `neon` and `x86`.
+//! [`isa`] detects what the CPU runs.
 #![no_std]
 
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
 pub mod gemm;
+pub mod gemm16;
 pub mod isa;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;

@@ -10,8 +10,8 @@
 
 use core::arch::aarch64::*;
 
-use crate::gemm::{KC, MR, NR};
-use crate::scalar::{OutQuant, Residual, Window};
+use crate::gemm::{round_up, PackedConv, KC, MR, NR};
+use crate::scalar::Residual;
 
 #[inline(always)]
 unsafe fn load_rows<const R: usize>(p: *const i8) -> [int8x16_t; R] {
@@ -87,12 +87,10 @@ unsafe fn finish_rows(
     out: *mut i8,
     stride: usize,
 ) {
-    let zp = vdupq_n_s32(zero_point);
-    let (lo, hi) = (vdupq_n_s32(min as i32), vdupq_n_s32(max as i32));
-    for (m, &x) in acc.iter().enumerate().take(rows) {
-        let x = vaddq_s32(x, q.bias);
-        let mut v = requantize(x, q.multiplier, q.left, q.right_neg);
-        if let Some(r) = residual {
+    let mut v = [vdupq_n_s32(0); MR];
+    for (m, (v, &x)) in v.iter_mut().zip(acc).enumerate() {
+        *v = requantize(vaddq_s32(x, q.bias), q.multiplier, q.left, q.right_neg);
+        if let (Some(r), true) = (residual, m < rows) {
             let bytes = core::ptr::read_unaligned(r.data.add(m * stride) as *const i32);
             let wide = vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(
                 bytes,
@@ -104,26 +102,27 @@ unsafe fn finish_rows(
                 vdupq_n_s32(r.left),
                 vdupq_n_s32(r.right_neg),
             );
-            v = vqaddq_s32(v, res);
+            *v = vqaddq_s32(*v, res);
         }
-        let v = vminq_s32(vmaxq_s32(vqaddq_s32(v, zp), lo), hi);
-        let narrow = vmovn_s16(vcombine_s16(vmovn_s32(v), vdup_n_s16(0)));
-        let word = vget_lane_s32::<0>(vreinterpret_s32_s8(narrow));
+    }
+    // All rows at once: saturating narrows to int16, the zero point added there (with
+    // saturation), to int8, then the clamp. The same as the scalar saturating add and
+    // clamp, because the clamp bounds and the zero point are int8 (the parser checks).
+    let zp = vdupq_n_s16(zero_point as i16);
+    let r01 = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(v[0]), v[1]), zp);
+    let r23 = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(v[2]), v[3]), zp);
+    let bytes = vqmovn_high_s16(vqmovn_s16(r01), r23);
+    let bytes = vminq_s8(vmaxq_s8(bytes, vdupq_n_s8(min)), vdupq_n_s8(max));
+    let words = vreinterpretq_s32_s8(bytes);
+    let lanes = [
+        vgetq_lane_s32::<0>(words),
+        vgetq_lane_s32::<1>(words),
+        vgetq_lane_s32::<2>(words),
+        vgetq_lane_s32::<3>(words),
+    ];
+    for (m, &word) in lanes.iter().enumerate().take(rows) {
         core::ptr::write_unaligned(out.add(m * stride) as *mut i32, word);
     }
-}
-
-/// What [`conv_smlal`] and [`conv_sdot`] need besides the output and scratch.
-pub struct PackedConv<'a> {
-    pub window: &'a Window,
-    pub input: &'a [i8],
-    pub zero_point: i8,
-    /// Packed weights (`crate::gemm` layout).
-    pub packed: &'a [i8],
-    /// `(bias, multiplier, shift)` little-endian records, 12 bytes per channel.
-    pub params: &'a [u8],
-    pub out: OutQuant,
-    pub residual: Residual<'a>,
 }
 
 /// Convolution on packed weights with the whole tile in registers: each `MR`-pixel tile
@@ -152,35 +151,54 @@ pub unsafe fn conv_sdot(c: &PackedConv<'_>, output: &mut [i8], scratch: &mut [i8
 #[inline(always)]
 unsafe fn conv_tiles<const DOT: bool>(c: &PackedConv<'_>, output: &mut [i8], scratch: &mut [i8]) {
     let s = c.window;
-    let oc = s.out_c;
-    let k = s.kernel[0] * s.kernel[1] * s.in_c;
-    let k_pad = crate::gemm::round_up(k, KC);
+    let k = c.k();
+    let k_pad = round_up(k, KC);
+    let pixels = c.pixels(output);
+    // A panel of pixels packed at once (tiles of MR side by side), then tile by tile.
+    let slots = crate::gemm16::panel_slots(k);
+    let mut start = 0;
+    while start < pixels {
+        let count = slots.min(pixels - start);
+        let a = &mut scratch[..round_up(count, MR) * k_pad];
+        crate::gemm::pack_input(
+            s,
+            c.input,
+            c.zero_point,
+            c.first + start,
+            count,
+            MR,
+            k,
+            false,
+            a,
+        );
+        for t0 in (0..count).step_by(MR) {
+            tile_blocks::<DOT>(
+                c,
+                &a[t0 * k_pad..][..MR * k_pad],
+                start + t0,
+                MR.min(count - t0),
+                output,
+            );
+        }
+        start += count;
+    }
+}
+
+/// Every block of `NR` channels for the `MR`-pixel tile packed in `a` whose first pixel
+/// is `p0` (`rows` of them real).
+#[inline(always)]
+unsafe fn tile_blocks<const DOT: bool>(
+    c: &PackedConv<'_>,
+    a: &[i8],
+    p0: usize,
+    rows: usize,
+    output: &mut [i8],
+) {
+    let oc = c.window.out_c;
+    let k_pad = a.len() / MR;
     let steps = k_pad / KC;
-    let pixels = s.out_h * s.out_w;
     let out_base = output.as_mut_ptr();
-    let residual = |first: usize| match c.residual {
-        Residual::None => None,
-        Residual::Separate {
-            data,
-            zero_point,
-            multiplier,
-            shift,
-        } => Some(quads(
-            data.as_ptr().add(first),
-            zero_point,
-            multiplier,
-            shift,
-        )),
-        Residual::InPlace {
-            zero_point,
-            multiplier,
-            shift,
-        } => Some(quads(out_base.add(first), zero_point, multiplier, shift)),
-    };
-    let a = &mut scratch[..MR * k_pad];
-    for p0 in (0..pixels).step_by(MR) {
-        let rows = MR.min(pixels - p0);
-        crate::gemm::pack_input(s, c.input, c.zero_point, p0, k, false, a);
+    {
         for block in 0..oc.div_ceil(NR) {
             let mut b = c.packed.as_ptr().add(block * k_pad * NR);
             let mut ap = a.as_ptr();
@@ -224,7 +242,7 @@ unsafe fn conv_tiles<const DOT: bool>(c: &PackedConv<'_>, output: &mut [i8], scr
                     &r,
                     rows,
                     &q,
-                    residual(first),
+                    residual_quads(c, out_base, first),
                     c.out.zero_point,
                     c.out.min,
                     c.out.max,
@@ -237,6 +255,7 @@ unsafe fn conv_tiles<const DOT: bool>(c: &PackedConv<'_>, output: &mut [i8], scr
                 for m in 0..MR {
                     vst1q_s32(tile[m].as_mut_ptr(), r[m]);
                 }
+                let tile = &tile;
                 let store = crate::gemm::TileStore {
                     rows,
                     p0,
@@ -246,7 +265,7 @@ unsafe fn conv_tiles<const DOT: bool>(c: &PackedConv<'_>, output: &mut [i8], scr
                     out: c.out,
                     residual: &c.residual,
                 };
-                store.lanes(&tile, oc - o0, |_| 0, output);
+                store.lanes(oc - o0, |m, n| tile[m][n], |_| 0, output);
             }
         }
     }
@@ -259,5 +278,142 @@ fn quads(data: *const i8, zero_point: i32, multiplier: i32, shift: i32) -> Resid
         multiplier,
         left: shift.max(0),
         right_neg: shift.min(0),
+    }
+}
+
+// ---- The 16-channel lane layout (`crate::gemm16`) on `sdot` by element ----
+
+use crate::gemm16::{Panel, KG, MR as MR16, OCB};
+
+/// `acc += w · x.4b[LANE]`: four channels' four weights against one pixel's four inputs.
+macro_rules! sdot_lane {
+    ($acc:expr, $w:expr, $x:expr, $lane:literal) => {
+        core::arch::asm!(
+            concat!("sdot {acc:v}.4s, {w:v}.16b, {x:v}.4b[", $lane, "]"),
+            acc = inout(vreg) $acc,
+            w = in(vreg) $w,
+            x = in(vreg) $x,
+            options(pure, nomem, nostack, preserves_flags),
+        )
+    };
+}
+
+/// The panel with `sdot` by element: tiles of 4 pixels × 16 channels, sixteen
+/// accumulators; per 16 reduction steps, four input vectors (one per pixel) and sixteen
+/// weight vectors feed 64 `sdot`s. Channel blocks the output has whole go through the
+/// vector epilogue.
+///
+/// # Safety
+/// The CPU has the dot product; `c`, `p` and `output` are consistent (the parser checked
+/// the shapes).
+#[target_feature(enable = "neon,dotprod")]
+pub(crate) unsafe fn panel_sdot(c: &PackedConv<'_>, p: &Panel<'_>, output: &mut [i8]) {
+    let oc = c.window.out_c;
+    let whole = oc / OCB;
+    let steps = p.steps();
+    assert!(output.len() >= (p.p0 + p.count) * oc && p.group == MR16);
+    assert!(c.packed.len() >= oc.div_ceil(OCB) * OCB * p.k_pad);
+    let out_base = output.as_mut_ptr();
+    for block in 0..whole {
+        let o0 = block * OCB;
+        let quads: [QuadParams; 4] =
+            core::array::from_fn(|j| QuadParams::load(c.params.as_ptr().add((o0 + 4 * j) * 12)));
+        let w0 = c.packed.as_ptr().add(block * OCB * p.k_pad);
+        for m0 in (0..p.count).step_by(MR16) {
+            let acc = tile16_sdot(p.tile(m0, MR16).as_ptr(), w0, steps);
+            let rows = MR16.min(p.count - m0);
+            for (j, q) in quads.iter().enumerate() {
+                let first = (p.p0 + m0) * oc + o0 + 4 * j;
+                finish_rows(
+                    &[acc[0][j], acc[1][j], acc[2][j], acc[3][j]],
+                    rows,
+                    q,
+                    residual_quads(c, out_base, first),
+                    c.out.zero_point,
+                    c.out.min,
+                    c.out.max,
+                    out_base.add(first),
+                    oc,
+                );
+            }
+        }
+    }
+    if whole * OCB < oc {
+        // The last, partial block: the same sums, stored lane by lane.
+        let o0 = whole * OCB;
+        let w0 = c.packed.as_ptr().add(whole * OCB * p.k_pad);
+        for m0 in (0..p.count).step_by(MR16) {
+            let acc = tile16_sdot(p.tile(m0, MR16).as_ptr(), w0, steps);
+            let mut t = [[0i32; OCB]; MR16];
+            for (row, acc_m) in t.iter_mut().zip(&acc) {
+                for (j, v) in acc_m.iter().enumerate() {
+                    vst1q_s32(row[4 * j..].as_mut_ptr(), *v);
+                }
+            }
+            let store = crate::gemm::TileStore {
+                rows: MR16.min(p.count - m0),
+                p0: p.p0 + m0,
+                o0,
+                oc,
+                params: c.params,
+                out: c.out,
+                residual: &c.residual,
+            };
+            store.lanes(oc - o0, |m, n| t[m][n], |_| 0, output);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn tile16_sdot(a: *const i8, w: *const i8, steps: usize) -> [[int32x4_t; 4]; MR16] {
+    let mut acc = [[vdupq_n_s32(0); 4]; MR16];
+    let (mut ap, mut wp) = (a, w);
+    for _ in 0..steps {
+        let x: [int8x16_t; MR16] = load_rows(ap);
+        macro_rules! group {
+            ($g:literal) => {{
+                let w: [int8x16_t; 4] = load_rows(wp.add($g * OCB * KG));
+                for m in 0..MR16 {
+                    for j in 0..4 {
+                        sdot_lane!(acc[m][j], w[j], x[m], $g);
+                    }
+                }
+            }};
+        }
+        group!(0);
+        group!(1);
+        group!(2);
+        group!(3);
+        ap = ap.add(MR16 * KC);
+        wp = wp.add(OCB * KC);
+    }
+    acc
+}
+
+/// The residual operand for the tile whose first output element is `first`.
+#[inline(always)]
+unsafe fn residual_quads(
+    c: &PackedConv<'_>,
+    out_base: *mut i8,
+    first: usize,
+) -> Option<ResidualQuads> {
+    match c.residual {
+        Residual::None => None,
+        Residual::Separate {
+            data,
+            zero_point,
+            multiplier,
+            shift,
+        } => Some(quads(
+            data.as_ptr().add(first),
+            zero_point,
+            multiplier,
+            shift,
+        )),
+        Residual::InPlace {
+            zero_point,
+            multiplier,
+            shift,
+        } => Some(quads(out_base.add(first), zero_point, multiplier, shift)),
     }
 }

@@ -1,4 +1,5 @@
-//! Runs a `.kes` model on one thread: one warm-up inference, then `--iters` inferences
+//! Runs a `.kes` model (on one thread unless `--threads N`, which needs the `std`
+//! feature for the worker pool): one warm-up inference, then `--iters` inferences
 //! between the two ROI markers of `../shared/arm/qcount.sh` (a `prctl` the kit's qemu
 //! plugin watches; a real kernel answers EINVAL and nothing happens), so the kit counts
 //! the instructions of exactly those inferences. Prints the logits and the wall time.
@@ -8,6 +9,7 @@
 //! ../shared/arm/qcount.sh cortex-a76 target/aarch64-unknown-linux-gnu/release/examples/bench resnet18.kes --iters 1
 //! bench MODEL.kes [--iters N] [--kernels scalar|neon|neon-dot|avx2|avx512-vnni|auto]
 //!                 [--rgb FILE --size WxH]      (raw interleaved RGB bytes as the input image)
+//!                 [--threads N]                (with --features std)
 //! ```
 
 use std::process::ExitCode;
@@ -42,12 +44,14 @@ struct Args {
     iters: usize,
     kernels: Option<Isa>,
     rgb: Option<(String, usize, usize)>,
+    threads: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let mut model = None;
     let (mut iters, mut kernels, mut rgb_file, mut size) = (1, None, None, None);
+    let mut threads = 1;
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match a.as_str() {
@@ -64,6 +68,11 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--rgb" => rgb_file = Some(value("--rgb")?),
+            "--threads" => {
+                threads = value("--threads")?
+                    .parse()
+                    .map_err(|_| "--threads takes a number")?
+            }
             "--size" => {
                 let s = value("--size")?;
                 let (w, h) = s.split_once('x').ok_or("--size takes WxH")?;
@@ -87,6 +96,7 @@ fn parse_args() -> Result<Args, String> {
         iters,
         kernels,
         rgb,
+        threads,
     })
 }
 
@@ -104,12 +114,21 @@ fn run() -> Result<(), String> {
     let args = parse_args()?;
     let bytes = std::fs::read(&args.model).map_err(|e| format!("{}: {e}", args.model))?;
     let model = Model::parse(&bytes).map_err(|e| format!("{}: {e}", args.model))?;
+    #[cfg(feature = "std")]
+    let pool = kestrel_runtime::pool::ThreadPool::new(args.threads, model.scratch_bytes(), false)
+        .map_err(|e| e.to_string())?;
+    #[cfg(not(feature = "std"))]
+    if args.threads != 1 {
+        return Err("--threads needs the example built with --features std".into());
+    }
     let mut arena = vec![0u8; model.arena_bytes()];
     let mut session = match args.kernels {
         Some(k) => Session::with_kernels(&model, &mut arena, k),
         None => Session::new(&model, &mut arena),
     }
     .map_err(|e| e.to_string())?;
+    #[cfg(feature = "std")]
+    session.set_parallel(&pool);
     match &args.rgb {
         Some((file, w, h)) => {
             let rgb = std::fs::read(file).map_err(|e| format!("{file}: {e}"))?;
@@ -142,8 +161,9 @@ fn run() -> Result<(), String> {
     session.logits(&mut logits).map_err(|e| e.to_string())?;
     let list: Vec<String> = logits.iter().map(|v| format!("{v:?}")).collect();
     println!(
-        "{{\"kernels\":\"{}\",\"iters\":{},\"ms_per_inference\":{ms:.3},\"logits\":[{}]}}",
+        "{{\"kernels\":\"{}\",\"threads\":{},\"iters\":{},\"ms_per_inference\":{ms:.3},\"logits\":[{}]}}",
         session.kernels(),
+        session.threads(),
         args.iters,
         list.join(",")
     );

@@ -10,8 +10,10 @@
 //! ```
 //!
 //! The interpreter owns no memory and allocates nothing: every tensor lives at the arena
-//! offset the host's memory plan assigned. Ops run on `kestrel-kernels` (today the scalar
-//! reference). It is `no_std`; the `std` feature only adds `std::error::Error`.
+//! offset the host's memory plan assigned. Ops run on `kestrel-kernels`, on the kernel
+//! family chosen when the session starts. It is `no_std`; the `std` feature adds
+//! `std::error::Error` and [`pool::ThreadPool`], which [`Session::set_parallel`] takes to
+//! split convolutions over threads (same results for any thread count).
 #![no_std]
 
 #[cfg(any(feature = "std", test))]
@@ -19,14 +21,24 @@ extern crate std;
 
 use core::fmt;
 
-use kestrel_format::{DType, FormatError, KesFile, OpKind, OpView, TensorInfo, WeightLayout};
-use kestrel_kernels::gemm;
+use kestrel_format::{DType, FormatError, KesFile, OpKind, OpView, TensorInfo};
+use kestrel_kernels::gemm::{PackedConv, Packing};
 use kestrel_kernels::scalar::{self, OutQuant, Residual, Window};
 
 pub use kestrel_format;
 pub use kestrel_kernels::isa::{CpuFeatures, Isa};
 
+#[cfg(feature = "std")]
+pub mod pool;
 pub mod preprocess;
+
+/// Runs numbered tasks, perhaps on several threads at once. Each call of `job(task,
+/// scratch)` gets a scratch buffer of at least the model's
+/// [`Model::scratch_bytes`] that no other running task holds.
+pub trait Parallel: Sync {
+    fn threads(&self) -> usize;
+    fn run(&self, tasks: usize, job: &(dyn Fn(usize, &mut [i8]) + Sync));
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
@@ -94,6 +106,12 @@ impl<'a> Model<'a> {
         self.file.plan.arena_bytes as usize
     }
 
+    /// Scratch bytes one thread needs for the packed convolutions (inside the arena for
+    /// the session's own thread; a [`Parallel`] gives each of its threads as much).
+    pub fn scratch_bytes(&self) -> usize {
+        self.file.plan.scratch_bytes as usize
+    }
+
     pub fn input(&self) -> TensorInfo {
         self.tensor(self.file.input)
     }
@@ -128,6 +146,7 @@ pub struct Session<'m, 'a> {
     model: &'m Model<'m>,
     arena: &'a mut [u8],
     kernels: Isa,
+    parallel: Option<&'a dyn Parallel>,
 }
 
 impl<'m, 'a> Session<'m, 'a> {
@@ -160,7 +179,18 @@ impl<'m, 'a> Session<'m, 'a> {
             model,
             arena,
             kernels,
+            parallel: None,
         })
+    }
+
+    /// Splits each convolution's output pixels over `parallel`'s threads from now on.
+    pub fn set_parallel(&mut self, parallel: &'a dyn Parallel) {
+        self.parallel = Some(parallel);
+    }
+
+    /// Threads the session runs on.
+    pub fn threads(&self) -> usize {
+        self.parallel.map_or(1, |p| p.threads())
     }
 
     /// The kernel family this session runs.
@@ -331,8 +361,8 @@ impl<'m, 'a> Session<'m, 'a> {
                         }
                     }
                 };
-                match op.layout {
-                    WeightLayout::Portable => scalar::conv2d(
+                match op.layout.packing() {
+                    None => scalar::conv2d(
                         &win,
                         input,
                         x.zero_point,
@@ -342,28 +372,35 @@ impl<'m, 'a> Session<'m, 'a> {
                         residual,
                         as_i8_mut(output),
                     ),
-                    WeightLayout::Packed => {
-                        let plan = m.file.plan;
-                        // SAFETY: parse checked that the scratch lies in the arena, apart
-                        // from every tensor, and holds this conv's packed input tile.
-                        let scratch = unsafe {
-                            core::slice::from_raw_parts_mut(
-                                base.add(plan.scratch_offset as usize) as *mut i8,
-                                plan.scratch_bytes as usize,
-                            )
-                        };
-                        gemm::conv2d(
-                            self.kernels,
-                            &win,
+                    Some(packing) => {
+                        let conv = PackedConv {
+                            window: &win,
                             input,
-                            x.zero_point,
-                            op.weights,
-                            op.params.as_bytes(),
-                            out_q,
+                            zero_point: x.zero_point as i8,
+                            packed: op.weights,
+                            params: op.params.as_bytes(),
+                            out: out_q,
                             residual,
-                            as_i8_mut(output),
-                            scratch,
-                        );
+                            first: 0,
+                        };
+                        let output = as_i8_mut(output);
+                        match self.parallel {
+                            Some(parallel) if parallel.threads() > 1 => {
+                                conv_parallel(self.kernels, packing, &conv, output, parallel)
+                            }
+                            _ => {
+                                let plan = m.file.plan;
+                                // SAFETY: parse checked that the scratch lies in the arena,
+                                // apart from every tensor, and holds this conv's packed input.
+                                let scratch = unsafe {
+                                    core::slice::from_raw_parts_mut(
+                                        base.add(plan.scratch_offset as usize) as *mut i8,
+                                        plan.scratch_bytes as usize,
+                                    )
+                                };
+                                packing.conv2d(self.kernels, &conv, output, scratch);
+                            }
+                        }
                     }
                 }
             }
@@ -401,6 +438,68 @@ impl<'m, 'a> Session<'m, 'a> {
             OpKind::Reshape => {}
         }
     }
+}
+
+/// The output pointer of a conv shared by its tasks, each of which takes its own
+/// disjoint run of pixels.
+struct SharedOutput(*mut i8, usize);
+
+// SAFETY: tasks only ever form disjoint slices of it (see `conv_parallel`).
+unsafe impl Sync for SharedOutput {}
+
+impl SharedOutput {
+    /// # Safety
+    /// `start + len` is inside the output and no other live slice overlaps this one.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn part(&self, start: usize, len: usize) -> &mut [i8] {
+        debug_assert!(start + len <= self.1);
+        core::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
+}
+
+/// Splits a packed conv's output pixels in runs, one task each, over `parallel`.
+fn conv_parallel(
+    isa: Isa,
+    packing: Packing,
+    conv: &PackedConv<'_>,
+    output: &mut [i8],
+    parallel: &dyn Parallel,
+) {
+    let oc = conv.window.out_c;
+    let pixels = output.len() / oc;
+    // Runs of at least a few tiles; one per thread, or two where maps are large, so a
+    // thread that starts late still finds work.
+    let tasks = parallel.threads() * if pixels >= 256 { 2 } else { 1 };
+    let run = pixels.div_ceil(tasks).max(8);
+    let tasks = pixels.div_ceil(run);
+    let shared = SharedOutput(output.as_mut_ptr(), output.len());
+    parallel.run(tasks, &|t, scratch| {
+        let first = t * run;
+        let len = run.min(pixels - first) * oc;
+        // SAFETY: task t owns pixels first .. first + run, disjoint from every other
+        // task's and inside the output (`first < pixels`).
+        let part = unsafe { shared.part(first * oc, len) };
+        let residual = match conv.residual {
+            Residual::Separate {
+                data,
+                zero_point,
+                multiplier,
+                shift,
+            } => Residual::Separate {
+                data: &data[first * oc..][..len],
+                zero_point,
+                multiplier,
+                shift,
+            },
+            other => other,
+        };
+        let task = PackedConv {
+            residual,
+            first,
+            ..*conv
+        };
+        packing.conv2d(isa, &task, part, scratch);
+    });
 }
 
 #[inline]

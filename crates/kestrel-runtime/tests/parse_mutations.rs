@@ -4,7 +4,7 @@
 
 mod common;
 
-use kestrel_format::FormatError;
+use kestrel_format::{FormatError, WeightLayout};
 use kestrel_runtime::{CpuFeatures, Error, Isa, Model, Session};
 
 fn try_run(bytes: &[u8]) -> Result<(), Error> {
@@ -47,14 +47,22 @@ fn the_hand_built_model_parses_and_runs() {
     );
 }
 
-/// The packed-GEMM layout gives the portable layout's logits on every kernel path this
-/// CPU runs, and a packed weight the A72 kernel cannot take (-128) is refused at parse.
+/// Both packed-GEMM layouts give the portable layout's logits on every kernel path this
+/// CPU runs, and a packed weight of -128 (outside every packed layout's rule) is refused
+/// at parse.
 #[test]
 fn packed_weights_run_like_portable_ones_and_are_checked() {
+    for layout in [WeightLayout::Blocks4, WeightLayout::Lanes16] {
+        packed_layout_runs_like_portable(layout);
+    }
+}
+
+fn packed_layout_runs_like_portable(layout: WeightLayout) {
     let portable = common::tiny_model();
     let mut packed = portable.clone();
-    packed.pack_convs();
+    packed.pack_convs(layout);
     assert!(packed.plan.scratch_bytes > 0);
+    assert!(packed.ops.iter().any(|op| op.layout == layout));
     let logits = |bytes: &[u8], isa: Isa| {
         let model = Model::parse(bytes).unwrap();
         let mut arena = vec![0u8; model.arena_bytes()];
@@ -70,7 +78,11 @@ fn packed_weights_run_like_portable_ones_and_are_checked() {
     let reference = logits(&portable.to_bytes(), Isa::Scalar);
     let cpu = CpuFeatures::available();
     for isa in Isa::ALL.into_iter().filter(|&i| cpu.supports(i)) {
-        assert_eq!(logits(&packed.to_bytes(), isa), reference, "{isa}");
+        assert_eq!(
+            logits(&packed.to_bytes(), isa),
+            reference,
+            "{layout:?}/{isa}"
+        );
     }
     let mut bad = packed.clone();
     bad.ops[0].weights[0] = -128;
@@ -142,8 +154,14 @@ fn an_offset_past_the_end_is_refused() {
 #[test]
 fn random_edits_with_valid_checksums_never_panic() {
     let mut packed = common::tiny_model();
-    packed.pack_convs();
-    for bytes in [common::tiny_model().to_bytes(), packed.to_bytes()] {
+    packed.pack_convs(WeightLayout::Lanes16);
+    let mut blocks = common::tiny_model();
+    blocks.pack_convs(WeightLayout::Blocks4);
+    for bytes in [
+        common::tiny_model().to_bytes(),
+        packed.to_bytes(),
+        blocks.to_bytes(),
+    ] {
         random_edits(&bytes);
     }
 }
