@@ -1,0 +1,88 @@
+//! Convolution kernels, one benchmark per kernel path and weight layout this CPU runs,
+//! on ResNet-18's shapes (stem, a 3×3 of each stage, a strided 1×1 shortcut).
+//!
+//! ```text
+//! cargo bench -p kestrel-kernels --features std --bench conv
+//! ```
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use kestrel_kernels::gemm::{param_bytes, PackedConv, Packing};
+use kestrel_kernels::isa::{CpuFeatures, Isa};
+use kestrel_kernels::scalar::{OutQuant, Residual, Window};
+
+/// `(name, input h = w, in channels, out channels, kernel, stride, pad)`.
+const SHAPES: [(&str, usize, usize, usize, usize, usize, usize); 5] = [
+    ("stem7x7s2", 224, 3, 64, 7, 2, 3),
+    ("3x3c64", 56, 64, 64, 3, 1, 1),
+    ("3x3c128", 28, 128, 128, 3, 1, 1),
+    ("3x3c256", 14, 256, 256, 3, 1, 1),
+    ("1x1c256s2", 28, 128, 256, 1, 2, 0),
+];
+
+fn values(n: usize, seed: u32) -> Vec<i8> {
+    let mut s = seed.wrapping_mul(2654435761) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            ((s >> 8) as i8).max(-127)
+        })
+        .collect()
+}
+
+fn conv(c: &mut Criterion) {
+    let cpu = CpuFeatures::available();
+    for (name, hw, ic, oc, k, stride, pad) in SHAPES {
+        let out_hw = (hw + 2 * pad - k) / stride + 1;
+        let win = Window {
+            in_h: hw,
+            in_w: hw,
+            in_c: ic,
+            out_h: out_hw,
+            out_w: out_hw,
+            out_c: oc,
+            kernel: [k; 2],
+            stride: [stride; 2],
+            pads: [pad; 4],
+        };
+        let depth = k * k * ic;
+        let input = values(hw * hw * ic, 1);
+        let weights = values(depth * oc, 2);
+        let params = param_bytes(&vec![(100, 1_300_000_000, -8); oc]);
+        let mut group = c.benchmark_group(format!("conv/{name}"));
+        group.throughput(Throughput::Elements((out_hw * out_hw * oc * depth) as u64));
+        group.sample_size(20);
+        for packing in [Packing::Blocks4, Packing::Lanes16] {
+            let packed = packing.pack_weights(&weights, depth, oc);
+            let mut scratch = vec![0i8; packing.scratch_len(depth)];
+            let mut output = vec![0i8; out_hw * out_hw * oc];
+            for isa in Isa::ALL.into_iter().filter(|&i| cpu.supports(i)) {
+                let id = BenchmarkId::new(format!("{packing:?}"), isa.name());
+                group.bench_function(id, |b| {
+                    b.iter(|| {
+                        let conv = PackedConv {
+                            window: &win,
+                            input: &input,
+                            zero_point: -3,
+                            packed: &packed,
+                            params: &params,
+                            out: OutQuant {
+                                zero_point: -128,
+                                min: -128,
+                                max: 127,
+                            },
+                            residual: Residual::None,
+                            first: 0,
+                        };
+                        packing.conv2d(isa, &conv, &mut output, &mut scratch);
+                    })
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, conv);
+criterion_main!(benches);
