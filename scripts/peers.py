@@ -42,8 +42,8 @@ def run(cmd):
     return out.stdout
 
 
-def kestrel_bench(model, iters):
-    return json.loads(run([KESTREL, "bench", model, "--iters", iters, "--json"]))
+def kestrel_bench(model, iters, threads=1):
+    return json.loads(run([KESTREL, "bench", model, "--iters", iters, "--threads", threads, "--json"]))
 
 
 def model_path(name):
@@ -140,6 +140,8 @@ def main():
         "resnet56_cifar10", "resnet8_tiny_cifar10", "resnet18_cifar10_64px"])
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--calib-count", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds; each figure is the median of its rounds' medians")
     args = ap.parse_args()
     import logging
 
@@ -150,9 +152,9 @@ def main():
         sys.exit("peers: build the CLI first: cargo build --profile host -p kestrel-tools")
     WORK.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
-    print(f"machine: {cores} cores; onnxruntime {ort.__version__}; one run, medians of {args.iters}\n")
-    print("| model | Kestrel int8 1T (ms) | ORT int8 1T | ORT f32 1T | tract f32 1T | ORT int8 {0}T | ORT f32 {0}T | Kestrel / ORT int8, 1T |".format(cores))
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"machine: {cores} cores; onnxruntime {ort.__version__}; one run: {args.rounds} interleaved rounds, medians of {args.iters}\n")
+    print("| model | Kestrel int8 1T (ms) | ORT int8 1T | Kestrel / ORT 1T | Kestrel int8 {0}T | ORT int8 {0}T | Kestrel / ORT {0}T | ORT f32 1T | tract f32 1T | ORT f32 {0}T |".format(cores))
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in args.models:
         src = model_path(name)
         pre = preprocessing(onnx.load(str(src)))
@@ -162,14 +164,25 @@ def main():
         qdq = WORK / f"{name}.qdq.onnx"
         if not qdq.exists():
             ort_quantize(src, qdq, pre, calibration_images(pre, args.calib_count))
-        k = kestrel_bench(kes, args.iters)["latency_ms_median"]
-        tract = kestrel_bench(src, args.iters)["latency_ms_median"]
-        oi1 = ort_latency(qdq, pre, 1, args.iters)
-        of1 = ort_latency(src, pre, 1, args.iters)
-        oin = ort_latency(qdq, pre, cores, args.iters)
-        ofn = ort_latency(src, pre, cores, args.iters)
-        print(f"| {name} | {k:.2f} | {oi1:.2f} | {of1:.2f} | {tract:.2f} | {oin:.2f} | {ofn:.2f} | {k / oi1:.2f} |")
-    print("\nKestrel runs one thread until its worker pool lands; tract has no thread pool.")
+        # A shared machine's speed drifts: alternate the runtimes, round after round, and
+        # keep the median of each one's round medians.
+        runs = {
+            "k": lambda: kestrel_bench(kes, args.iters)["latency_ms_median"],
+            "oi1": lambda: ort_latency(qdq, pre, 1, args.iters),
+            "kn": lambda: kestrel_bench(kes, args.iters, cores)["latency_ms_median"],
+            "oin": lambda: ort_latency(qdq, pre, cores, args.iters),
+            "of1": lambda: ort_latency(src, pre, 1, args.iters),
+            "tract": lambda: kestrel_bench(src, args.iters)["latency_ms_median"],
+            "ofn": lambda: ort_latency(src, pre, cores, args.iters),
+        }
+        seen = {key: [] for key in runs}
+        for _ in range(args.rounds):
+            for key, measure in runs.items():
+                seen[key].append(measure())
+        m = {key: statistics.median(v) for key, v in seen.items()}
+        k, kn, tract, oi1, of1, oin, ofn = (m[x] for x in ("k", "kn", "tract", "oi1", "of1", "oin", "ofn"))
+        print(f"| {name} | {k:.2f} | {oi1:.2f} | {k / oi1:.2f} | {kn:.2f} | {oin:.2f} | {kn / oin:.2f} | {of1:.2f} | {tract:.2f} | {ofn:.2f} |")
+    print("\ntract has no thread pool of its own: its column is one thread.")
 
 
 if __name__ == "__main__":
