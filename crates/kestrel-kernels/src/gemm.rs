@@ -125,9 +125,8 @@ pub(crate) fn channel_sum(packed: &[i8], base: usize, o: usize) -> i32 {
 
 /// Fills the scratch with the im2col rows of pixels `p0 .. p0 + count`, in groups of
 /// `group` pixels (one micro-kernel tile each, contiguous so a tile reads one stream):
-/// group `g` is `[K/KC][group][KC]` at `g · group · K'` (`K'` = `K` padded to `KC`);
-/// with `group` = 1 that is one whole row per pixel. The scratch holds `count` rounded
-/// up to `group`, times `K'` bytes.
+/// group `g` is `[K/KC][group][KC]` at `g · group · K'` (`K'` = `K` padded to `KC`).
+/// The scratch holds `count` rounded up to `group`, times `K'` bytes.
 /// With `flip` every value is stored `x ^ 0x80` (`x + 128` as u8, for VNNI).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn pack_input(
@@ -146,16 +145,15 @@ pub(crate) fn pack_input(
     let ic = s.in_c;
     let x = if flip { 0x80u8 as i8 } else { 0 };
     let flip = u128::from_ne_bytes([x as u8; KC]);
-    if group == 1 {
-        pack_input_pixel_rows(s, input, zero_point, p0, count, flip, a);
-        return;
-    }
     if ic.is_multiple_of(KC) {
-        // Two copies of the loop: without the flip it is a plain copy.
-        if flip == 0 {
-            pack_input_chunks::<false>(s, input, zero_point, p0, count, group, a);
-        } else {
-            pack_input_chunks::<true>(s, input, zero_point, p0, count, group, a);
+        // Copies of the loop for what the kernels use (a plain copy without the flip;
+        // constant steps between a pixel's chunks), one for anything else.
+        let args = (s, input, zero_point, p0, count, a);
+        match (flip != 0, group) {
+            (false, 4) => pack_input_chunks::<false, 4>(args),
+            (true, 8) => pack_input_chunks::<true, 8>(args),
+            (false, _) => pack_input_chunks_any::<false>(args, group),
+            (true, _) => pack_input_chunks_any::<true>(args, group),
         }
         return;
     }
@@ -194,34 +192,6 @@ pub(crate) fn pack_input(
 /// Deepest im2col row [`pack_input_rows`] builds on the stack (a 7×7 stem on RGB is 147).
 const ROW_MAX: usize = 1024;
 
-/// [`pack_input`] one pixel after the other (`group` = 1: each im2col row contiguous),
-/// built in place.
-fn pack_input_pixel_rows(
-    s: &Window,
-    input: &[i8],
-    zero_point: i8,
-    p0: usize,
-    count: usize,
-    flip: u128,
-    a: &mut [i8],
-) {
-    let k_pad = round_up(s.kernel[0] * s.kernel[1] * s.in_c, KC);
-    let (mut oy, mut ox) = (p0 / s.out_w, p0 % s.out_w);
-    for row in a[..count * k_pad].chunks_exact_mut(k_pad) {
-        im2col_row(s, input, zero_point, [oy, ox], row);
-        if flip != 0 {
-            for c in (0..k_pad).step_by(KC) {
-                let v = read16(&row[c..]);
-                write16(&mut row[c..], v ^ flip);
-            }
-        }
-        ox += 1;
-        if ox == s.out_w {
-            (oy, ox) = (oy + 1, 0);
-        }
-    }
-}
-
 /// [`pack_input`] for shallow inputs (`IC` off the chunk size, as a stem's three
 /// colours) in groups of several pixels: each pixel's im2col row is built on the stack,
 /// then stored a chunk at a time.
@@ -237,8 +207,8 @@ fn pack_input_rows(
     a: &mut [i8],
 ) {
     let k_pad = round_up(s.kernel[0] * s.kernel[1] * s.in_c, KC);
-    let mut row = [0i8; ROW_MAX];
-    let row = &mut row[..k_pad];
+    let mut row = [0i8; ROW_MAX + KC];
+    let row = &mut row[..k_pad + KC];
     for m in 0..count {
         im2col_row(
             s,
@@ -256,8 +226,9 @@ fn pack_input_rows(
     }
 }
 
-/// The im2col row of output pixel `[oy, ox]` into `row` (`K` rounded up to 16 bytes):
-/// padding taps hold the zero point, the padded `k` zero.
+/// The im2col row of output pixel `[oy, ox]` into `row` (`K` rounded up to 16 bytes, and
+/// 16 more the copies may run into): padding taps hold the zero point, the padded `k`
+/// zero.
 fn im2col_row(s: &Window, input: &[i8], zero_point: i8, [oy, ox]: [usize; 2], row: &mut [i8]) {
     let (ic, kw) = (s.in_c, s.kernel[1]);
     let k = s.kernel[0] * kw * ic;
@@ -294,7 +265,7 @@ fn im2col_row(s: &Window, input: &[i8], zero_point: i8, [oy, ox]: [usize; 2], ro
         }
     }
     // Padded k multiply zero weights; zero keeps the tile deterministic.
-    row[k..].fill(0);
+    write16(&mut row[k..], 0);
 }
 
 /// The first 16 bytes of `s` (which holds at least that many).
@@ -359,22 +330,23 @@ impl Slots {
 /// [`pack_input`] when every tap is whole 16-byte chunks (`IC % KC == 0`, so `K` needs no
 /// padding): chunk copies only (each byte `^ 0x80` with `FLIP`). Slots past the last
 /// pixel keep whatever the scratch held; their results are never stored.
-fn pack_input_chunks<const FLIP: bool>(
-    s: &Window,
-    input: &[i8],
-    zero_point: i8,
-    p0: usize,
-    rows: usize,
+fn pack_input_chunks<const FLIP: bool, const GROUP: usize>(args: PackArgs<'_>) {
+    pack_input_chunks_any::<FLIP>(args, GROUP)
+}
+
+/// What [`pack_input`] passes on to its variants.
+type PackArgs<'a> = (&'a Window, &'a [i8], i8, usize, usize, &'a mut [i8]);
+
+#[inline(always)]
+fn pack_input_chunks_any<const FLIP: bool>(
+    (s, input, zero_point, p0, rows, a): PackArgs<'_>,
     group: usize,
-    a: &mut [i8],
 ) {
-    let x = if FLIP { 0x80u8 as i8 } else { 0 };
     let ic = s.in_c;
     let chunks = ic / KC;
     let k_pad = chunks * KC * s.kernel[0] * s.kernel[1];
     assert!(a.len() >= round_up(rows, group) * k_pad && input.len() >= s.in_h * s.in_w * ic);
     let pad = [zero_point; KC];
-    let flip = u128::from_ne_bytes([x as u8; KC]);
     let dst0 = a.as_mut_ptr();
     let kw = s.kernel[1];
     let step = group * KC;
@@ -390,49 +362,79 @@ fn pack_input_chunks<const FLIP: bool>(
         // bytes each, inside the input (rows and columns checked), or the 16-byte pad.
         unsafe {
             let mut dst = dst0.add((m / group) * group * k_pad + (m % group) * KC);
-            let mut put = |v: u128| {
-                core::ptr::write_unaligned(dst as *mut u128, if FLIP { v ^ flip } else { v });
-                dst = dst.add(step);
+            // `n` chunks from `src` on (16 bytes apart, or the same one when `step` is
+            // 0), each to the pixel's next chunk slot.
+            let mut copy = |mut src: *const i8, n: usize, src_step: usize| {
+                for _ in 0..n {
+                    chunk::copy::<FLIP>(src, dst);
+                    src = src.add(src_step);
+                    dst = dst.add(step);
+                }
             };
-            let pad = core::ptr::read_unaligned(pad.as_ptr() as *const u128);
             let kh = s.kernel[0];
             if kx_lo == 0 && kx_hi == kw && iy0 >= 0 && iy0 + kh as isize <= s.in_h as isize {
                 // Inside the map (most pixels): every kernel row is one run.
                 let mut src = input
                     .as_ptr()
-                    .add((iy0 as usize * s.in_w + ix0 as usize) * ic)
-                    as *const u128;
+                    .add((iy0 as usize * s.in_w + ix0 as usize) * ic);
                 for _ in 0..kh {
-                    for c in 0..kw * chunks {
-                        put(core::ptr::read_unaligned(src.add(c)));
+                    copy(src, kw * chunks, KC);
+                    src = src.add(s.in_w * ic);
+                }
+            } else {
+                for ky in 0..kh {
+                    let iy = iy0 + ky as isize;
+                    if iy < 0 || iy >= s.in_h as isize {
+                        copy(pad.as_ptr(), kw * chunks, 0);
+                        continue;
                     }
-                    src = src.add(s.in_w * chunks);
+                    copy(pad.as_ptr(), kx_lo * chunks, 0);
+                    let at = (iy as usize * s.in_w) as isize + ix0 + kx_lo as isize;
+                    copy(
+                        input.as_ptr().add(at as usize * ic),
+                        (kx_hi - kx_lo) * chunks,
+                        KC,
+                    );
+                    copy(pad.as_ptr(), (kw - kx_hi) * chunks, 0);
                 }
-                ox += 1;
-                if ox == s.out_w {
-                    (oy, ox) = (oy + 1, 0);
-                }
-                continue;
-            }
-            for ky in 0..kh {
-                let iy = iy0 + ky as isize;
-                if iy < 0 || iy >= s.in_h as isize {
-                    (0..kw * chunks).for_each(|_| put(pad));
-                    continue;
-                }
-                (0..kx_lo * chunks).for_each(|_| put(pad));
-                let at = (iy as usize * s.in_w) as isize + ix0 + kx_lo as isize;
-                let src = input.as_ptr().add(at as usize * ic) as *const u128;
-                for c in 0..(kx_hi - kx_lo) * chunks {
-                    put(core::ptr::read_unaligned(src.add(c)));
-                }
-                (0..(kw - kx_hi) * chunks).for_each(|_| put(pad));
             }
         }
         ox += 1;
         if ox == s.out_w {
             (oy, ox) = (oy + 1, 0);
         }
+    }
+}
+
+/// One 16-byte chunk moved with the target's vector registers (`FLIP`: `^ 0x80`).
+mod chunk {
+    /// # Safety
+    /// 16 bytes are readable at `src` and writable at `dst`.
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    pub unsafe fn copy<const FLIP: bool>(src: *const i8, dst: *mut i8) {
+        use core::arch::aarch64::*;
+        let v = vld1q_s8(src);
+        let v = if FLIP {
+            veorq_s8(v, vdupq_n_s8(0x80u8 as i8))
+        } else {
+            v
+        };
+        vst1q_s8(dst, v);
+    }
+
+    /// # Safety
+    /// 16 bytes are readable at `src` and writable at `dst`.
+    #[cfg(not(target_arch = "aarch64"))]
+    #[inline(always)]
+    pub unsafe fn copy<const FLIP: bool>(src: *const i8, dst: *mut i8) {
+        let v = core::ptr::read_unaligned(src as *const u128);
+        let v = if FLIP {
+            v ^ u128::from_ne_bytes([0x80; 16])
+        } else {
+            v
+        };
+        core::ptr::write_unaligned(dst as *mut u128, v);
     }
 }
 
@@ -493,6 +495,16 @@ impl PackedConv<'_> {
     /// Reduction depth `K = KH·KW·IC`.
     pub fn k(&self) -> usize {
         self.window.kernel[0] * self.window.kernel[1] * self.window.in_c
+    }
+
+    /// Whether any requantisation shifts left (multipliers above one: rare), so kernels
+    /// can leave the saturating left shift out of their epilogue.
+    pub fn shifts_left(&self) -> bool {
+        let residual = match self.residual {
+            Residual::Separate { shift, .. } | Residual::InPlace { shift, .. } => shift > 0,
+            Residual::None => false,
+        };
+        residual || (0..self.window.out_c).any(|o| param(self.params, o).2 > 0)
     }
 
     /// Output pixels in the run `output` covers.

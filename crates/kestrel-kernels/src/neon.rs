@@ -39,14 +39,16 @@ unsafe fn rounding_divide_by_pot(x: int32x4_t, right_neg: int32x4_t) -> int32x4_
     vrshlq_s32(vqaddq_s32(x, fixup), right_neg)
 }
 
+/// `LEFT`: whether any shift is positive (without, the saturating left shift is left out).
 #[inline(always)]
-unsafe fn requantize(
+unsafe fn requantize<const LEFT: bool>(
     x: int32x4_t,
     mult: int32x4_t,
     left: int32x4_t,
     right_neg: int32x4_t,
 ) -> int32x4_t {
-    rounding_divide_by_pot(vqrdmulhq_s32(vqshlq_s32(x, left), mult), right_neg)
+    let x = if LEFT { vqshlq_s32(x, left) } else { x };
+    rounding_divide_by_pot(vqrdmulhq_s32(x, mult), right_neg)
 }
 
 /// Requantisation constants of four consecutive output channels, in registers.
@@ -76,7 +78,7 @@ impl QuadParams {
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn finish_rows(
+unsafe fn finish_rows<const LEFT: bool>(
     acc: &[int32x4_t; MR],
     rows: usize,
     q: &QuadParams,
@@ -89,14 +91,14 @@ unsafe fn finish_rows(
 ) {
     let mut v = [vdupq_n_s32(0); MR];
     for (m, (v, &x)) in v.iter_mut().zip(acc).enumerate() {
-        *v = requantize(vaddq_s32(x, q.bias), q.multiplier, q.left, q.right_neg);
+        *v = requantize::<LEFT>(vaddq_s32(x, q.bias), q.multiplier, q.left, q.right_neg);
         if let (Some(r), true) = (residual, m < rows) {
             let bytes = core::ptr::read_unaligned(r.data.add(m * stride) as *const i32);
             let wide = vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(
                 bytes,
             )))));
             let centred = vsubq_s32(wide, vdupq_n_s32(r.zero_point));
-            let res = requantize(
+            let res = requantize::<LEFT>(
                 centred,
                 vdupq_n_s32(r.multiplier),
                 vdupq_n_s32(r.left),
@@ -154,6 +156,7 @@ unsafe fn conv_tiles<const DOT: bool>(c: &PackedConv<'_>, output: &mut [i8], scr
     let k = c.k();
     let k_pad = round_up(k, KC);
     let pixels = c.pixels(output);
+    let shifts_left = c.shifts_left();
     // A panel of pixels packed at once (tiles of MR side by side), then tile by tile.
     let slots = crate::gemm16::panel_slots(k);
     let mut start = 0;
@@ -172,13 +175,12 @@ unsafe fn conv_tiles<const DOT: bool>(c: &PackedConv<'_>, output: &mut [i8], scr
             a,
         );
         for t0 in (0..count).step_by(MR) {
-            tile_blocks::<DOT>(
-                c,
-                &a[t0 * k_pad..][..MR * k_pad],
-                start + t0,
-                MR.min(count - t0),
-                output,
-            );
+            let (tile, rows) = (&a[t0 * k_pad..][..MR * k_pad], MR.min(count - t0));
+            if shifts_left {
+                tile_blocks::<DOT, true>(c, tile, start + t0, rows, output);
+            } else {
+                tile_blocks::<DOT, false>(c, tile, start + t0, rows, output);
+            }
         }
         start += count;
     }
@@ -187,7 +189,7 @@ unsafe fn conv_tiles<const DOT: bool>(c: &PackedConv<'_>, output: &mut [i8], scr
 /// Every block of `NR` channels for the `MR`-pixel tile packed in `a` whose first pixel
 /// is `p0` (`rows` of them real).
 #[inline(always)]
-unsafe fn tile_blocks<const DOT: bool>(
+unsafe fn tile_blocks<const DOT: bool, const LEFT: bool>(
     c: &PackedConv<'_>,
     a: &[i8],
     p0: usize,
@@ -238,7 +240,7 @@ unsafe fn tile_blocks<const DOT: bool>(
             let first = p0 * oc + o0;
             if oc - o0 >= NR {
                 let q = QuadParams::load(c.params.as_ptr().add(o0 * 12));
-                finish_rows(
+                finish_rows::<LEFT>(
                     &r,
                     rows,
                     &q,
@@ -308,6 +310,15 @@ macro_rules! sdot_lane {
 /// the shapes).
 #[target_feature(enable = "neon,dotprod")]
 pub(crate) unsafe fn panel_sdot(c: &PackedConv<'_>, p: &Panel<'_>, output: &mut [i8]) {
+    if c.shifts_left() {
+        panel_sdot_with::<true>(c, p, output)
+    } else {
+        panel_sdot_with::<false>(c, p, output)
+    }
+}
+
+#[inline(always)]
+unsafe fn panel_sdot_with<const LEFT: bool>(c: &PackedConv<'_>, p: &Panel<'_>, output: &mut [i8]) {
     let oc = c.window.out_c;
     let whole = oc / OCB;
     let steps = p.steps();
@@ -324,7 +335,7 @@ pub(crate) unsafe fn panel_sdot(c: &PackedConv<'_>, p: &Panel<'_>, output: &mut 
             let rows = MR16.min(p.count - m0);
             for (j, q) in quads.iter().enumerate() {
                 let first = (p.p0 + m0) * oc + o0 + 4 * j;
-                finish_rows(
+                finish_rows::<LEFT>(
                     &[acc[0][j], acc[1][j], acc[2][j], acc[3][j]],
                     rows,
                     q,
