@@ -158,7 +158,12 @@ pub(crate) fn pack_input(
         return;
     }
     if k_pad <= ROW_MAX {
-        pack_input_rows(s, input, zero_point, p0, count, group, flip, a);
+        let args = (s, input, zero_point, p0, count, a);
+        if flip == 0 {
+            pack_input_rows::<false>(args, group);
+        } else {
+            pack_input_rows::<true>(args, group);
+        }
         return;
     }
     // Padded k (and rows past the last pixel) multiply zero weights: any value will do,
@@ -195,18 +200,12 @@ const ROW_MAX: usize = 1024;
 /// [`pack_input`] for shallow inputs (`IC` off the chunk size, as a stem's three
 /// colours) in groups of several pixels: each pixel's im2col row is built on the stack,
 /// then stored a chunk at a time.
-#[allow(clippy::too_many_arguments)]
-fn pack_input_rows(
-    s: &Window,
-    input: &[i8],
-    zero_point: i8,
-    p0: usize,
-    count: usize,
+fn pack_input_rows<const FLIP: bool>(
+    (s, input, zero_point, p0, count, a): PackArgs<'_>,
     group: usize,
-    flip: u128,
-    a: &mut [i8],
 ) {
     let k_pad = round_up(s.kernel[0] * s.kernel[1] * s.in_c, KC);
+    assert!(a.len() >= round_up(count, group) * k_pad);
     let mut row = [0i8; ROW_MAX + KC];
     let row = &mut row[..k_pad + KC];
     for m in 0..count {
@@ -219,9 +218,13 @@ fn pack_input_rows(
         );
         // Chunk c of pixel m at base + c · group · KC (the division once per pixel).
         let base = Slots { group, k_pad }.slot(m, 0);
-        for c in 0..k_pad / KC {
-            let v = read16(&row[c * KC..]) ^ flip;
-            write16(&mut a[base + c * group * KC..], v);
+        // SAFETY: chunk c of the row is inside it (c < k_pad / KC); its slot is inside
+        // `a` (asserted above: the group of pixel m < count holds k_pad bytes per pixel).
+        unsafe {
+            let dst = a.as_mut_ptr().add(base);
+            for c in 0..k_pad / KC {
+                chunk::copy::<FLIP>(row.as_ptr().add(c * KC), dst.add(c * group * KC));
+            }
         }
     }
 }
@@ -229,6 +232,7 @@ fn pack_input_rows(
 /// The im2col row of output pixel `[oy, ox]` into `row` (`K` rounded up to 16 bytes, and
 /// 16 more the copies may run into): padding taps hold the zero point, the padded `k`
 /// zero.
+#[inline(always)]
 fn im2col_row(s: &Window, input: &[i8], zero_point: i8, [oy, ox]: [usize; 2], row: &mut [i8]) {
     let (ic, kw) = (s.in_c, s.kernel[1]);
     let k = s.kernel[0] * kw * ic;

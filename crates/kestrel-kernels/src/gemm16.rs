@@ -119,6 +119,10 @@ pub(crate) struct Panel<'a> {
     /// The panel's first pixel, relative to the output slice.
     pub p0: usize,
     pub k_pad: usize,
+    /// [`PackedConv::shifts_left`], worked out once per conv (the AArch64 epilogue
+    /// leaves the left shift out without).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub shifts_left: bool,
 }
 
 impl Panel<'_> {
@@ -146,6 +150,7 @@ pub fn conv2d(isa: Isa, c: &PackedConv<'_>, output: &mut [i8], scratch: &mut [i8
     // Pixels per tile (VNNI's tiles are taller: 8 pixels × 32 channels).
     let group = if flip { 8 } else { MR };
     let a = &mut scratch[..slots * k_pad];
+    let shifts_left = c.shifts_left();
     let mut p0 = 0;
     while p0 < pixels {
         let count = slots.min(pixels - p0);
@@ -166,6 +171,7 @@ pub fn conv2d(isa: Isa, c: &PackedConv<'_>, output: &mut [i8], scratch: &mut [i8
             count,
             p0,
             k_pad,
+            shifts_left,
         };
         match isa {
             #[cfg(target_arch = "x86_64")]

@@ -310,7 +310,7 @@ macro_rules! sdot_lane {
 /// the shapes).
 #[target_feature(enable = "neon,dotprod")]
 pub(crate) unsafe fn panel_sdot(c: &PackedConv<'_>, p: &Panel<'_>, output: &mut [i8]) {
-    if c.shifts_left() {
+    if p.shifts_left {
         panel_sdot_with::<true>(c, p, output)
     } else {
         panel_sdot_with::<false>(c, p, output)
@@ -378,25 +378,37 @@ unsafe fn panel_sdot_with<const LEFT: bool>(c: &PackedConv<'_>, p: &Panel<'_>, o
 #[inline(always)]
 unsafe fn tile16_sdot(a: *const i8, w: *const i8, steps: usize) -> [[int32x4_t; 4]; MR16] {
     let mut acc = [[vdupq_n_s32(0); 4]; MR16];
-    let (mut ap, mut wp) = (a, w);
-    for _ in 0..steps {
-        let x: [int8x16_t; MR16] = load_rows(ap);
-        macro_rules! group {
-            ($g:literal) => {{
-                let w: [int8x16_t; 4] = load_rows(wp.add($g * OCB * KG));
-                for m in 0..MR16 {
-                    for j in 0..4 {
-                        sdot_lane!(acc[m][j], w[j], x[m], $g);
+    // One 16-deep step: four pixels' vectors, then per group of four `k` the four
+    // weight vectors of sixteen channels against lane `g` of each pixel.
+    macro_rules! step {
+        ($ap:expr, $wp:expr) => {{
+            let x: [int8x16_t; MR16] = load_rows($ap);
+            macro_rules! group {
+                ($g:literal) => {{
+                    let w: [int8x16_t; 4] = load_rows($wp.add($g * OCB * KG));
+                    for m in 0..MR16 {
+                        for j in 0..4 {
+                            sdot_lane!(acc[m][j], w[j], x[m], $g);
+                        }
                     }
-                }
-            }};
-        }
-        group!(0);
-        group!(1);
-        group!(2);
-        group!(3);
-        ap = ap.add(MR16 * KC);
-        wp = wp.add(OCB * KC);
+                }};
+            }
+            group!(0);
+            group!(1);
+            group!(2);
+            group!(3);
+        }};
+    }
+    let (mut ap, mut wp) = (a, w);
+    // Two steps per trip: the loop's own instructions count once per 128 `sdot`s.
+    for _ in 0..steps / 2 {
+        step!(ap, wp);
+        step!(ap.add(MR16 * KC), wp.add(OCB * KC));
+        ap = ap.add(2 * MR16 * KC);
+        wp = wp.add(2 * OCB * KC);
+    }
+    if steps % 2 == 1 {
+        step!(ap, wp);
     }
     acc
 }
