@@ -239,8 +239,32 @@ fn im2col_row(s: &Window, input: &[i8], zero_point: i8, [oy, ox]: [usize; 2], ro
     let ix0 = (ox * s.stride[1]) as isize - s.pads[1] as isize;
     let kx_lo = (-ix0).clamp(0, kw as isize) as usize;
     let kx_hi = (s.in_w as isize - ix0).clamp(kx_lo as isize, kw as isize) as usize;
-    for ky in 0..s.kernel[0] {
-        let iy = (oy * s.stride[0] + ky) as isize - s.pads[0] as isize;
+    let (kh, run) = (s.kernel[0], kw * ic);
+    let iy0 = (oy * s.stride[0]) as isize - s.pads[0] as isize;
+    let whole = round_up(run, KC);
+    if kx_lo == 0 && kx_hi == kw && iy0 >= 0 && iy0 + kh as isize <= s.in_h as isize {
+        let src = (iy0 as usize * s.in_w + ix0 as usize) * ic;
+        let stride = s.in_w * ic;
+        if src + (kh - 1) * stride + whole <= input.len() && (kh - 1) * run + whole <= row.len() {
+            // Inside the map (most pixels): each kernel row one run, moved in whole
+            // 16-byte chunks (the bytes past a run land where the next row, or the k
+            // padding, is written after).
+            // SAFETY: every read is inside the input and every write inside the row
+            // (both checked just above for the last, furthest row).
+            unsafe {
+                let (from, to) = (input.as_ptr().add(src), row.as_mut_ptr());
+                for ky in 0..kh {
+                    for c in (0..whole).step_by(KC) {
+                        chunk::copy::<false>(from.add(ky * stride + c), to.add(ky * run + c));
+                    }
+                }
+            }
+            write16(&mut row[k..], 0);
+            return;
+        }
+    }
+    for ky in 0..kh {
+        let iy = iy0 + ky as isize;
         let r0 = ky * kw * ic;
         if iy < 0 || iy >= s.in_h as isize || kx_lo == kx_hi {
             row[r0..r0 + kw * ic].fill(zero_point);
@@ -369,9 +393,15 @@ fn pack_input_chunks_any<const FLIP: bool>(
             // `n` chunks from `src` on (16 bytes apart, or the same one when `step` is
             // 0), each to the pixel's next chunk slot.
             let mut copy = |mut src: *const i8, n: usize, src_step: usize| {
-                for _ in 0..n {
+                // Two chunks per trip: the loop's own instructions once per pair.
+                for _ in 0..n / 2 {
                     chunk::copy::<FLIP>(src, dst);
-                    src = src.add(src_step);
+                    chunk::copy::<FLIP>(src.add(src_step), dst.add(step));
+                    src = src.add(2 * src_step);
+                    dst = dst.add(2 * step);
+                }
+                if n % 2 == 1 {
+                    chunk::copy::<FLIP>(src, dst);
                     dst = dst.add(step);
                 }
             };

@@ -330,21 +330,19 @@ unsafe fn panel_sdot_with<const LEFT: bool>(c: &PackedConv<'_>, p: &Panel<'_>, o
         let quads: [QuadParams; 4] =
             core::array::from_fn(|j| QuadParams::load(c.params.as_ptr().add((o0 + 4 * j) * 12)));
         let w0 = c.packed.as_ptr().add(block * OCB * p.k_pad);
+        // The accumulators start from the bias, so the epilogue need not add it.
+        let bias = quads.map(|q| q.bias);
         for m0 in (0..p.count).step_by(MR16) {
-            let acc = tile16_sdot(p.tile(m0, MR16).as_ptr(), w0, steps);
-            let rows = MR16.min(p.count - m0);
-            for (j, q) in quads.iter().enumerate() {
-                let first = (p.p0 + m0) * oc + o0 + 4 * j;
-                finish_rows::<LEFT>(
-                    &[acc[0][j], acc[1][j], acc[2][j], acc[3][j]],
-                    rows,
-                    q,
-                    residual_quads(c, out_base, first),
-                    c.out.zero_point,
-                    c.out.min,
-                    c.out.max,
-                    out_base.add(first),
-                    oc,
+            let acc = tile16_sdot(p.tile(m0, MR16).as_ptr(), w0, steps, bias);
+            let first = (p.p0 + m0) * oc + o0;
+            for (m, acc_m) in acc.iter().enumerate().take(MR16.min(p.count - m0)) {
+                let at = first + m * oc;
+                finish_pixel16::<LEFT>(
+                    acc_m,
+                    &quads,
+                    residual_quads(c, out_base, at),
+                    c,
+                    out_base.add(at),
                 );
             }
         }
@@ -354,7 +352,7 @@ unsafe fn panel_sdot_with<const LEFT: bool>(c: &PackedConv<'_>, p: &Panel<'_>, o
         let o0 = whole * OCB;
         let w0 = c.packed.as_ptr().add(whole * OCB * p.k_pad);
         for m0 in (0..p.count).step_by(MR16) {
-            let acc = tile16_sdot(p.tile(m0, MR16).as_ptr(), w0, steps);
+            let acc = tile16_sdot(p.tile(m0, MR16).as_ptr(), w0, steps, [vdupq_n_s32(0); 4]);
             let mut t = [[0i32; OCB]; MR16];
             for (row, acc_m) in t.iter_mut().zip(&acc) {
                 for (j, v) in acc_m.iter().enumerate() {
@@ -376,8 +374,13 @@ unsafe fn panel_sdot_with<const LEFT: bool>(c: &PackedConv<'_>, p: &Panel<'_>, o
 }
 
 #[inline(always)]
-unsafe fn tile16_sdot(a: *const i8, w: *const i8, steps: usize) -> [[int32x4_t; 4]; MR16] {
-    let mut acc = [[vdupq_n_s32(0); 4]; MR16];
+unsafe fn tile16_sdot(
+    a: *const i8,
+    w: *const i8,
+    steps: usize,
+    init: [int32x4_t; 4],
+) -> [[int32x4_t; 4]; MR16] {
+    let mut acc = [init; MR16];
     // One 16-deep step: four pixels' vectors, then per group of four `k` the four
     // weight vectors of sixteen channels against lane `g` of each pixel.
     macro_rules! step {
@@ -411,6 +414,48 @@ unsafe fn tile16_sdot(a: *const i8, w: *const i8, steps: usize) -> [[int32x4_t; 
         step!(ap, wp);
     }
     acc
+}
+
+/// Sixteen channels of one pixel: requantisation (the bias is in the sums already),
+/// residual, zero point and clamp as [`finish_rows`] does them, one 16-byte store.
+#[inline(always)]
+unsafe fn finish_pixel16<const LEFT: bool>(
+    acc: &[int32x4_t; 4],
+    quads: &[QuadParams; 4],
+    residual: Option<ResidualQuads>,
+    c: &PackedConv<'_>,
+    out: *mut i8,
+) {
+    let mut v: [int32x4_t; 4] = core::array::from_fn(|j| {
+        let q = &quads[j];
+        requantize::<LEFT>(acc[j], q.multiplier, q.left, q.right_neg)
+    });
+    if let Some(r) = residual {
+        let bytes = vld1q_s8(r.data);
+        let halves = [vmovl_s8(vget_low_s8(bytes)), vmovl_high_s8(bytes)];
+        let (zp, mult) = (vdupq_n_s32(r.zero_point), vdupq_n_s32(r.multiplier));
+        let (left, right) = (vdupq_n_s32(r.left), vdupq_n_s32(r.right_neg));
+        for (j, v) in v.iter_mut().enumerate() {
+            let h = halves[j / 2];
+            let wide = if j % 2 == 0 {
+                vmovl_s16(vget_low_s16(h))
+            } else {
+                vmovl_high_s16(h)
+            };
+            let res = requantize::<LEFT>(vsubq_s32(wide, zp), mult, left, right);
+            *v = vqaddq_s32(*v, res);
+        }
+    }
+    // As in `finish_rows`: narrow with saturation, zero point at int16, clamp at int8.
+    let zp = vdupq_n_s16(c.out.zero_point as i16);
+    let lo = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(v[0]), v[1]), zp);
+    let hi = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(v[2]), v[3]), zp);
+    let bytes = vqmovn_high_s16(vqmovn_s16(lo), hi);
+    let bytes = vminq_s8(
+        vmaxq_s8(bytes, vdupq_n_s8(c.out.min)),
+        vdupq_n_s8(c.out.max),
+    );
+    vst1q_s8(out, bytes);
 }
 
 /// The residual operand for the tile whose first output element is `first`.
