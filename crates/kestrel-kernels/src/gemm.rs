@@ -254,8 +254,15 @@ fn im2col_row(s: &Window, input: &[i8], zero_point: i8, [oy, ox]: [usize; 2], ro
             unsafe {
                 let (from, to) = (input.as_ptr().add(src), row.as_mut_ptr());
                 for ky in 0..kh {
-                    for c in (0..whole).step_by(KC) {
-                        chunk::copy::<false>(from.add(ky * stride + c), to.add(ky * run + c));
+                    let (from, to) = (from.add(ky * stride), to.add(ky * run));
+                    // Spelled out for the usual one or two chunks: as a loop, the
+                    // compiler turns it into a call to memcpy per row.
+                    chunk::copy::<false>(from, to);
+                    if whole > KC {
+                        chunk::copy::<false>(from.add(KC), to.add(KC));
+                    }
+                    for c in (2 * KC..whole).step_by(KC) {
+                        chunk::copy::<false>(from.add(c), to.add(c));
                     }
                 }
             }
@@ -393,15 +400,18 @@ fn pack_input_chunks_any<const FLIP: bool>(
             // `n` chunks from `src` on (16 bytes apart, or the same one when `step` is
             // 0), each to the pixel's next chunk slot.
             let mut copy = |mut src: *const i8, n: usize, src_step: usize| {
-                // Two chunks per trip: the loop's own instructions once per pair.
-                for _ in 0..n / 2 {
-                    chunk::copy::<FLIP>(src, dst);
-                    chunk::copy::<FLIP>(src.add(src_step), dst.add(step));
-                    src = src.add(2 * src_step);
-                    dst = dst.add(2 * step);
+                // Four chunks per trip (runs of 64+ channels are whole fours): the loop's
+                // own instructions once per four.
+                for _ in 0..n / 4 {
+                    for i in 0..4 {
+                        chunk::copy::<FLIP>(src.add(i * src_step), dst.add(i * step));
+                    }
+                    src = src.add(4 * src_step);
+                    dst = dst.add(4 * step);
                 }
-                if n % 2 == 1 {
+                for _ in 0..n % 4 {
                     chunk::copy::<FLIP>(src, dst);
+                    src = src.add(src_step);
                     dst = dst.add(step);
                 }
             };

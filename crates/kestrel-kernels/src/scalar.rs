@@ -382,30 +382,61 @@ pub fn dense_i32(
 
 /// Max pooling; padded cells are ignored. Output quantisation equals the input's.
 pub fn max_pool(s: &Window, input: &[i8], output: &mut [i8]) {
-    // Whole channel rows at a time (NHWC): the compiler turns the inner loop into vector
-    // maxima. Padding is ignored, as a max over the valid cells.
+    // Whole channel rows at a time (NHWC), sixteen channels per step so the compiler
+    // uses vector maxima. Padding is ignored, as a max over the valid cells: the valid
+    // taps are worked out once per output pixel.
     let c = s.in_c;
+    let valid = |o: usize, stride: usize, pad: usize, k: usize, size: usize| {
+        let start = (o * stride) as isize - pad as isize;
+        let lo = (-start).clamp(0, k as isize) as usize;
+        let hi = (size as isize - start).clamp(lo as isize, k as isize) as usize;
+        ((start + lo as isize).max(0) as usize, hi - lo)
+    };
     for oy in 0..s.out_h {
+        let (iy, rows) = valid(oy, s.stride[0], s.pads[0], s.kernel[0], s.in_h);
         for ox in 0..s.out_w {
+            let (ix, cols) = valid(ox, s.stride[1], s.pads[1], s.kernel[1], s.in_w);
             let out = &mut output[(oy * s.out_w + ox) * c..][..c];
-            out.fill(i8::MIN);
-            for ky in 0..s.kernel[0] {
-                let iy = (oy * s.stride[0] + ky) as isize - s.pads[0] as isize;
-                if iy < 0 || iy >= s.in_h as isize {
-                    continue;
+            let tap = |y: usize, x: usize| (y * s.in_w + x) * c;
+            // Blocks of 64 channels kept in registers over the window, then the rest.
+            let (blocks, rest) = out.as_chunks_mut::<64>();
+            for (b, block) in blocks.iter_mut().enumerate() {
+                let mut acc = [i8::MIN; 64];
+                for y in iy..iy + rows {
+                    for x in ix..ix + cols {
+                        let row: &[i8; 64] = input[tap(y, x) + 64 * b..][..64]
+                            .try_into()
+                            .expect("64 channels");
+                        for i in 0..64 {
+                            acc[i] = acc[i].max(row[i]);
+                        }
+                    }
                 }
-                for kx in 0..s.kernel[1] {
-                    let ix = (ox * s.stride[1] + kx) as isize - s.pads[1] as isize;
-                    if ix < 0 || ix >= s.in_w as isize {
-                        continue;
-                    }
-                    let row = &input[(iy as usize * s.in_w + ix as usize) * c..][..c];
-                    for (o, &x) in out.iter_mut().zip(row) {
-                        *o = (*o).max(x);
-                    }
+                *block = acc;
+            }
+            let done = c - rest.len();
+            rest.fill(i8::MIN);
+            for y in iy..iy + rows {
+                for x in ix..ix + cols {
+                    max_into(rest, &input[tap(y, x) + done..][..c - done]);
                 }
             }
         }
+    }
+}
+
+/// `out[i] = max(out[i], row[i])`, sixteen lanes at a time.
+#[inline(always)]
+fn max_into(out: &mut [i8], row: &[i8]) {
+    let (outs, out_rest) = out.as_chunks_mut::<16>();
+    let (rows, row_rest) = row.as_chunks::<16>();
+    for (o, r) in outs.iter_mut().zip(rows) {
+        for i in 0..16 {
+            o[i] = o[i].max(r[i]);
+        }
+    }
+    for (o, &r) in out_rest.iter_mut().zip(row_rest) {
+        *o = (*o).max(r);
     }
 }
 
