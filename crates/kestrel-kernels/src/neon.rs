@@ -416,6 +416,23 @@ unsafe fn tile16_sdot(
     acc
 }
 
+/// The `sdot` tile alone (4 pixels × 16 channels, `steps` 16-deep steps, sums to `out`),
+/// for `../shared/arm/mca.sh`: the conv inlines the same loop.
+///
+/// # Safety
+/// The CPU has the dot product; `a` holds `steps · 64` bytes, `w` `steps · 256`, `out`
+/// room for 64 `i32`.
+#[doc(hidden)]
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn sdot_tile_4x16(a: *const i8, w: *const i8, steps: usize, out: *mut i32) {
+    let acc = tile16_sdot(a, w, steps, [vdupq_n_s32(0); 4]);
+    for (m, row) in acc.iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            vst1q_s32(out.add(16 * m + 4 * j), *v);
+        }
+    }
+}
+
 /// Sixteen channels of one pixel: requantisation (the bias is in the sums already),
 /// residual, zero point and clamp as [`finish_rows`] does them, one 16-byte store.
 #[inline(always)]

@@ -721,6 +721,41 @@ mod tests {
     }
 
     #[test]
+    fn max_pool_blocks_of_64_channels_and_the_rest_match_a_plain_max() {
+        // 80 channels: one 64-channel block and 16 more; 3×3, stride 2, padding 1.
+        let (h, w, c) = (5, 6, 80);
+        let input: Vec<i8> = (0..h * w * c)
+            .map(|i| ((i * 131 + 7) % 256) as u8 as i8)
+            .collect();
+        let s = Window {
+            in_h: h,
+            in_w: w,
+            in_c: c,
+            out_h: 3,
+            out_w: 3,
+            out_c: c,
+            kernel: [3, 3],
+            stride: [2, 2],
+            pads: [1; 4],
+        };
+        let mut got = vec![0i8; 3 * 3 * c];
+        max_pool(&s, &input, &mut got);
+        for oy in 0..3usize {
+            for ox in 0..3usize {
+                for ch in 0..c {
+                    let mut best = i8::MIN;
+                    for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
+                        for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
+                            best = best.max(input[(iy * w + ix) * c + ch]);
+                        }
+                    }
+                    assert_eq!(got[(oy * 3 + ox) * c + ch], best, "({oy}, {ox}, {ch})");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn max_pool_takes_the_max_of_valid_cells_and_global_pool_averages() {
         // 5×4×3 input, 3×3 window, stride 2, padding 1 on top/left only.
         let (h, w, c) = (5usize, 4usize, 3usize);
