@@ -47,53 +47,70 @@ pub const fn scratch_len(k: usize) -> usize {
     crate::gemm16::scratch_len(k)
 }
 
-/// Packs `[K][OC]` weights (the portable `[KH][KW][IC][OC]` layout) for the micro-kernels.
-#[cfg(feature = "std")]
-pub fn pack_weights(weights: &[i8], k: usize, oc: usize) -> std::vec::Vec<i8> {
-    assert_eq!(weights.len(), k * oc, "weights are K × OC");
-    let (k_pad, oc_pad) = (round_up(k, KC), round_up(oc, NR));
-    let mut out = std::vec![0i8; packed_len(k, oc)];
-    let mut sums = std::vec![0i32; oc_pad];
-    for o in 0..oc {
-        for kk in 0..k {
-            let w = weights[kk * oc + o];
-            let (block, n) = (o / NR, o % NR);
-            let at = block * k_pad * NR + (kk / KC) * NR * KC + n * KC + kk % KC;
-            out[at] = w;
-            sums[o] = sums[o].wrapping_add(w as i32);
-        }
-    }
-    let base = oc_pad * k_pad;
-    for (o, s) in sums.iter().enumerate() {
-        for (j, b) in s.to_le_bytes().iter().enumerate() {
-            out[base + 4 * o + j] = *b as i8;
-        }
-    }
-    out
+/// Where weight `(k, o)` lives in this module's layout (`K` padded to `k_pad`).
+#[inline]
+pub(crate) fn at(k_pad: usize, kk: usize, o: usize) -> usize {
+    (o / NR) * k_pad * NR + (kk / KC) * NR * KC + (o % NR) * KC + kk % KC
 }
 
-/// Whether packed weights can be trusted by every micro-kernel: no `-128` (the A72
-/// kernel's int16 pair sums need |w| ≤ 127), zero padding, and the stored channel sums
-/// equal to the weights' (VNNI relies on them). The file parser checks this.
-pub fn packed_is_consistent(packed: &[i8], k: usize, oc: usize) -> bool {
-    let (k_pad, oc_pad) = (round_up(k, KC), round_up(oc, NR));
-    if packed.len() != packed_len(k, oc) {
-        return false;
+/// A packed layout's shape: padded sizes and where each weight goes.
+#[derive(Clone, Copy)]
+pub(crate) struct Layout {
+    pub k_pad: usize,
+    pub oc_pad: usize,
+    pub at: fn(usize, usize, usize) -> usize,
+}
+
+impl Layout {
+    fn len(&self) -> usize {
+        self.oc_pad * self.k_pad + 4 * self.oc_pad
     }
-    let base = oc_pad * k_pad;
-    (0..oc_pad).all(|o| {
-        let (block, n) = (o / NR, o % NR);
-        let mut sum = 0i32;
-        for kk in 0..k_pad {
-            let w = packed[block * k_pad * NR + (kk / KC) * NR * KC + n * KC + kk % KC];
-            let real = o < oc && kk < k;
-            if (real && w == -128) || (!real && w != 0) {
-                return false;
+
+    /// Packs `[K][OC]` weights (the portable `[KH][KW][IC][OC]` layout), then one
+    /// little-endian `i32` weight sum per (padded) channel.
+    #[cfg(feature = "std")]
+    fn pack(&self, weights: &[i8], k: usize, oc: usize) -> std::vec::Vec<i8> {
+        assert_eq!(weights.len(), k * oc, "weights are K × OC");
+        let mut out = std::vec![0i8; self.len()];
+        let mut sums = std::vec![0i32; self.oc_pad];
+        for kk in 0..k {
+            for o in 0..oc {
+                let w = weights[kk * oc + o];
+                out[(self.at)(self.k_pad, kk, o)] = w;
+                sums[o] = sums[o].wrapping_add(w as i32);
             }
-            sum = sum.wrapping_add(w as i32);
         }
-        channel_sum(packed, base, o) == sum
-    })
+        let base = self.oc_pad * self.k_pad;
+        for (o, s) in sums.iter().enumerate() {
+            for (j, b) in s.to_le_bytes().iter().enumerate() {
+                out[base + 4 * o + j] = *b as i8;
+            }
+        }
+        out
+    }
+
+    /// Whether packed weights can be trusted by every micro-kernel: no `-128` (the A72
+    /// kernel's int16 pair sums need |w| ≤ 127; one rule for every layout), zero
+    /// padding, and the stored channel sums equal to the weights' (VNNI relies on them).
+    /// The file parser checks this.
+    fn is_consistent(&self, packed: &[i8], k: usize, oc: usize) -> bool {
+        if packed.len() != self.len() {
+            return false;
+        }
+        let base = self.oc_pad * self.k_pad;
+        (0..self.oc_pad).all(|o| {
+            let mut sum = 0i32;
+            for kk in 0..self.k_pad {
+                let w = packed[(self.at)(self.k_pad, kk, o)];
+                let real = o < oc && kk < k;
+                if (real && w == -128) || (!real && w != 0) {
+                    return false;
+                }
+                sum = sum.wrapping_add(w as i32);
+            }
+            channel_sum(packed, base, o) == sum
+        })
+    }
 }
 
 /// `(bias, multiplier, shift)` of channel `o` in little-endian 12-byte records.
@@ -646,19 +663,26 @@ impl Packing {
         }
     }
 
-    #[cfg(feature = "std")]
-    pub fn pack_weights(self, weights: &[i8], k: usize, oc: usize) -> std::vec::Vec<i8> {
+    fn layout(self, k: usize, oc: usize) -> Layout {
         match self {
-            Packing::Blocks4 => pack_weights(weights, k, oc),
-            Packing::Lanes16 => crate::gemm16::pack_weights(weights, k, oc),
+            Packing::Blocks4 => Layout {
+                k_pad: round_up(k, KC),
+                oc_pad: round_up(oc, NR),
+                at,
+            },
+            Packing::Lanes16 => crate::gemm16::layout(k, oc),
         }
     }
 
+    /// Packs `[K][OC]` weights (the portable `[KH][KW][IC][OC]` layout) this way.
+    #[cfg(feature = "std")]
+    pub fn pack_weights(self, weights: &[i8], k: usize, oc: usize) -> std::vec::Vec<i8> {
+        self.layout(k, oc).pack(weights, k, oc)
+    }
+
+    /// See [`Layout::is_consistent`]: what the file parser checks of packed weights.
     pub fn is_consistent(self, packed: &[i8], k: usize, oc: usize) -> bool {
-        match self {
-            Packing::Blocks4 => packed_is_consistent(packed, k, oc),
-            Packing::Lanes16 => crate::gemm16::packed_is_consistent(packed, k, oc),
-        }
+        self.layout(k, oc).is_consistent(packed, k, oc)
     }
 
     /// The conv on weights packed this way, on the best kernel of `isa` for it.
@@ -713,8 +737,6 @@ pub(crate) mod tests {
     use crate::scalar;
     use std::vec;
     use std::vec::Vec;
-
-    pub(crate) use super::Packing as Layout;
 
     /// Deterministic pseudo-random int8 values.
     pub(crate) fn values(n: usize, seed: u32) -> Vec<i8> {
@@ -816,7 +838,7 @@ pub(crate) mod tests {
 
     /// Every ISA this CPU runs gives the scalar reference's output, on every case, with
     /// and without a residual.
-    pub fn check_all_paths(layout: Layout, isas: &[Isa]) {
+    pub fn check_all_paths(layout: Packing, isas: &[Isa]) {
         for (ci, c) in CASES.iter().enumerate() {
             let [h, w] = c.hw;
             let oh = (h + 2 * c.pad - c.kernel) / c.stride + 1;
@@ -891,20 +913,7 @@ pub(crate) mod tests {
                         let run = pixels.div_ceil(parts);
                         for (i, chunk) in got.chunks_mut(run * c.oc).enumerate() {
                             let first = i * run;
-                            let part_residual = match residual {
-                                Residual::Separate {
-                                    data,
-                                    zero_point,
-                                    multiplier,
-                                    shift,
-                                } => Residual::Separate {
-                                    data: &data[first * c.oc..][..chunk.len()],
-                                    zero_point,
-                                    multiplier,
-                                    shift,
-                                },
-                                r => r,
-                            };
+                            let part_residual = residual.part(first * c.oc, chunk.len());
                             let conv = PackedConv {
                                 window: &win,
                                 input: &input,
@@ -935,8 +944,8 @@ pub(crate) mod tests {
 
     #[test]
     fn scalar_micro_kernel_matches_the_reference_conv() {
-        check_all_paths(Layout::Blocks4, &[Isa::Scalar]);
-        check_all_paths(Layout::Lanes16, &[Isa::Scalar]);
+        check_all_paths(Packing::Blocks4, &[Isa::Scalar]);
+        check_all_paths(Packing::Lanes16, &[Isa::Scalar]);
     }
 
     fn supported() -> Vec<Isa> {
@@ -948,7 +957,7 @@ pub(crate) mod tests {
     fn every_supported_simd_path_matches_the_reference_conv() {
         let isas = supported();
         std::println!("checking {isas:?}");
-        check_all_paths(Layout::Blocks4, &isas);
+        check_all_paths(Packing::Blocks4, &isas);
     }
 
     #[test]
@@ -957,20 +966,29 @@ pub(crate) mod tests {
             .into_iter()
             .map(|v| v.max(-127))
             .collect::<Vec<_>>();
-        let good = pack_weights(&w, 27, 5);
-        assert!(packed_is_consistent(&good, 27, 5));
-        // A -128, a non-zero pad, a wrong sum, a wrong length: each refused.
-        let mut bad = good.clone();
-        bad[0] = -128;
-        assert!(!packed_is_consistent(&bad, 27, 5));
-        let mut bad = good.clone();
-        bad[27] = 1; // k = 27 of channel 0 is padding
-        assert!(!packed_is_consistent(&bad, 27, 5));
-        let mut bad = good.clone();
-        let last = bad.len() - 1;
-        bad[last] ^= 1;
-        assert!(!packed_is_consistent(&bad, 27, 5));
-        assert!(!packed_is_consistent(&good[1..], 27, 5));
+        for packing in [Packing::Blocks4, Packing::Lanes16] {
+            let geometry = packing.layout(27, 5);
+            let place = |kk, o| (geometry.at)(geometry.k_pad, kk, o);
+            let good = packing.pack_weights(&w, 27, 5);
+            assert!(packing.is_consistent(&good, 27, 5));
+            // A -128, a non-zero padded k, a non-zero padded channel, a wrong sum, a
+            // wrong length: each refused.
+            let mut bad = good.clone();
+            bad[place(0, 0)] = -128;
+            assert!(!packing.is_consistent(&bad, 27, 5));
+            let mut bad = good.clone();
+            bad[place(27, 0)] = 1;
+            assert!(!packing.is_consistent(&bad, 27, 5));
+            let mut bad = good.clone();
+            bad[place(3, 5)] = 1;
+            assert!(!packing.is_consistent(&bad, 27, 5));
+            let mut bad = good.clone();
+            let last = bad.len() - 1;
+            bad[last] ^= 1;
+            assert!(!packing.is_consistent(&bad, 27, 5));
+            assert!(!packing.is_consistent(&good[1..], 27, 5));
+            assert_eq!(good.len(), packing.packed_len(27, 5));
+        }
     }
 
     #[test]
@@ -1011,7 +1029,7 @@ pub(crate) mod tests {
             &mut expect,
         );
         let raw = param_bytes(&(0..8).map(|o| (o, 1_200_000_000, -6)).collect::<Vec<_>>());
-        for layout in [Layout::Blocks4, Layout::Lanes16] {
+        for layout in [Packing::Blocks4, Packing::Lanes16] {
             let packed = layout.pack_weights(&weights, 72, 8);
             for isa in supported() {
                 let mut got = start.clone();

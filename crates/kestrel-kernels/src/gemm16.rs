@@ -14,7 +14,7 @@
 //! Every path computes the same wrapping `i32` dot products as the scalar reference, so
 //! results agree bit for bit.
 
-use crate::gemm::{channel_sum, pack_input, round_up, PackedConv, TileStore, KC};
+use crate::gemm::{pack_input, round_up, Layout, PackedConv, TileStore, KC};
 use crate::isa::Isa;
 
 /// Output channels per block: one 512-bit vector of `i32`, four 128-bit ones.
@@ -63,49 +63,13 @@ fn at(k_pad: usize, kk: usize, o: usize) -> usize {
     (o / OCB) * OCB * k_pad + (kk / KG) * OCB * KG + (o % OCB) * KG + kk % KG
 }
 
-/// Packs `[K][OC]` weights (the portable `[KH][KW][IC][OC]` layout) for these kernels.
-#[cfg(feature = "std")]
-pub fn pack_weights(weights: &[i8], k: usize, oc: usize) -> std::vec::Vec<i8> {
-    assert_eq!(weights.len(), k * oc, "weights are K × OC");
-    let (k_pad, oc_pad) = (round_up(k, KC), round_up(oc, OCB));
-    let mut out = std::vec![0i8; packed_len(k, oc)];
-    let mut sums = std::vec![0i32; oc_pad];
-    for kk in 0..k {
-        for o in 0..oc {
-            let w = weights[kk * oc + o];
-            out[at(k_pad, kk, o)] = w;
-            sums[o] = sums[o].wrapping_add(w as i32);
-        }
+/// This layout's shape, for [`crate::gemm::Packing`]'s packing and checks.
+pub(crate) fn layout(k: usize, oc: usize) -> Layout {
+    Layout {
+        k_pad: round_up(k, KC),
+        oc_pad: round_up(oc, OCB),
+        at,
     }
-    let base = oc_pad * k_pad;
-    for (o, s) in sums.iter().enumerate() {
-        for (j, b) in s.to_le_bytes().iter().enumerate() {
-            out[base + 4 * o + j] = *b as i8;
-        }
-    }
-    out
-}
-
-/// Whether packed weights can be trusted: no `-128` (the rule of every packed layout),
-/// zero padding, and channel sums equal to the weights' (VNNI relies on them).
-pub fn packed_is_consistent(packed: &[i8], k: usize, oc: usize) -> bool {
-    let (k_pad, oc_pad) = (round_up(k, KC), round_up(oc, OCB));
-    if packed.len() != packed_len(k, oc) {
-        return false;
-    }
-    let base = oc_pad * k_pad;
-    (0..oc_pad).all(|o| {
-        let mut sum = 0i32;
-        for kk in 0..k_pad {
-            let w = packed[at(k_pad, kk, o)];
-            let real = o < oc && kk < k;
-            if (real && w == -128) || (!real && w != 0) {
-                return false;
-            }
-            sum = sum.wrapping_add(w as i32);
-        }
-        channel_sum(packed, base, o) == sum
-    })
 }
 
 /// One packed panel of input pixels.
@@ -138,7 +102,7 @@ impl Panel<'_> {
     }
 }
 
-/// Convolution on weights packed by [`pack_weights`]: same results as
+/// Convolution on weights packed this way (`Packing::Lanes16`): same results as
 /// [`crate::scalar::conv2d`] on the pixels of `output`. `scratch` holds at least
 /// [`scratch_len`] bytes.
 pub fn conv2d(isa: Isa, c: &PackedConv<'_>, output: &mut [i8], scratch: &mut [i8]) {
@@ -244,7 +208,8 @@ fn panel_scalar(c: &PackedConv<'_>, p: &Panel<'_>, output: &mut [i8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gemm::tests::{check_all_paths, values, Layout};
+    use crate::gemm::tests::check_all_paths;
+    use crate::gemm::Packing;
     use std::vec::Vec;
 
     #[test]
@@ -252,7 +217,7 @@ mod tests {
         let cpu = crate::isa::CpuFeatures::available();
         let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|&i| cpu.supports(i)).collect();
         std::println!("checking {isas:?}");
-        check_all_paths(Layout::Lanes16, &isas);
+        check_all_paths(Packing::Lanes16, &isas);
     }
 
     #[test]
@@ -263,26 +228,5 @@ mod tests {
             assert!((PANEL_MIN..=PANEL_MAX).contains(&slots));
             assert!(scratch_len(k) <= PANEL_BYTES.max(PANEL_MIN * round_up(k, KC)));
         }
-    }
-
-    #[test]
-    fn packed_weights_are_checked() {
-        let w: Vec<i8> = values(27 * 5, 3).into_iter().map(|v| v.max(-127)).collect();
-        let good = pack_weights(&w, 27, 5);
-        assert!(packed_is_consistent(&good, 27, 5));
-        let mut bad = good.clone();
-        bad[at(32, 0, 0)] = -128;
-        assert!(!packed_is_consistent(&bad, 27, 5));
-        let mut bad = good.clone();
-        bad[at(32, 27, 0)] = 1; // k = 27 is padding
-        assert!(!packed_is_consistent(&bad, 27, 5));
-        let mut bad = good.clone();
-        bad[at(32, 3, 6)] = 1; // channel 6 is padding
-        assert!(!packed_is_consistent(&bad, 27, 5));
-        let mut bad = good.clone();
-        let last = bad.len() - 1;
-        bad[last] ^= 1;
-        assert!(!packed_is_consistent(&bad, 27, 5));
-        assert!(!packed_is_consistent(&good[1..], 27, 5));
     }
 }

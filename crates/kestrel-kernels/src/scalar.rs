@@ -49,6 +49,27 @@ pub enum Residual<'a> {
     },
 }
 
+impl<'a> Residual<'a> {
+    /// The residual of the output elements `start .. start + len` (a run of pixels a
+    /// thread computes): a separate tensor is sliced the same way.
+    pub fn part(self, start: usize, len: usize) -> Residual<'a> {
+        match self {
+            Residual::Separate {
+                data,
+                zero_point,
+                multiplier,
+                shift,
+            } => Residual::Separate {
+                data: &data[start..][..len],
+                zero_point,
+                multiplier,
+                shift,
+            },
+            other => other,
+        }
+    }
+}
+
 /// `round(a · b / 2³¹)`, saturating the one overflowing case (gemmlowp's SQRDMULH).
 #[inline]
 pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {

@@ -479,22 +479,8 @@ fn conv_parallel(
         // SAFETY: task t owns pixels first .. first + run, disjoint from every other
         // task's and inside the output (`first < pixels`).
         let part = unsafe { shared.part(first * oc, len) };
-        let residual = match conv.residual {
-            Residual::Separate {
-                data,
-                zero_point,
-                multiplier,
-                shift,
-            } => Residual::Separate {
-                data: &data[first * oc..][..len],
-                zero_point,
-                multiplier,
-                shift,
-            },
-            other => other,
-        };
         let task = PackedConv {
-            residual,
+            residual: conv.residual.part(first * oc, len),
             first,
             ..*conv
         };
