@@ -169,8 +169,8 @@ pub(crate) fn pack_input(
         match (flip != 0, group) {
             (false, 4) => pack_input_chunks::<false, 4>(args),
             (true, 8) => pack_input_chunks::<true, 8>(args),
-            (false, _) => pack_input_chunks_any::<false>(args, group),
-            (true, _) => pack_input_chunks_any::<true>(args, group),
+            (false, _) => pack_input_chunks_any::<false, KC>(args, group),
+            (true, _) => pack_input_chunks_any::<true, KC>(args, group),
         }
         return;
     }
@@ -383,25 +383,36 @@ impl Slots {
 /// padding): chunk copies only (each byte `^ 0x80` with `FLIP`). Slots past the last
 /// pixel keep whatever the scratch held; their results are never stored.
 fn pack_input_chunks<const FLIP: bool, const GROUP: usize>(args: PackArgs<'_>) {
-    pack_input_chunks_any::<FLIP>(args, GROUP)
+    pack_input_chunks_any::<FLIP, KC>(args, GROUP)
 }
 
-/// What [`pack_input`] passes on to its variants.
-type PackArgs<'a> = (&'a Window, &'a [i8], i8, usize, usize, &'a mut [i8]);
-
+/// [`pack_input`] in 64-byte chunks (`IC % 64 == 0`): group `g` is
+/// `[K/64][group][64]`, so a chunk is one contiguous 64-byte copy — one instruction
+/// each way when the caller is compiled for AVX-512.
 #[inline(always)]
-fn pack_input_chunks_any<const FLIP: bool>(
+pub(crate) fn pack_input_64<const FLIP: bool>(args: PackArgs<'_>, group: usize) {
+    debug_assert!(args.0.in_c.is_multiple_of(64));
+    pack_input_chunks_any::<FLIP, 64>(args, group)
+}
+
+/// What [`pack_input`] passes on to its variants: window, input, zero point, first
+/// pixel, pixel count, scratch.
+pub(crate) type PackArgs<'a> = (&'a Window, &'a [i8], i8, usize, usize, &'a mut [i8]);
+
+/// Chunks of `CH` bytes (16 or 64; `IC % CH == 0`).
+#[inline(always)]
+fn pack_input_chunks_any<const FLIP: bool, const CH: usize>(
     (s, input, zero_point, p0, rows, a): PackArgs<'_>,
     group: usize,
 ) {
     let ic = s.in_c;
-    let chunks = ic / KC;
-    let k_pad = chunks * KC * s.kernel[0] * s.kernel[1];
+    let chunks = ic / CH;
+    let k_pad = chunks * CH * s.kernel[0] * s.kernel[1];
     assert!(a.len() >= round_up(rows, group) * k_pad && input.len() >= s.in_h * s.in_w * ic);
-    let pad = [zero_point; KC];
+    let pad = [zero_point; 64];
     let dst0 = a.as_mut_ptr();
     let kw = s.kernel[1];
-    let step = group * KC;
+    let step = group * CH;
     let (mut oy, mut ox) = (p0 / s.out_w, p0 % s.out_w);
     for m in 0..rows {
         let iy0 = (oy * s.stride[0]) as isize - s.pads[0] as isize;
@@ -413,21 +424,29 @@ fn pack_input_chunks_any<const FLIP: bool>(
         // chunk c, all inside `a` (asserted above); `src` reads the valid taps' `IC`
         // bytes each, inside the input (rows and columns checked), or the 16-byte pad.
         unsafe {
-            let mut dst = dst0.add((m / group) * group * k_pad + (m % group) * KC);
-            // `n` chunks from `src` on (16 bytes apart, or the same one when `step` is
+            let mut dst = dst0.add((m / group) * group * k_pad + (m % group) * CH);
+            // One chunk: CH / 16 copies of 16 bytes side by side.
+            let one = |src: *const i8, dst: *mut i8| {
+                for b in (0..CH).step_by(KC) {
+                    chunk::copy::<FLIP>(src.add(b), dst.add(b));
+                }
+            };
+            // `n` chunks from `src` on (CH bytes apart, or the same one when `src_step` is
             // 0), each to the pixel's next chunk slot.
             let mut copy = |mut src: *const i8, n: usize, src_step: usize| {
-                // Four chunks per trip (runs of 64+ channels are whole fours): the loop's
-                // own instructions once per four.
-                for _ in 0..n / 4 {
-                    for i in 0..4 {
-                        chunk::copy::<FLIP>(src.add(i * src_step), dst.add(i * step));
+                // Four chunks per trip (runs of 64+ channels are whole fours of 16): the
+                // loop's own instructions once per four.
+                if CH == KC {
+                    for _ in 0..n / 4 {
+                        for i in 0..4 {
+                            one(src.add(i * src_step), dst.add(i * step));
+                        }
+                        src = src.add(4 * src_step);
+                        dst = dst.add(4 * step);
                     }
-                    src = src.add(4 * src_step);
-                    dst = dst.add(4 * step);
                 }
-                for _ in 0..n % 4 {
-                    chunk::copy::<FLIP>(src, dst);
+                for _ in 0..if CH == KC { n % 4 } else { n } {
+                    one(src, dst);
                     src = src.add(src_step);
                     dst = dst.add(step);
                 }
@@ -439,7 +458,7 @@ fn pack_input_chunks_any<const FLIP: bool>(
                     .as_ptr()
                     .add((iy0 as usize * s.in_w + ix0 as usize) * ic);
                 for _ in 0..kh {
-                    copy(src, kw * chunks, KC);
+                    copy(src, kw * chunks, CH);
                     src = src.add(s.in_w * ic);
                 }
             } else {
@@ -454,7 +473,7 @@ fn pack_input_chunks_any<const FLIP: bool>(
                     copy(
                         input.as_ptr().add(at as usize * ic),
                         (kx_hi - kx_lo) * chunks,
-                        KC,
+                        CH,
                     );
                     copy(pad.as_ptr(), (kw - kx_hi) * chunks, 0);
                 }
@@ -486,7 +505,23 @@ mod chunk {
 
     /// # Safety
     /// 16 bytes are readable at `src` and writable at `dst`.
-    #[cfg(not(target_arch = "aarch64"))]
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub unsafe fn copy<const FLIP: bool>(src: *const i8, dst: *mut i8) {
+        // SSE2 (baseline): as plain `u128`, the compiler moves and flips 8 bytes at a time.
+        use core::arch::x86_64::*;
+        let v = _mm_loadu_si128(src as *const __m128i);
+        let v = if FLIP {
+            _mm_xor_si128(v, _mm_set1_epi8(0x80u8 as i8))
+        } else {
+            v
+        };
+        _mm_storeu_si128(dst as *mut __m128i, v);
+    }
+
+    /// # Safety
+    /// 16 bytes are readable at `src` and writable at `dst`.
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
     #[inline(always)]
     pub unsafe fn copy<const FLIP: bool>(src: *const i8, dst: *mut i8) {
         let v = core::ptr::read_unaligned(src as *const u128);

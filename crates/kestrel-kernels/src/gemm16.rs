@@ -78,6 +78,9 @@ pub(crate) struct Panel<'a> {
     /// (`crate::gemm::pack_input`), so a tile reads one stream of input.
     pub a: &'a [i8],
     pub group: usize,
+    /// Bytes of a pixel side by side (`[K/chunk][group][chunk]`): 16, or 64 for VNNI.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub chunk: usize,
     /// Pixels packed (the rest of the slots hold stale bytes whose results are dropped).
     pub count: usize,
     /// The panel's first pixel, relative to the output slice.
@@ -113,24 +116,41 @@ pub fn conv2d(isa: Isa, c: &PackedConv<'_>, output: &mut [i8], scratch: &mut [i8
     let flip = isa == Isa::Avx512Vnni;
     // Pixels per tile (VNNI's tiles are taller: 8 pixels × 32 channels).
     let group = if flip { 8 } else { MR };
+    // VNNI reads four bytes of a pixel at a time, from any chunk size: where the
+    // channels allow, 64-byte chunks, which pack with one AVX-512 copy each.
+    let chunk = if flip && c.window.in_c.is_multiple_of(64) {
+        64
+    } else {
+        KC
+    };
     let a = &mut scratch[..slots * k_pad];
     let shifts_left = c.shifts_left();
     let mut p0 = 0;
     while p0 < pixels {
         let count = slots.min(pixels - p0);
-        pack_input(
-            c.window,
-            c.input,
-            c.zero_point,
-            c.first + p0,
-            count,
-            group,
-            k,
-            flip,
-            a,
-        );
+        if chunk == 64 {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: 64-byte chunks are chosen only for VNNI, which the session checked
+            // (AVX-512 F/BW come with it).
+            unsafe {
+                crate::x86::pack_panel_64(c, c.first + p0, count, a)
+            };
+        } else {
+            pack_input(
+                c.window,
+                c.input,
+                c.zero_point,
+                c.first + p0,
+                count,
+                group,
+                k,
+                flip,
+                a,
+            );
+        }
         let panel = Panel {
             a,
+            chunk,
             group,
             count,
             p0,

@@ -131,21 +131,40 @@ unsafe fn tile16_avx2(p: &Panel<'_>, m0: usize, w: &[i8]) -> [[i32; OCB]; MR16] 
 /// and `output` are consistent (the parser checked shapes).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(crate) unsafe fn panel_vnni(c: &PackedConv<'_>, p: &Panel<'_>, output: &mut [i8]) {
+    if p.chunk == 64 {
+        blocks_vnni::<64>(c, p, output)
+    } else {
+        blocks_vnni::<KC>(c, p, output)
+    }
+}
+
+/// Packs a panel in 64-byte chunks with AVX-512 copies (`crate::gemm::pack_input_64`).
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW; the conv's input channels are a multiple of 64; `a` holds
+/// `count` (rounded up to 8) packed rows.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(crate) unsafe fn pack_panel_64(c: &PackedConv<'_>, first: usize, count: usize, a: &mut [i8]) {
+    crate::gemm::pack_input_64::<true>((c.window, c.input, c.zero_point, first, count, a), VNNI_MR)
+}
+
+#[inline(always)]
+unsafe fn blocks_vnni<const CH: usize>(c: &PackedConv<'_>, p: &Panel<'_>, output: &mut [i8]) {
     let blocks = c.window.out_c.div_ceil(OCB);
     let mut b = 0;
     while b < blocks {
         if b + 2 <= blocks {
-            block_vnni::<2>(c, p, b, output);
+            block_vnni::<2, CH>(c, p, b, output);
             b += 2;
         } else {
-            block_vnni::<1>(c, p, b, output);
+            block_vnni::<1, CH>(c, p, b, output);
             b += 1;
         }
     }
 }
 
 #[inline(always)]
-unsafe fn block_vnni<const NB: usize>(
+unsafe fn block_vnni<const NB: usize, const CH: usize>(
     c: &PackedConv<'_>,
     p: &Panel<'_>,
     b0: usize,
@@ -161,23 +180,25 @@ unsafe fn block_vnni<const NB: usize>(
     assert!(output.len() >= (p.p0 + p.count) * oc && p.group == VNNI_MR);
     for m0 in (0..p.count).step_by(VNNI_MR) {
         let mut acc = [[_mm512_setzero_si512(); VNNI_MR]; NB];
-        let mut ap = p.tile(m0, VNNI_MR).as_ptr();
+        let tile = p.tile(m0, VNNI_MR).as_ptr();
         let mut wp = w0;
-        for _ in 0..steps {
+        for s in 0..steps {
+            // 16 bytes of each pixel: step s lies in chunk s / (CH / 16).
+            let (chunk, within) = (s / (CH / KC), s % (CH / KC));
+            let ap = tile.add(chunk * VNNI_MR * CH + within * KC);
             for g in 0..KC / KG {
                 let w: [__m512i; NB] = core::array::from_fn(|i| {
                     _mm512_loadu_si512(wp.add(i * OCB * p.k_pad + g * OCB * KG) as *const _)
                 });
                 #[allow(clippy::needless_range_loop)] // acc[i][m]: both indices
                 for m in 0..VNNI_MR {
-                    let four = core::ptr::read_unaligned(ap.add(m * KC + g * KG) as *const i32);
+                    let four = core::ptr::read_unaligned(ap.add(m * CH + g * KG) as *const i32);
                     let x = _mm512_set1_epi32(four);
                     for i in 0..NB {
                         acc[i][m] = _mm512_dpbusd_epi32(acc[i][m], x, w[i]);
                     }
                 }
             }
-            ap = ap.add(VNNI_MR * KC);
             wp = wp.add(OCB * KC);
         }
         let rows = VNNI_MR.min(p.count - m0);
