@@ -174,15 +174,60 @@ unsafe fn block_vnni<const NB: usize, const CH: usize>(
     let sums_at = round_up(oc, OCB) * p.k_pad;
     let quant: [Quant16; NB] = core::array::from_fn(|i| Quant16::load(c, b0 + i, sums_at));
     let residual = ResidualQuant::new(&c.residual);
-    let steps = p.steps();
     let w0 = c.packed.as_ptr().add(b0 * OCB * p.k_pad);
     let out = output.as_mut_ptr();
     assert!(output.len() >= (p.p0 + p.count) * oc && p.group == VNNI_MR);
-    for m0 in (0..p.count).step_by(VNNI_MR) {
-        let mut acc = [[_mm512_setzero_si512(); VNNI_MR]; NB];
-        let tile = p.tile(m0, VNNI_MR).as_ptr();
-        let mut wp = w0;
-        for s in 0..steps {
+    let t = VnniTile {
+        c,
+        p,
+        quant: &quant,
+        residual: &residual,
+        w0,
+        out,
+    };
+    // Whole 8-pixel tiles, then the rest in tiles of 4, 2 and 1 (a 7×7 map is 49
+    // pixels: no tile computes pixels that do not exist).
+    let whole = p.count / VNNI_MR * VNNI_MR;
+    for m0 in (0..whole).step_by(VNNI_MR) {
+        t.run::<CH, VNNI_MR>(m0);
+    }
+    let mut m0 = whole;
+    if p.count - m0 >= 4 {
+        t.run::<CH, 4>(m0);
+        m0 += 4;
+    }
+    if p.count - m0 >= 2 {
+        t.run::<CH, 2>(m0);
+        m0 += 2;
+    }
+    if p.count - m0 >= 1 {
+        t.run::<CH, 1>(m0);
+    }
+}
+
+/// What every tile of a block of channels shares.
+struct VnniTile<'a, 'c, const NB: usize> {
+    c: &'a PackedConv<'c>,
+    p: &'a Panel<'a>,
+    quant: &'a [Quant16; NB],
+    residual: &'a ResidualQuant,
+    w0: *const i8,
+    out: *mut i8,
+}
+
+impl<const NB: usize> VnniTile<'_, '_, NB> {
+    /// `MR` pixels from pixel `m0` of the panel (inside one 8-pixel group) × 16·NB
+    /// channels, accumulated and stored.
+    #[inline(always)]
+    unsafe fn run<const CH: usize, const MR: usize>(&self, m0: usize) {
+        let (p, c) = (self.p, self.c);
+        let oc = c.window.out_c;
+        let mut acc = [[_mm512_setzero_si512(); MR]; NB];
+        // The 8-pixel group holding m0, and m0's row in it.
+        let group = p.tile(m0 / VNNI_MR * VNNI_MR, VNNI_MR).as_ptr();
+        let tile = group.add(m0 % VNNI_MR * CH);
+        let mut wp = self.w0;
+        for s in 0..p.steps() {
             // 16 bytes of each pixel: step s lies in chunk s / (CH / 16).
             let (chunk, within) = (s / (CH / KC), s % (CH / KC));
             let ap = tile.add(chunk * VNNI_MR * CH + within * KC);
@@ -191,7 +236,7 @@ unsafe fn block_vnni<const NB: usize, const CH: usize>(
                     _mm512_loadu_si512(wp.add(i * OCB * p.k_pad + g * OCB * KG) as *const _)
                 });
                 #[allow(clippy::needless_range_loop)] // acc[i][m]: both indices
-                for m in 0..VNNI_MR {
+                for m in 0..MR {
                     let four = core::ptr::read_unaligned(ap.add(m * CH + g * KG) as *const i32);
                     let x = _mm512_set1_epi32(four);
                     for i in 0..NB {
@@ -201,11 +246,10 @@ unsafe fn block_vnni<const NB: usize, const CH: usize>(
             }
             wp = wp.add(OCB * KC);
         }
-        let rows = VNNI_MR.min(p.count - m0);
-        for (i, q) in quant.iter().enumerate() {
-            for (m, &v) in acc[i].iter().enumerate().take(rows) {
+        for (i, q) in self.quant.iter().enumerate() {
+            for (m, &v) in acc[i].iter().enumerate() {
                 let at = (p.p0 + m0 + m) * oc + q.o0;
-                q.store(v, &residual, at, out, c.out.zero_point);
+                q.store(v, self.residual, at, self.out, c.out.zero_point);
             }
         }
     }
