@@ -389,6 +389,7 @@ fn pack_input_chunks<const FLIP: bool, const GROUP: usize>(args: PackArgs<'_>) {
 /// [`pack_input`] in 64-byte chunks (`IC % 64 == 0`): group `g` is
 /// `[K/64][group][64]`, so a chunk is one contiguous 64-byte copy — one instruction
 /// each way when the caller is compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) fn pack_input_64<const FLIP: bool>(args: PackArgs<'_>, group: usize) {
     debug_assert!(args.0.in_c.is_multiple_of(64));
