@@ -37,7 +37,7 @@ pub struct InspectReport {
     pub file_bytes: usize,
     pub arena_bytes: u64,
     pub arena_lower_bound_bytes: u64,
-    /// Part of the arena the kernels use as scratch (packed input tiles).
+    /// Part of the arena the kernels use as scratch (packed input panels).
     pub scratch_bytes: u64,
     pub weights_bytes: usize,
     pub macs: u64,
@@ -127,7 +127,7 @@ pub fn print(r: &InspectReport) {
     );
     if r.scratch_bytes > 0 {
         println!(
-            "scratch      {} bytes of the arena (packed input tiles of the convs)",
+            "scratch      {} bytes of the arena (packed input panels of the convs)",
             r.scratch_bytes
         );
     }

@@ -213,7 +213,7 @@ pub struct Plan {
     pub arena_bytes: u64,
     /// The largest sum of live tensor bytes at any step (scratch included).
     pub lower_bound_bytes: u64,
-    /// Where the kernels' scratch (packed input tiles) lies in the arena; no tensor
+    /// Where the kernels' scratch (packed input panels) lies in the arena; no tensor
     /// overlaps it. Zero bytes when every conv uses the portable layout.
     pub scratch_offset: u64,
     pub scratch_bytes: u64,
