@@ -127,7 +127,10 @@ fn every_x86_kernel_path_gives_the_reference_logits() {
             assert!(reference.iter().any(|&v| v != reference[0]));
             for (layout, bytes) in [("blocks4", &m.blocks4), ("lanes16", &m.lanes16)] {
                 for &isa in &isas {
-                    for threads in [1, 2, 4] {
+                    // Every path on one thread; the fastest also on 2 and 4 (the split
+                    // into runs of pixels is the same for every path).
+                    let threads: &[usize] = if isa == cpu.best() { &[1, 2, 4] } else { &[1] };
+                    for &threads in threads {
                         assert_eq!(
                             logits(bytes, isa, threads, rgb, *w, *h),
                             reference,
