@@ -659,15 +659,7 @@ pub fn conv2d(isa: Isa, c: &PackedConv<'_>, output: &mut [i8], scratch: &mut [i8
                     0
                 }
             };
-            let store = TileStore {
-                rows,
-                p0,
-                o0,
-                oc,
-                params: c.params,
-                out: c.out,
-                residual: &c.residual,
-            };
+            let store = TileStore::of(c, rows, p0, o0);
             store.lanes(NR.min(oc - o0), |m, n| acc[m][n], offset, output);
         }
     }
@@ -742,6 +734,22 @@ pub(crate) struct TileStore<'a, 'r> {
     pub params: &'a [u8],
     pub out: OutQuant,
     pub residual: &'a Residual<'r>,
+}
+
+impl<'a, 'r> TileStore<'a, 'r> {
+    /// The tile of `rows` pixels from `p0` (in the output slice) and channels from `o0`
+    /// of conv `c`.
+    pub fn of(c: &'a PackedConv<'r>, rows: usize, p0: usize, o0: usize) -> Self {
+        TileStore {
+            rows,
+            p0,
+            o0,
+            oc: c.window.out_c,
+            params: c.params,
+            out: c.out,
+            residual: &c.residual,
+        }
+    }
 }
 
 impl TileStore<'_, '_> {

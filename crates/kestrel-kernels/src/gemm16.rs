@@ -207,15 +207,7 @@ pub(crate) fn panel_with_tiles(
         for m0 in (0..p.count).step_by(MR) {
             let acc = tile(m0, weights);
             let o0 = block * OCB;
-            let store = TileStore {
-                rows: MR.min(p.count - m0),
-                p0: p.p0 + m0,
-                o0,
-                oc,
-                params: c.params,
-                out: c.out,
-                residual: &c.residual,
-            };
+            let store = TileStore::of(c, MR.min(p.count - m0), p.p0 + m0, o0);
             store.lanes(OCB.min(oc - o0), |m, n| acc[m][n], &offset, output);
         }
     }

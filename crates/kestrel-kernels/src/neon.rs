@@ -258,15 +258,7 @@ unsafe fn tile_blocks<const DOT: bool, const LEFT: bool>(
                     vst1q_s32(tile[m].as_mut_ptr(), r[m]);
                 }
                 let tile = &tile;
-                let store = crate::gemm::TileStore {
-                    rows,
-                    p0,
-                    o0,
-                    oc,
-                    params: c.params,
-                    out: c.out,
-                    residual: &c.residual,
-                };
+                let store = crate::gemm::TileStore::of(c, rows, p0, o0);
                 store.lanes(oc - o0, |m, n| tile[m][n], |_| 0, output);
             }
         }
@@ -359,15 +351,7 @@ unsafe fn panel_sdot_with<const LEFT: bool>(c: &PackedConv<'_>, p: &Panel<'_>, o
                     vst1q_s32(row[4 * j..].as_mut_ptr(), *v);
                 }
             }
-            let store = crate::gemm::TileStore {
-                rows: MR16.min(p.count - m0),
-                p0: p.p0 + m0,
-                o0,
-                oc,
-                params: c.params,
-                out: c.out,
-                residual: &c.residual,
-            };
+            let store = crate::gemm::TileStore::of(c, MR16.min(p.count - m0), p.p0 + m0, o0);
             store.lanes(oc - o0, |m, n| t[m][n], |_| 0, output);
         }
     }
