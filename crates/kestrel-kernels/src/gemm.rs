@@ -604,10 +604,34 @@ impl PackedConv<'_> {
         residual || (0..self.window.out_c).any(|o| param(self.params, o).2 > 0)
     }
 
+    /// How the channels' requantisation shifts go (the residual's aside), so the
+    /// 16-channel AArch64 epilogue can take its shortest form.
+    pub fn channel_shifts(&self) -> Shifts {
+        let shifts = (0..self.window.out_c).map(|o| param(self.params, o).2);
+        if shifts.clone().any(|s| s > 0) {
+            Shifts::SomeLeft
+        } else if shifts.clone().all(|s| s < 0) {
+            Shifts::AllRight
+        } else {
+            Shifts::NoLeft
+        }
+    }
+
     /// Output pixels in the run `output` covers.
     pub fn pixels(&self, output: &[i8]) -> usize {
         output.len() / self.window.out_c
     }
+}
+
+/// The requantisation shifts of a conv's channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shifts {
+    /// Every channel divides by a power of two (the usual case: scales below one half).
+    AllRight,
+    /// None multiplies, some neither multiply nor divide.
+    NoLeft,
+    /// Some multiply (scales of one and above: rare).
+    SomeLeft,
 }
 
 /// Convolution on weights packed by [`pack_weights`]: same results as
@@ -804,8 +828,10 @@ pub(crate) mod tests {
         pad: usize,
     }
 
-    /// Odd shapes: channels off the tile, 1×1, 3×3, 7×7, stride 2, padding, 1-pixel maps.
-    const CASES: [Case; 9] = [
+    /// Odd shapes: channels off the tile, 1×1, 3×3, 7×7, stride 2, padding, 1-pixel maps;
+    /// for the paths that read the input in place, an odd number of 16-channel chunks and
+    /// a map too wide for one band.
+    const CASES: [Case; 11] = [
         Case {
             hw: [5, 7],
             ic: 3,
@@ -878,6 +904,22 @@ pub(crate) mod tests {
             stride: 2,
             pad: 1,
         },
+        Case {
+            hw: [7, 9],
+            ic: 48,
+            oc: 20,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        },
+        Case {
+            hw: [6, 400],
+            ic: 16,
+            oc: 16,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        },
     ];
 
     /// Every ISA this CPU runs gives the scalar reference's output, on every case, with
@@ -904,15 +946,18 @@ pub(crate) mod tests {
                 .into_iter()
                 .map(|v| v.max(-127))
                 .collect();
-            // Odd cases shift left (small multipliers), even ones right; odd cases clamp
+            // Channels shifting right only, some shifting left (small multipliers), or
+            // some not shifting at all, and the residual's shift none, right or left,
+            // spread so cases with whole 16-channel blocks have each. Odd cases clamp
             // like a fused ReLU.
+            let mode = [0, 1, 2, 0][ci % 4];
             let params: Vec<(i32, i32, i32)> = (0..c.oc)
                 .map(|o| {
                     let o = o as i32;
-                    if ci % 2 == 0 {
-                        (o * 977 - 3000, 1_300_000_000 + o * 7_000_000, -7 + o % 3)
-                    } else {
-                        (o * 31 - 100, 1_100_000_000 + o * 3_000_000, o % 5 - 3)
+                    match mode {
+                        0 => (o * 977 - 3000, 1_300_000_000 + o * 7_000_000, -7 + o % 3),
+                        1 => (o * 31 - 100, 1_100_000_000 + o * 3_000_000, o % 5 - 3),
+                        _ => (o * 53 - 400, 1_200_000_000 + o * 5_000_000, -(o % 3)),
                     }
                 })
                 .collect();
@@ -928,7 +973,7 @@ pub(crate) mod tests {
                         data: &res_data,
                         zero_point: 3,
                         multiplier: 1_500_000_000,
-                        shift: 0,
+                        shift: [0, -2, 1][mode],
                     }
                 } else {
                     Residual::None

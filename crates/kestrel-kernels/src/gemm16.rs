@@ -14,8 +14,9 @@
 //! Every path computes the same wrapping `i32` dot products as the scalar reference, so
 //! results agree bit for bit.
 
-use crate::gemm::{pack_input, round_up, Layout, PackedConv, TileStore, KC};
+use crate::gemm::{pack_input, round_up, Layout, PackedConv, Shifts, TileStore, KC};
 use crate::isa::Isa;
+use crate::scalar::Window;
 
 /// Output channels per block: one 512-bit vector of `i32`, four 128-bit ones.
 pub const OCB: usize = 16;
@@ -86,10 +87,10 @@ pub(crate) struct Panel<'a> {
     /// The panel's first pixel, relative to the output slice.
     pub p0: usize,
     pub k_pad: usize,
-    /// [`PackedConv::shifts_left`], worked out once per conv (the AArch64 epilogue
-    /// leaves the left shift out without).
+    /// [`PackedConv::channel_shifts`], worked out once per conv (the AArch64 epilogue
+    /// takes its shortest form from it).
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
-    pub shifts_left: bool,
+    pub shifts: Shifts,
 }
 
 impl Panel<'_> {
@@ -123,8 +124,16 @@ pub fn conv2d(isa: Isa, c: &PackedConv<'_>, output: &mut [i8], scratch: &mut [i8
     } else {
         KC
     };
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::NeonDot {
+        let rows = band_rows(c.window, scratch_len(k));
+        if rows > 0 {
+            direct(c, output, &mut scratch[..scratch_len(k)], rows);
+            return;
+        }
+    }
     let a = &mut scratch[..slots * k_pad];
-    let shifts_left = c.shifts_left();
+    let shifts = c.channel_shifts();
     let mut p0 = 0;
     while p0 < pixels {
         let count = slots.min(pixels - p0);
@@ -155,7 +164,7 @@ pub fn conv2d(isa: Isa, c: &PackedConv<'_>, output: &mut [i8], scratch: &mut [i8
             count,
             p0,
             k_pad,
-            shifts_left,
+            shifts,
         };
         match isa {
             #[cfg(target_arch = "x86_64")]
@@ -171,6 +180,129 @@ pub fn conv2d(isa: Isa, c: &PackedConv<'_>, output: &mut [i8], scratch: &mut [i8
             _ => panel_scalar(c, &panel, output),
         }
         p0 += count;
+    }
+}
+
+// ---- Direct: the input read in place, from a band with its padding written out ----
+//
+// When every tap is whole 16-byte chunks (`IC % 16 == 0`), a tile can read each pixel's
+// taps where they lie instead of from an im2col copy: the scratch holds a band of the
+// input with the padding written out (the zero point), so every tap of every output pixel
+// is inside it. That copies each input byte about once, where packing copies it once per
+// tap (nine times for a 3×3 conv).
+
+/// Kernels with at most this many taps read in place (3×3, 5×5; a 7×7 stem on RGB packs).
+pub const DIRECT_TAPS: usize = 25;
+/// Deeper inputs pack: their packing is shared by many channel blocks, so costs less
+/// than the tiles' own per-tap work of reading in place.
+pub const DIRECT_MAX_C: usize = 64;
+#[cfg(target_arch = "aarch64")]
+/// Pixels whose offsets are worked out together: a block of channels reads its weights
+/// once per this many.
+const DIRECT_PIXELS: usize = 128;
+
+/// Bytes of one row of the padded input.
+fn padded_row(s: &Window) -> usize {
+    (s.pads[1] + s.in_w + s.pads[3]) * s.in_c
+}
+
+/// Output rows per band when the padded input's rows must fit in `budget` bytes, or 0
+/// where the direct path does not apply (channels off the chunk, large kernels, rows too
+/// wide for even one output row).
+pub fn band_rows(s: &Window, budget: usize) -> usize {
+    let (kh, taps) = (s.kernel[0], s.kernel[0] * s.kernel[1]);
+    if !s.in_c.is_multiple_of(KC) || taps > DIRECT_TAPS || s.in_c == 0 || s.in_c > DIRECT_MAX_C {
+        return 0;
+    }
+    let fit = budget / padded_row(s);
+    if fit < kh {
+        return 0;
+    }
+    (fit - kh) / s.stride[0] + 1
+}
+
+#[cfg(target_arch = "aarch64")]
+/// Writes rows `r0 .. r0 + rows` of the padded input (input row `r - top pad`) to `band`,
+/// the zero point wherever the padding is.
+fn fill_band(s: &Window, input: &[i8], zero_point: i8, r0: usize, rows: usize, band: &mut [i8]) {
+    let row = padded_row(s);
+    let (left, inner) = (s.pads[1] * s.in_c, s.in_w * s.in_c);
+    for (i, dst) in band[..rows * row].chunks_exact_mut(row).enumerate() {
+        match (r0 + i).checked_sub(s.pads[0]).filter(|&iy| iy < s.in_h) {
+            Some(iy) => {
+                dst[..left].fill(zero_point);
+                dst[left..left + inner].copy_from_slice(&input[iy * inner..][..inner]);
+                dst[left + inner..].fill(zero_point);
+            }
+            None => dst.fill(zero_point),
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+/// Up to [`DIRECT_PIXELS`] output pixels of a band, for a kernel that reads them in place.
+pub(crate) struct Direct<'a> {
+    pub band: &'a [i8],
+    /// Where each pixel's first tap starts in the band, per tile of `MR` (a last, short
+    /// tile repeats its last pixel; those results are dropped).
+    pub offsets: &'a [u32],
+    /// Where each tap starts, from its pixel's first.
+    pub taps: &'a [u32],
+    pub in_c: usize,
+    /// Pixels, and the first one relative to the output slice.
+    pub count: usize,
+    pub p0: usize,
+    pub shifts: Shifts,
+}
+
+/// The conv by bands of `rows_per_band` output rows: each band's padded input copied to
+/// `scratch` once, then read in place by the `sdot` tiles.
+#[cfg(target_arch = "aarch64")]
+fn direct(c: &PackedConv<'_>, output: &mut [i8], scratch: &mut [i8], rows_per_band: usize) {
+    let s = c.window;
+    let row = padded_row(s);
+    let (kh, kw, ic) = (s.kernel[0], s.kernel[1], s.in_c);
+    let mut taps = [0u32; DIRECT_TAPS];
+    for (t, tap) in taps.iter_mut().take(kh * kw).enumerate() {
+        *tap = ((t / kw) * row + (t % kw) * ic) as u32;
+    }
+    let taps = &taps[..kh * kw];
+    let shifts = c.channel_shifts();
+    let end = c.first + c.pixels(output);
+    let mut p = c.first;
+    while p < end {
+        let oy = p / s.out_w;
+        let band_end = ((oy + rows_per_band) * s.out_w).min(end);
+        let r0 = oy * s.stride[0];
+        let rows = (band_end - 1) / s.out_w * s.stride[0] + kh - r0;
+        fill_band(s, c.input, c.zero_point, r0, rows, scratch);
+        let band = &scratch[..rows * row];
+        let mut q = p;
+        while q < band_end {
+            let count = DIRECT_PIXELS.min(band_end - q);
+            let mut offsets = [0u32; DIRECT_PIXELS];
+            let slots = round_up(count, MR);
+            for (i, o) in offsets[..slots].iter_mut().enumerate() {
+                let px = q + i.min(count - 1);
+                let (y, x) = (px / s.out_w, px % s.out_w);
+                *o = ((y * s.stride[0] - r0) * row + x * s.stride[1] * ic) as u32;
+            }
+            let d = Direct {
+                band,
+                offsets: &offsets[..slots],
+                taps,
+                in_c: ic,
+                count,
+                p0: q - c.first,
+                shifts,
+            };
+            // SAFETY: the session checked the CPU for the dot product; every offset plus
+            // every tap plus `IC` bytes is inside the band (the rows cover the pixels'
+            // taps, the padded width their columns), and the parser checked the shapes.
+            unsafe { crate::neon::direct_sdot(c, &d, output) };
+            q += count;
+        }
+        p = band_end;
     }
 }
 
@@ -230,6 +362,31 @@ mod tests {
         let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|&i| cpu.supports(i)).collect();
         std::println!("checking {isas:?}");
         check_all_paths(Packing::Lanes16, &isas);
+    }
+
+    #[test]
+    fn bands_fit_the_scratch_and_apply_to_whole_chunks_only() {
+        let window = |in_w, in_c, kernel, stride| Window {
+            in_h: 6,
+            in_w,
+            in_c,
+            out_h: 6 / stride,
+            out_w: in_w / stride,
+            out_c: 16,
+            kernel: [kernel; 2],
+            stride: [stride; 2],
+            pads: [kernel / 2; 4],
+        };
+        // The unit tests' wide case: 402 padded columns of 16 bytes, four rows fit.
+        let wide = window(400, 16, 3, 1);
+        assert_eq!(band_rows(&wide, scratch_len(144)), 2);
+        assert_eq!(band_rows(&window(400, 16, 3, 2), scratch_len(144)), 1);
+        assert_eq!(band_rows(&window(8, 16, 3, 1), 3 * 10 * 16), 1);
+        assert_eq!(band_rows(&window(8, 16, 3, 1), 3 * 10 * 16 - 1), 0);
+        // Shallow inputs and large kernels pack.
+        assert_eq!(band_rows(&window(8, 3, 3, 1), 1 << 20), 0);
+        assert_eq!(band_rows(&window(8, 24, 3, 1), 1 << 20), 0);
+        assert_eq!(band_rows(&window(8, 16, 7, 1), 1 << 20), 0);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use core::arch::aarch64::*;
 
-use crate::gemm::{round_up, PackedConv, KC, MR, NR};
+use crate::gemm::{round_up, PackedConv, Shifts, KC, MR, NR};
 use crate::scalar::Residual;
 
 #[inline(always)]
@@ -277,7 +277,7 @@ fn quads(data: *const i8, zero_point: i32, multiplier: i32, shift: i32) -> Resid
 
 // ---- The 16-channel lane layout (`crate::gemm16`) on `sdot` by element ----
 
-use crate::gemm16::{Panel, KG, MR as MR16, OCB};
+use crate::gemm16::{Direct, Panel, KG, MR as MR16, OCB};
 
 /// `acc += w · x.4b[LANE]`: four channels' four weights against one pixel's four inputs.
 macro_rules! sdot_lane {
@@ -294,67 +294,149 @@ macro_rules! sdot_lane {
 
 /// The panel with `sdot` by element: tiles of 4 pixels × 16 channels, sixteen
 /// accumulators; per 16 reduction steps, four input vectors (one per pixel) and sixteen
-/// weight vectors feed 64 `sdot`s. Channel blocks the output has whole go through the
-/// vector epilogue.
+/// weight vectors feed 64 `sdot`s.
 ///
 /// # Safety
 /// The CPU has the dot product; `c`, `p` and `output` are consistent (the parser checked
 /// the shapes).
 #[target_feature(enable = "neon,dotprod")]
 pub(crate) unsafe fn panel_sdot(c: &PackedConv<'_>, p: &Panel<'_>, output: &mut [i8]) {
-    if p.shifts_left {
-        panel_sdot_with::<true>(c, p, output)
-    } else {
-        panel_sdot_with::<false>(c, p, output)
+    assert!(p.group == MR16);
+    blocks16(c, p.p0, p.count, p.shifts, output, p)
+}
+
+/// The same tiles reading the input in place ([`Direct`]): per tap, each pixel's chunks
+/// where they lie in the band, two at a time.
+///
+/// # Safety
+/// The CPU has the dot product; `d`'s offsets plus taps plus `IC` bytes are inside its
+/// band; `c` and `output` are consistent.
+#[target_feature(enable = "neon,dotprod")]
+pub(crate) unsafe fn direct_sdot(c: &PackedConv<'_>, d: &Direct<'_>, output: &mut [i8]) {
+    assert!(d.offsets.len() >= d.count.div_ceil(MR16) * MR16 && d.in_c.is_multiple_of(KC));
+    blocks16(c, d.p0, d.count, d.shifts, output, d)
+}
+
+/// Where a tile's input comes from: `tile(m0, weights, init)` gives the sums of pixels
+/// `m0 .. m0 + 4` against one block's weights, started from `init`. (A trait rather than
+/// a closure: the tile must inline into the block loop, or its sixteen accumulators go
+/// through memory.)
+trait Tiles16 {
+    unsafe fn tile(&self, m0: usize, w: *const i8, init: [int32x4_t; 4]) -> [[int32x4_t; 4]; MR16];
+}
+
+impl Tiles16 for Panel<'_> {
+    #[inline(always)]
+    unsafe fn tile(&self, m0: usize, w: *const i8, init: [int32x4_t; 4]) -> [[int32x4_t; 4]; MR16] {
+        tile16_sdot(self.tile(m0, MR16).as_ptr(), w, self.steps(), init)
     }
 }
 
+impl Tiles16 for Direct<'_> {
+    #[inline(always)]
+    unsafe fn tile(&self, m0: usize, w: *const i8, init: [int32x4_t; 4]) -> [[int32x4_t; 4]; MR16] {
+        tile16_direct(self, m0, w, init)
+    }
+}
+
+/// Every 16-channel block of pixels `p0 .. p0 + count` (of the output slice), a tile of
+/// `MR16` pixels at a time (`m0` counted from `p0`). Blocks the output has whole go
+/// through the vector epilogue, the last partial one lane by lane.
 #[inline(always)]
-unsafe fn panel_sdot_with<const LEFT: bool>(c: &PackedConv<'_>, p: &Panel<'_>, output: &mut [i8]) {
+unsafe fn blocks16(
+    c: &PackedConv<'_>,
+    p0: usize,
+    count: usize,
+    shifts: Shifts,
+    output: &mut [i8],
+    tiles: &impl Tiles16,
+) {
+    match shifts {
+        Shifts::AllRight => blocks16_with::<false, true>(c, p0, count, output, tiles),
+        Shifts::NoLeft => blocks16_with::<false, false>(c, p0, count, output, tiles),
+        Shifts::SomeLeft => blocks16_with::<true, false>(c, p0, count, output, tiles),
+    }
+}
+
+/// [`blocks16`] for one form of the epilogue: `LEFT`, some channel shifts left; `RIGHT`,
+/// all shift right.
+#[inline(always)]
+unsafe fn blocks16_with<const LEFT: bool, const RIGHT: bool>(
+    c: &PackedConv<'_>,
+    p0: usize,
+    count: usize,
+    output: &mut [i8],
+    tiles: &impl Tiles16,
+) {
     let oc = c.window.out_c;
     let whole = oc / OCB;
-    let steps = p.steps();
-    assert!(output.len() >= (p.p0 + p.count) * oc && p.group == MR16);
-    assert!(c.packed.len() >= oc.div_ceil(OCB) * OCB * p.k_pad);
+    let k_pad = round_up(c.k(), KC);
+    assert!(output.len() >= (p0 + count) * oc);
+    assert!(c.packed.len() >= oc.div_ceil(OCB) * OCB * k_pad);
     let out_base = output.as_mut_ptr();
     for block in 0..whole {
         let o0 = block * OCB;
         let quads: [QuadParams; 4] =
             core::array::from_fn(|j| QuadParams::load(c.params.as_ptr().add((o0 + 4 * j) * 12)));
-        let w0 = c.packed.as_ptr().add(block * OCB * p.k_pad);
+        let w0 = c.packed.as_ptr().add(block * OCB * k_pad);
         // The accumulators start from the bias, so the epilogue need not add it.
         let bias = quads.map(|q| q.bias);
-        for m0 in (0..p.count).step_by(MR16) {
-            let acc = tile16_sdot(p.tile(m0, MR16).as_ptr(), w0, steps, bias);
-            let first = (p.p0 + m0) * oc + o0;
-            for (m, acc_m) in acc.iter().enumerate().take(MR16.min(p.count - m0)) {
+        for m0 in (0..count).step_by(MR16) {
+            let acc = tiles.tile(m0, w0, bias);
+            let first = (p0 + m0) * oc + o0;
+            let finish = |m: usize, acc_m: &[int32x4_t; 4]| {
                 let at = first + m * oc;
-                finish_pixel16::<LEFT>(
-                    acc_m,
-                    &quads,
-                    residual_quads(c, out_base, at),
-                    c,
-                    out_base.add(at),
-                );
+                let residual = residual_quads(c, out_base, at);
+                finish_pixel16::<LEFT, RIGHT>(acc_m, &quads, residual, c, out_base.add(at));
+            };
+            if count - m0 >= MR16 {
+                // A whole tile, unrolled: the sums stay in registers.
+                for (m, acc_m) in acc.iter().enumerate() {
+                    finish(m, acc_m);
+                }
+            } else {
+                for (m, acc_m) in acc.iter().enumerate().take(count - m0) {
+                    finish(m, acc_m);
+                }
             }
         }
     }
     if whole * OCB < oc {
         // The last, partial block: the same sums, stored lane by lane.
         let o0 = whole * OCB;
-        let w0 = c.packed.as_ptr().add(whole * OCB * p.k_pad);
-        for m0 in (0..p.count).step_by(MR16) {
-            let acc = tile16_sdot(p.tile(m0, MR16).as_ptr(), w0, steps, [vdupq_n_s32(0); 4]);
+        let w0 = c.packed.as_ptr().add(whole * OCB * k_pad);
+        for m0 in (0..count).step_by(MR16) {
+            let acc = tiles.tile(m0, w0, [vdupq_n_s32(0); 4]);
             let mut t = [[0i32; OCB]; MR16];
             for (row, acc_m) in t.iter_mut().zip(&acc) {
                 for (j, v) in acc_m.iter().enumerate() {
                     vst1q_s32(row[4 * j..].as_mut_ptr(), *v);
                 }
             }
-            let store = crate::gemm::TileStore::of(c, MR16.min(p.count - m0), p.p0 + m0, o0);
+            let store = crate::gemm::TileStore::of(c, MR16.min(count - m0), p0 + m0, o0);
             store.lanes(oc - o0, |m, n| t[m][n], |_| 0, output);
         }
     }
+}
+
+/// One 16-deep step: per group of four `k`, the four weight vectors of sixteen channels
+/// against lane `g` of each pixel's vector.
+#[inline(always)]
+unsafe fn dot_step(acc: &mut [[int32x4_t; 4]; MR16], x: &[int8x16_t; MR16], wp: *const i8) {
+    macro_rules! group {
+        ($g:literal) => {{
+            let w: [int8x16_t; 4] = load_rows(wp.add($g * OCB * KG));
+            for m in 0..MR16 {
+                for j in 0..4 {
+                    sdot_lane!(acc[m][j], w[j], x[m], $g);
+                }
+            }
+        }};
+    }
+    group!(0);
+    group!(1);
+    group!(2);
+    group!(3);
 }
 
 #[inline(always)]
@@ -365,37 +447,48 @@ unsafe fn tile16_sdot(
     init: [int32x4_t; 4],
 ) -> [[int32x4_t; 4]; MR16] {
     let mut acc = [init; MR16];
-    // One 16-deep step: four pixels' vectors, then per group of four `k` the four
-    // weight vectors of sixteen channels against lane `g` of each pixel.
-    macro_rules! step {
-        ($ap:expr, $wp:expr) => {{
-            let x: [int8x16_t; MR16] = load_rows($ap);
-            macro_rules! group {
-                ($g:literal) => {{
-                    let w: [int8x16_t; 4] = load_rows($wp.add($g * OCB * KG));
-                    for m in 0..MR16 {
-                        for j in 0..4 {
-                            sdot_lane!(acc[m][j], w[j], x[m], $g);
-                        }
-                    }
-                }};
-            }
-            group!(0);
-            group!(1);
-            group!(2);
-            group!(3);
-        }};
-    }
     let (mut ap, mut wp) = (a, w);
     // Two steps per trip: the loop's own instructions count once per 128 `sdot`s.
     for _ in 0..steps / 2 {
-        step!(ap, wp);
-        step!(ap.add(MR16 * KC), wp.add(OCB * KC));
+        dot_step(&mut acc, &load_rows(ap), wp);
+        dot_step(&mut acc, &load_rows(ap.add(MR16 * KC)), wp.add(OCB * KC));
         ap = ap.add(2 * MR16 * KC);
         wp = wp.add(2 * OCB * KC);
     }
     if steps % 2 == 1 {
-        step!(ap, wp);
+        dot_step(&mut acc, &load_rows(ap), wp);
+    }
+    acc
+}
+
+/// [`tile16_sdot`] on pixels `m0 .. m0 + 4` of `d`, read in place: the weights stream in
+/// tap order as packed (`[tap][IC]` is the im2col order).
+#[inline(always)]
+unsafe fn tile16_direct(
+    d: &Direct<'_>,
+    m0: usize,
+    w: *const i8,
+    init: [int32x4_t; 4],
+) -> [[int32x4_t; 4]; MR16] {
+    let mut acc = [init; MR16];
+    let band = d.band.as_ptr();
+    let bases: [*const i8; MR16] =
+        core::array::from_fn(|m| band.add(*d.offsets.get_unchecked(m0 + m) as usize));
+    let (pairs, single) = (d.in_c / (2 * KC), d.in_c % (2 * KC) != 0);
+    let mut wp = w;
+    for &tap in d.taps {
+        let mut xp = bases.map(|b| b.add(tap as usize));
+        for _ in 0..pairs {
+            let x: [int8x16x2_t; MR16] = core::array::from_fn(|m| vld1q_s8_x2(xp[m]));
+            dot_step(&mut acc, &x.map(|v| v.0), wp);
+            dot_step(&mut acc, &x.map(|v| v.1), wp.add(OCB * KC));
+            xp = xp.map(|p| p.add(2 * KC));
+            wp = wp.add(2 * OCB * KC);
+        }
+        if single {
+            dot_step(&mut acc, &xp.map(|p| vld1q_s8(p)), wp);
+            wp = wp.add(OCB * KC);
+        }
     }
     acc
 }
@@ -419,8 +512,10 @@ pub unsafe fn sdot_tile_4x16(a: *const i8, w: *const i8, steps: usize, out: *mut
 
 /// Sixteen channels of one pixel: requantisation (the bias is in the sums already),
 /// residual, zero point and clamp as [`finish_rows`] does them, one 16-byte store.
+/// `RIGHT` (every channel divides): gemmlowp's rounding fix-up is `x + (x >> 31)`, one
+/// shift-and-add — `sqrdmulh` never returns `i32::MIN`, so it cannot wrap.
 #[inline(always)]
-unsafe fn finish_pixel16<const LEFT: bool>(
+unsafe fn finish_pixel16<const LEFT: bool, const RIGHT: bool>(
     acc: &[int32x4_t; 4],
     quads: &[QuadParams; 4],
     residual: Option<ResidualQuads>,
@@ -429,22 +524,38 @@ unsafe fn finish_pixel16<const LEFT: bool>(
 ) {
     let mut v: [int32x4_t; 4] = core::array::from_fn(|j| {
         let q = &quads[j];
-        requantize::<LEFT>(acc[j], q.multiplier, q.left, q.right_neg)
+        if RIGHT {
+            divide_right(vqrdmulhq_s32(acc[j], q.multiplier), q.right_neg)
+        } else {
+            requantize::<LEFT>(acc[j], q.multiplier, q.left, q.right_neg)
+        }
     });
     if let Some(r) = residual {
+        // `x - zero point` in int16 (both int8), then to int32; the residual's own
+        // shift decided here (one tensor, so the branches always go the same way).
         let bytes = vld1q_s8(r.data);
-        let halves = [vmovl_s8(vget_low_s8(bytes)), vmovl_high_s8(bytes)];
-        let (zp, mult) = (vdupq_n_s32(r.zero_point), vdupq_n_s32(r.multiplier));
+        let zp = vdup_n_s8(r.zero_point as i8);
+        let halves = [
+            vsubl_s8(vget_low_s8(bytes), zp),
+            vsubl_high_s8(bytes, vdupq_n_s8(r.zero_point as i8)),
+        ];
+        let mult = vdupq_n_s32(r.multiplier);
         let (left, right) = (vdupq_n_s32(r.left), vdupq_n_s32(r.right_neg));
         for (j, v) in v.iter_mut().enumerate() {
             let h = halves[j / 2];
-            let wide = if j % 2 == 0 {
+            let mut x = if j % 2 == 0 {
                 vmovl_s16(vget_low_s16(h))
             } else {
                 vmovl_high_s16(h)
             };
-            let res = requantize::<LEFT>(vsubq_s32(wide, zp), mult, left, right);
-            *v = vqaddq_s32(*v, res);
+            if r.left > 0 {
+                x = vqshlq_s32(x, left);
+            }
+            x = vqrdmulhq_s32(x, mult);
+            if r.right_neg < 0 {
+                x = divide_right(x, right);
+            }
+            *v = vqaddq_s32(*v, x);
         }
     }
     // As in `finish_rows`: narrow with saturation, zero point at int16, clamp at int8.
@@ -457,6 +568,13 @@ unsafe fn finish_pixel16<const LEFT: bool>(
         vdupq_n_s8(c.out.max),
     );
     vst1q_s8(out, bytes);
+}
+
+/// gemmlowp's `RoundingDivideByPOT` when every lane divides (`right_neg < 0`), on
+/// `x` from `sqrdmulh` (never `i32::MIN`, so `x - 1` cannot wrap).
+#[inline(always)]
+unsafe fn divide_right(x: int32x4_t, right_neg: int32x4_t) -> int32x4_t {
+    vrshlq_s32(vsraq_n_s32::<31>(x, x), right_neg)
 }
 
 /// The residual operand for the tile whose first output element is `first`.
