@@ -223,6 +223,24 @@ fn pack_input_rows<const FLIP: bool>(
 ) {
     let k_pad = round_up(s.kernel[0] * s.kernel[1] * s.in_c, KC);
     assert!(a.len() >= round_up(count, group) * k_pad);
+    #[cfg(target_arch = "aarch64")]
+    if !FLIP {
+        if let Some(gather) = crate::neon::RowGather::new(s) {
+            pack_input_gathered(&gather, (s, input, zero_point, p0, count, a), group);
+            return;
+        }
+    }
+    pack_input_rows_on_stack::<FLIP>((s, input, zero_point, p0, count, a), group)
+}
+
+/// [`pack_input_rows`] one pixel at a time: its im2col row built on the stack, then
+/// stored a chunk at a time.
+fn pack_input_rows_on_stack<const FLIP: bool>(
+    (s, input, zero_point, p0, count, a): PackArgs<'_>,
+    group: usize,
+) {
+    let k_pad = round_up(s.kernel[0] * s.kernel[1] * s.in_c, KC);
+    assert!(a.len() >= round_up(count, group) * k_pad);
     let mut row = [0i8; ROW_MAX + KC];
     let row = &mut row[..k_pad + KC];
     for m in 0..count {
@@ -243,6 +261,80 @@ fn pack_input_rows<const FLIP: bool>(
                 chunk::copy::<FLIP>(row.as_ptr().add(c * KC), dst.add(c * group * KC));
             }
         }
+    }
+}
+
+/// [`pack_input_rows`] with the pixels inside the map gathered straight from the input
+/// rows by table lookups ([`crate::neon::RowGather`]); those at the border build their row
+/// on the stack as before.
+#[cfg(target_arch = "aarch64")]
+fn pack_input_gathered(gather: &crate::neon::RowGather, args: PackArgs<'_>, group: usize) {
+    let s = args.0;
+    if s.kernel[0] * (s.pads[1] + s.in_w + s.pads[3]) * s.in_c > GATHER_ROWS {
+        return pack_input_rows_on_stack::<false>(args, group);
+    }
+    // The usual shape (a 3×3 stem on RGB: three rows, two chunks) with its loops unrolled.
+    match (gather.rows(), gather.chunks()) {
+        (3, 2) => gathered::<3, 2>(gather, args, group),
+        _ => gathered::<0, 0>(gather, args, group),
+    }
+}
+
+/// Bytes of the padded kernel rows [`gathered`] builds on the stack.
+#[cfg(target_arch = "aarch64")]
+const GATHER_ROWS: usize = 4096;
+
+/// [`pack_input_gathered`] for `KH` kernel rows and `CHUNKS` chunks (0: as `gather` says):
+/// for each output row, its kernel rows are copied to the stack with their padding
+/// written out (the zero point), then every pixel of the row is gathered from there.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+fn gathered<const KH: usize, const CHUNKS: usize>(
+    gather: &crate::neon::RowGather,
+    (s, input, zero_point, p0, count, a): PackArgs<'_>,
+    group: usize,
+) {
+    let (kh, kw, ic) = (s.kernel[0], s.kernel[1], s.in_c);
+    let k_pad = round_up(kh * kw * ic, KC);
+    let [sy, sx] = s.stride;
+    let width = (s.pads[1] + s.in_w + s.pads[3]) * ic;
+    let (left, inner) = (s.pads[1] * ic, s.in_w * ic);
+    // The gathers read 16 bytes from each kernel row's start: slack after the last row.
+    let mut rows = [zero_point; GATHER_ROWS + KC];
+    assert!(kh * width <= GATHER_ROWS);
+    let last_slot = Slots { group, k_pad }.slot(count.max(1) - 1, k_pad - KC);
+    assert!(a.len() >= last_slot + KC);
+    let mut m = 0;
+    while m < count {
+        let (oy, ox) = ((p0 + m) / s.out_w, (p0 + m) % s.out_w);
+        let run = (count - m).min(s.out_w - ox);
+        for (ky, r) in rows[..kh * width].chunks_exact_mut(width).enumerate() {
+            match (oy * sy + ky)
+                .checked_sub(s.pads[0])
+                .filter(|&iy| iy < s.in_h)
+            {
+                Some(iy) => r[left..left + inner].copy_from_slice(&input[iy * inner..][..inner]),
+                None => r[left..left + inner].fill(zero_point),
+            }
+        }
+        // SAFETY: pixel `ox + i`'s kernel rows start at `(ox + i) · sx · ic` in each padded
+        // row (its taps end inside the row: the output width fits the padded one), so
+        // every 16-byte read is inside `rows` with its slack; its slots are inside `a`
+        // (asserted above for the last pixel).
+        unsafe {
+            crate::neon::gather_run::<KH, CHUNKS>(
+                gather,
+                rows.as_ptr().add(ox * sx * ic),
+                sx * ic,
+                width,
+                run,
+                a.as_mut_ptr(),
+                m,
+                group,
+                k_pad,
+            )
+        };
+        m += run;
     }
 }
 
@@ -607,13 +699,16 @@ impl PackedConv<'_> {
     /// How the channels' requantisation shifts go (the residual's aside), so the
     /// 16-channel AArch64 epilogue can take its shortest form.
     pub fn channel_shifts(&self) -> Shifts {
-        let shifts = (0..self.window.out_c).map(|o| param(self.params, o).2);
-        if shifts.clone().any(|s| s > 0) {
-            Shifts::SomeLeft
-        } else if shifts.clone().all(|s| s < 0) {
-            Shifts::AllRight
-        } else {
-            Shifts::NoLeft
+        // One pass: the largest shift decides.
+        let shifts = self.params.chunks_exact(12).take(self.window.out_c);
+        let most = shifts
+            .map(|r| i32::from_le_bytes([r[8], r[9], r[10], r[11]]))
+            .max()
+            .unwrap_or(-1);
+        match most {
+            1.. => Shifts::SomeLeft,
+            0 => Shifts::NoLeft,
+            _ => Shifts::AllRight,
         }
     }
 
