@@ -227,12 +227,18 @@ pub fn band_rows(s: &Window, budget: usize) -> usize {
 fn fill_band(s: &Window, input: &[i8], zero_point: i8, r0: usize, rows: usize, band: &mut [i8]) {
     let row = padded_row(s);
     let (left, inner) = (s.pads[1] * s.in_c, s.in_w * s.in_c);
+    // Padding columns are a few 16-byte chunks (`IC % 16 == 0`): stores, not calls.
+    let pad = |d: &mut [i8]| {
+        for c in d.chunks_exact_mut(KC) {
+            c.copy_from_slice(&[zero_point; KC]);
+        }
+    };
     for (i, dst) in band[..rows * row].chunks_exact_mut(row).enumerate() {
         match (r0 + i).checked_sub(s.pads[0]).filter(|&iy| iy < s.in_h) {
             Some(iy) => {
-                dst[..left].fill(zero_point);
+                pad(&mut dst[..left]);
                 dst[left..left + inner].copy_from_slice(&input[iy * inner..][..inner]);
-                dst[left + inner..].fill(zero_point);
+                pad(&mut dst[left + inner..]);
             }
             None => dst.fill(zero_point),
         }
@@ -282,11 +288,20 @@ fn direct(c: &PackedConv<'_>, output: &mut [i8], scratch: &mut [i8], rows_per_ba
             let count = DIRECT_PIXELS.min(band_end - q);
             let mut offsets = [0u32; DIRECT_PIXELS];
             let slots = round_up(count, MR);
-            for (i, o) in offsets[..slots].iter_mut().enumerate() {
-                let px = q + i.min(count - 1);
-                let (y, x) = (px / s.out_w, px % s.out_w);
-                *o = ((y * s.stride[0] - r0) * row + x * s.stride[1] * ic) as u32;
+            // A run of pixels per output row: one step apart.
+            let (mut y, mut x) = (q / s.out_w, q % s.out_w);
+            let col_step = (s.stride[1] * ic) as u32;
+            let mut done = 0;
+            while done < count {
+                let n = (count - done).min(s.out_w - x);
+                let first = ((y * s.stride[0] - r0) * row + x * s.stride[1] * ic) as u32;
+                for (i, o) in offsets[done..done + n].iter_mut().enumerate() {
+                    *o = first + i as u32 * col_step;
+                }
+                (y, x, done) = (y + 1, 0, done + n);
             }
+            let last = offsets[count - 1];
+            offsets[count..slots].fill(last);
             let d = Direct {
                 band,
                 offsets: &offsets[..slots],
