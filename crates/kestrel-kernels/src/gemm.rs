@@ -230,7 +230,107 @@ fn pack_input_rows<const FLIP: bool>(
             return;
         }
     }
+    let width = (s.pads[1] + s.in_w + s.pads[3]) * s.in_c;
+    let run = s.kernel[1] * s.in_c;
+    if s.kernel[0] * width <= PADDED_ROWS && run >= KC && k_pad / KC <= PADDED_CHUNKS {
+        return pack_input_rows_padded::<FLIP>((s, input, zero_point, p0, count, a), group);
+    }
     pack_input_rows_on_stack::<FLIP>((s, input, zero_point, p0, count, a), group)
+}
+
+/// Bytes of the padded kernel rows [`pack_input_rows_padded`] builds on the stack (a 7×7
+/// stem on 224 RGB columns needs 7 · 690).
+const PADDED_ROWS: usize = 8192;
+/// Chunks of an im2col row [`pack_input_rows_padded`] plans (a 7×7 stem on RGB has 10).
+const PADDED_CHUNKS: usize = 16;
+
+/// [`pack_input_rows`] with each output row's kernel rows first copied to the stack with
+/// their padding written out (the zero point, and the flip applied once per input byte).
+/// A pixel's im2col row is then its kernel rows' runs side by side, and with runs of 16
+/// bytes or more each 16-byte chunk of it is one piece of a run, or the end of one run and
+/// the start of the next: two loads and a byte blend, stored straight to its slot.
+fn pack_input_rows_padded<const FLIP: bool>(
+    (s, input, zero_point, p0, count, a): PackArgs<'_>,
+    group: usize,
+) {
+    let (kh, kw, ic) = (s.kernel[0], s.kernel[1], s.in_c);
+    let (run, k) = (kw * ic, kh * kw * ic);
+    let k_pad = round_up(k, KC);
+    let [sy, sx] = s.stride;
+    let width = (s.pads[1] + s.in_w + s.pads[3]) * ic;
+    let (left, inner) = (s.pads[1] * ic, s.in_w * ic);
+    let x = if FLIP { i8::MIN } else { 0 };
+    assert!(run >= KC && kh * width <= PADDED_ROWS && k_pad / KC <= PADDED_CHUNKS);
+    assert!(a.len() >= round_up(count, group) * k_pad);
+    // Chunk c: bytes from `first[c]` (offsets from a pixel's start in the rows), the
+    // ones at and past `split[c]` from `second[c]`, loaded so they land in place.
+    let (mut first, mut second, mut split) = (
+        [0usize; PADDED_CHUNKS],
+        [0; PADDED_CHUNKS],
+        [0; PADDED_CHUNKS],
+    );
+    for c in 0..k_pad / KC {
+        let b = c * KC;
+        let (ky, j) = (b / run, b % run);
+        let len = (run - j).min(KC);
+        first[c] = ky * width + j;
+        // Past K (the padded k multiply zero weights) or inside one run: one piece.
+        (second[c], split[c]) = if len == KC || b + len >= k {
+            (first[c], KC)
+        } else {
+            ((ky + 1) * width - len, len)
+        };
+    }
+    // Slack after the rows: a chunk's load reads up to 15 bytes past its run.
+    let mut rows = [zero_point ^ x; PADDED_ROWS + KC];
+    let at = Slots { group, k_pad };
+    let mut m = 0;
+    while m < count {
+        let (oy, ox0) = ((p0 + m) / s.out_w, (p0 + m) % s.out_w);
+        let pixels = (count - m).min(s.out_w - ox0);
+        for (ky, r) in rows[..kh * width].chunks_exact_mut(width).enumerate() {
+            let dst = &mut r[left..left + inner];
+            match (oy * sy + ky)
+                .checked_sub(s.pads[0])
+                .filter(|&iy| iy < s.in_h)
+            {
+                Some(iy) => {
+                    for (d, &v) in dst.iter_mut().zip(&input[iy * inner..][..inner]) {
+                        *d = v ^ x;
+                    }
+                }
+                None => dst.fill(zero_point ^ x),
+            }
+        }
+        let mut slot = at.slot(m, 0);
+        let mut in_group = m % group;
+        for i in 0..pixels {
+            let src = (ox0 + i) * sx * ic;
+            // SAFETY: every load starts inside the rows (a pixel's kernel rows start
+            // inside its padded row; `second` points at most 16 bytes before a row's
+            // start, never before the first row) and ends at most 15 bytes past a run,
+            // inside `rows` with its slack; the slots are inside `a` (asserted above).
+            unsafe {
+                let from = rows.as_ptr().add(src);
+                let to = a.as_mut_ptr().add(slot);
+                for c in 0..k_pad / KC {
+                    chunk::blend(
+                        from.add(first[c]),
+                        from.add(second[c]),
+                        split[c],
+                        to.add(c * group * KC),
+                    );
+                }
+            }
+            in_group += 1;
+            slot += KC;
+            if in_group == group {
+                in_group = 0;
+                slot += group * (k_pad - KC);
+            }
+        }
+        m += pixels;
+    }
 }
 
 /// [`pack_input_rows`] one pixel at a time: its im2col row built on the stack, then
@@ -610,6 +710,49 @@ mod chunk {
             v
         };
         _mm_storeu_si128(dst as *mut __m128i, v);
+    }
+
+    /// Bytes `0 .. split` from `a`, `split .. 16` from `b`, stored at `dst`.
+    ///
+    /// # Safety
+    /// 16 bytes are readable at `a` and `b` and writable at `dst`; `split ≤ 16`.
+    #[inline(always)]
+    pub unsafe fn blend(a: *const i8, b: *const i8, split: usize, dst: *mut i8) {
+        // A mask of `split` low bytes: the top of a window into 0xff… then 0….
+        const ONES: [i8; 32] = {
+            let mut m = [0i8; 32];
+            let mut i = 0;
+            while i < 16 {
+                m[i] = -1;
+                i += 1;
+            }
+            m
+        };
+        let mask = ONES.as_ptr().add(16 - split);
+        #[cfg(target_arch = "aarch64")]
+        {
+            use core::arch::aarch64::*;
+            let m = vreinterpretq_u8_s8(vld1q_s8(mask));
+            vst1q_s8(dst, vbslq_s8(m, vld1q_s8(a), vld1q_s8(b)));
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            use core::arch::x86_64::*;
+            let m = _mm_loadu_si128(mask as *const __m128i);
+            let a = _mm_loadu_si128(a as *const __m128i);
+            let b = _mm_loadu_si128(b as *const __m128i);
+            let v = _mm_or_si128(_mm_and_si128(m, a), _mm_andnot_si128(m, b));
+            _mm_storeu_si128(dst as *mut __m128i, v);
+        }
+        #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+        {
+            let m = core::ptr::read_unaligned(mask as *const u128);
+            let (a, b) = (
+                core::ptr::read_unaligned(a as *const u128),
+                core::ptr::read_unaligned(b as *const u128),
+            );
+            core::ptr::write_unaligned(dst as *mut u128, (a & m) | (b & !m));
+        }
     }
 
     /// # Safety
