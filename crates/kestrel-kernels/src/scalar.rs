@@ -7,6 +7,8 @@
 //! accumulator is `bias + Σ w·x`. Requantisation is gemmlowp's (TFLite's): a rounding
 //! doubling high multiply by a Q31 multiplier, then a rounding right shift.
 
+use core::ops::Range;
+
 /// Shapes of a 2-D window op (conv or pooling) on NHWC tensors with batch 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
@@ -431,25 +433,31 @@ pub fn dense_i32(
 
 /// Max pooling; padded cells are ignored. Output quantisation equals the input's.
 pub fn max_pool(s: &Window, input: &[i8], output: &mut [i8]) {
+    max_pool_rows(s, input, 0..s.out_h, output);
+}
+
+/// [`max_pool`] on output rows `rows` only, `output` holding just those rows (so threads
+/// can each take some).
+pub fn max_pool_rows(s: &Window, input: &[i8], rows: Range<usize>, output: &mut [i8]) {
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { max_pool_avx2(s, input, output) };
+        unsafe { max_pool_avx2(s, input, rows, output) };
         return;
     }
-    max_pool_body(s, input, output);
+    max_pool_body(s, input, rows, output);
 }
 
-/// [`max_pool`] compiled with AVX2: signed byte maxima in one instruction (the x86-64
-/// baseline has none), same results.
+/// [`max_pool_rows`] compiled with AVX2: signed byte maxima in one instruction (the
+/// x86-64 baseline has none), same results.
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 #[target_feature(enable = "avx2")]
-unsafe fn max_pool_avx2(s: &Window, input: &[i8], output: &mut [i8]) {
-    max_pool_body(s, input, output);
+unsafe fn max_pool_avx2(s: &Window, input: &[i8], rows: Range<usize>, output: &mut [i8]) {
+    max_pool_body(s, input, rows, output);
 }
 
 #[inline(always)]
-fn max_pool_body(s: &Window, input: &[i8], output: &mut [i8]) {
+fn max_pool_body(s: &Window, input: &[i8], out_rows: Range<usize>, output: &mut [i8]) {
     // Whole channel rows at a time (NHWC), sixteen channels per step so the compiler
     // uses vector maxima. Padding is ignored, as a max over the valid cells: the valid
     // taps are worked out once per output pixel.
@@ -460,11 +468,11 @@ fn max_pool_body(s: &Window, input: &[i8], output: &mut [i8]) {
         let hi = (size as isize - start).clamp(lo as isize, k as isize) as usize;
         ((start + lo as isize).max(0) as usize, hi - lo)
     };
-    for oy in 0..s.out_h {
+    for oy in out_rows.clone() {
         let (iy, rows) = valid(oy, s.stride[0], s.pads[0], s.kernel[0], s.in_h);
         for ox in 0..s.out_w {
             let (ix, cols) = valid(ox, s.stride[1], s.pads[1], s.kernel[1], s.in_w);
-            let out = &mut output[(oy * s.out_w + ox) * c..][..c];
+            let out = &mut output[((oy - out_rows.start) * s.out_w + ox) * c..][..c];
             let tap = |y: usize, x: usize| (y * s.in_w + x) * c;
             // Blocks of 64 channels kept in registers over the window, then the rest.
             let (blocks, rest) = out.as_chunks_mut::<64>();
@@ -821,6 +829,12 @@ mod tests {
                 }
             }
         }
+        // Row by row, as threads split it: the same bytes.
+        let mut rows = vec![0i8; 3 * 3 * c];
+        for (oy, part) in rows.chunks_mut(3 * c).enumerate() {
+            max_pool_rows(&s, &input, oy..oy + 1, part);
+        }
+        assert_eq!(rows, got);
     }
 
     #[test]

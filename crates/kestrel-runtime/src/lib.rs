@@ -410,7 +410,15 @@ impl<'m, 'a> Session<'m, 'a> {
                     output[4 * n..4 * n + 4].copy_from_slice(&v.to_le_bytes());
                 }),
             },
-            OpKind::MaxPool => scalar::max_pool(&win, input, as_i8_mut(output)),
+            OpKind::MaxPool => {
+                let output = as_i8_mut(output);
+                match self.parallel {
+                    Some(parallel) if parallel.threads() > 1 => {
+                        max_pool_parallel(&win, input, output, parallel)
+                    }
+                    _ => scalar::max_pool(&win, input, output),
+                }
+            }
             OpKind::AvgPool => scalar::avg_pool(
                 &win,
                 input,
@@ -485,6 +493,21 @@ fn conv_parallel(
             ..*conv
         };
         packing.conv2d(isa, &task, part, scratch);
+    });
+}
+
+/// Splits a max pooling's output rows in runs, one task per thread.
+fn max_pool_parallel(win: &Window, input: &[i8], output: &mut [i8], parallel: &dyn Parallel) {
+    let row = win.out_w * win.out_c;
+    let run = win.out_h.div_ceil(parallel.threads());
+    let tasks = win.out_h.div_ceil(run);
+    let shared = SharedOutput(output.as_mut_ptr(), output.len());
+    parallel.run(tasks, &|t, _| {
+        let rows = t * run..(t * run + run).min(win.out_h);
+        // SAFETY: task t owns output rows t·run .. (t+1)·run, disjoint from every other
+        // task's and inside the output (`t · run < out_h`).
+        let part = unsafe { shared.part(rows.start * row, rows.len() * row) };
+        scalar::max_pool_rows(win, input, rows, part);
     });
 }
 
