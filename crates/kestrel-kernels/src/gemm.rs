@@ -238,6 +238,36 @@ fn pack_input_rows<const FLIP: bool>(
     pack_input_rows_on_stack::<FLIP>((s, input, zero_point, p0, count, a), group)
 }
 
+/// The kernel rows of output row `oy` into `rows` (one padded input row each, the
+/// padding columns already holding the zero point): each row's input bytes, or the zero
+/// point for a row outside the map; with `FLIP` every byte `^ 0x80`.
+fn kernel_rows<const FLIP: bool>(
+    s: &Window,
+    input: &[i8],
+    zero_point: i8,
+    oy: usize,
+    rows: &mut [i8],
+) {
+    let width = (s.pads[1] + s.in_w + s.pads[3]) * s.in_c;
+    let (left, inner) = (s.pads[1] * s.in_c, s.in_w * s.in_c);
+    let x = if FLIP { i8::MIN } else { 0 };
+    for (ky, r) in rows.chunks_exact_mut(width).enumerate() {
+        let dst = &mut r[left..left + inner];
+        match (oy * s.stride[0] + ky)
+            .checked_sub(s.pads[0])
+            .filter(|&iy| iy < s.in_h)
+        {
+            Some(iy) if FLIP => {
+                for (d, &v) in dst.iter_mut().zip(&input[iy * inner..][..inner]) {
+                    *d = v ^ x;
+                }
+            }
+            Some(iy) => dst.copy_from_slice(&input[iy * inner..][..inner]),
+            None => dst.fill(zero_point ^ x),
+        }
+    }
+}
+
 /// Bytes of the padded kernel rows [`pack_input_rows_padded`] builds on the stack (a 7×7
 /// stem on 224 RGB columns needs 7 · 690).
 const PADDED_ROWS: usize = 8192;
@@ -256,9 +286,8 @@ fn pack_input_rows_padded<const FLIP: bool>(
     let (kh, kw, ic) = (s.kernel[0], s.kernel[1], s.in_c);
     let (run, k) = (kw * ic, kh * kw * ic);
     let k_pad = round_up(k, KC);
-    let [sy, sx] = s.stride;
+    let sx = s.stride[1];
     let width = (s.pads[1] + s.in_w + s.pads[3]) * ic;
-    let (left, inner) = (s.pads[1] * ic, s.in_w * ic);
     let x = if FLIP { i8::MIN } else { 0 };
     assert!(run >= KC && kh * width <= PADDED_ROWS && k_pad / KC <= PADDED_CHUNKS);
     assert!(a.len() >= round_up(count, group) * k_pad);
@@ -288,20 +317,7 @@ fn pack_input_rows_padded<const FLIP: bool>(
     while m < count {
         let (oy, ox0) = ((p0 + m) / s.out_w, (p0 + m) % s.out_w);
         let pixels = (count - m).min(s.out_w - ox0);
-        for (ky, r) in rows[..kh * width].chunks_exact_mut(width).enumerate() {
-            let dst = &mut r[left..left + inner];
-            match (oy * sy + ky)
-                .checked_sub(s.pads[0])
-                .filter(|&iy| iy < s.in_h)
-            {
-                Some(iy) => {
-                    for (d, &v) in dst.iter_mut().zip(&input[iy * inner..][..inner]) {
-                        *d = v ^ x;
-                    }
-                }
-                None => dst.fill(zero_point ^ x),
-            }
-        }
+        kernel_rows::<FLIP>(s, input, zero_point, oy, &mut rows[..kh * width]);
         let mut slot = at.slot(m, 0);
         let mut in_group = m % group;
         for i in 0..pixels {
@@ -396,9 +412,8 @@ fn gathered<const KH: usize, const CHUNKS: usize>(
 ) {
     let (kh, kw, ic) = (s.kernel[0], s.kernel[1], s.in_c);
     let k_pad = round_up(kh * kw * ic, KC);
-    let [sy, sx] = s.stride;
+    let sx = s.stride[1];
     let width = (s.pads[1] + s.in_w + s.pads[3]) * ic;
-    let (left, inner) = (s.pads[1] * ic, s.in_w * ic);
     // The gathers read 16 bytes from each kernel row's start: slack after the last row.
     let mut rows = [zero_point; GATHER_ROWS + KC];
     assert!(kh * width <= GATHER_ROWS);
@@ -408,15 +423,7 @@ fn gathered<const KH: usize, const CHUNKS: usize>(
     while m < count {
         let (oy, ox) = ((p0 + m) / s.out_w, (p0 + m) % s.out_w);
         let run = (count - m).min(s.out_w - ox);
-        for (ky, r) in rows[..kh * width].chunks_exact_mut(width).enumerate() {
-            match (oy * sy + ky)
-                .checked_sub(s.pads[0])
-                .filter(|&iy| iy < s.in_h)
-            {
-                Some(iy) => r[left..left + inner].copy_from_slice(&input[iy * inner..][..inner]),
-                None => r[left..left + inner].fill(zero_point),
-            }
-        }
+        kernel_rows::<false>(s, input, zero_point, oy, &mut rows[..kh * width]);
         // SAFETY: pixel `ox + i`'s kernel rows start at `(ox + i) · sx · ic` in each padded
         // row (its taps end inside the row: the output width fits the padded one), so
         // every 16-byte read is inside `rows` with its slack; its slots are inside `a`
