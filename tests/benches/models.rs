@@ -31,9 +31,14 @@ fn compile(onnx: &std::path::Path) -> Vec<u8> {
         target: target(),
         progress: false,
     };
-    compile::compile(onnx, &shared_dir().join("data/cifar10/calib"), None, &opts)
-        .expect("compiling the benchmark model")
-        .0
+    compile::compile(
+        onnx,
+        Some(&shared_dir().join("data/cifar10/calib")),
+        None,
+        &opts,
+    )
+    .expect("compiling the benchmark model")
+    .0
 }
 
 fn resnet18() -> Vec<u8> {

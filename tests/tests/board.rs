@@ -47,7 +47,7 @@ fn resnet20_kes() -> &'static Path {
         };
         let calib = shared_dir().join("data/cifar10/calib");
         let (bytes, _) =
-            compile::compile(&shared_model("resnet20_cifar10"), &calib, None, &opts).unwrap();
+            compile::compile(&shared_model("resnet20_cifar10"), Some(&calib), None, &opts).unwrap();
         let path = temp_dir("model").join("resnet20.kes");
         std::fs::write(&path, bytes).unwrap();
         path

@@ -16,7 +16,7 @@ fn compile_to(stem: &str, method: Method, calib_count: usize) -> PathBuf {
         progress: false,
     };
     let calib = shared_dir().join("data/cifar10/calib");
-    let (bytes, report) = compile::compile(&shared_model(stem), &calib, None, &opts).unwrap();
+    let (bytes, report) = compile::compile(&shared_model(stem), Some(&calib), None, &opts).unwrap();
     assert_eq!(report.calibration_images, calib_count);
     let dir = std::env::temp_dir().join(format!("kestrel-int8-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -42,7 +42,7 @@ fn compile_both(name: &str, onnx: &Path) -> Compiled {
             target,
             progress: false,
         };
-        compile::compile(onnx, &calib, None, &opts).unwrap().0
+        compile::compile(onnx, Some(&calib), None, &opts).unwrap().0
     };
     Compiled {
         name: name.to_string(),

@@ -1,6 +1,6 @@
 //! `kestrel compile`: ONNX → fold → calibrate → quantise → plan → `.kes` bytes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -35,6 +35,32 @@ pub enum Target {
 }
 
 impl Target {
+    /// The target of the machine this runs on: its own SIMD kernels (`x86-64`; `rpi5` on
+    /// an ARM core with the dot product, `rpi4` without), `generic` elsewhere.
+    pub fn host() -> Target {
+        #[cfg(target_arch = "x86_64")]
+        return Target::X86_64;
+        #[cfg(target_arch = "aarch64")]
+        return if std::arch::is_aarch64_feature_detected!("dotprod") {
+            Target::Rpi5
+        } else {
+            Target::Rpi4
+        };
+        #[allow(unreachable_code)]
+        Target::Generic
+    }
+
+    /// The name `--target` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Generic => "generic",
+            Target::Rpi4 => "rpi4",
+            Target::Rpi5 => "rpi5",
+            Target::JetsonOrin => "jetson-orin",
+            Target::X86_64 => "x86-64",
+        }
+    }
+
     /// The conv weight layout this target's kernels read.
     pub fn weight_layout(self) -> WeightLayout {
         match self {
@@ -56,7 +82,13 @@ pub struct CompileOptions {
 #[derive(Clone, Debug, Serialize)]
 pub struct CompileReport {
     pub passes: PassReport,
+    pub target: Target,
+    /// Calibration inputs used (0: the model's own scales only).
     pub calibration_images: usize,
+    /// Calibration images that could not be decoded, with the reason.
+    pub calibration_skipped: Vec<(String, String)>,
+    /// Values whose quantisation the model itself states (QDQ).
+    pub stated_scales: usize,
     pub method: String,
     pub arena_bytes: u64,
     pub arena_lower_bound_bytes: u64,
@@ -117,6 +149,69 @@ pub fn prepare(model: &Path, card: Option<&LoadedCard>) -> anyhow::Result<Prepar
     })
 }
 
+/// Calibration inputs: preprocessed images of a folder, or tensors of a `.npy`/`.npz`.
+pub struct Calibration {
+    pub inputs: Vec<Vec<f32>>,
+    /// Images that could not be decoded: path and reason (they are left out).
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Loads up to `count` calibration inputs from `source`: a folder of images at any depth
+/// (class sub-folders optional; spread over the path-sorted list so every sub-folder is
+/// represented) or a `.npy`/`.npz` of preprocessed NCHW float32 inputs. An image that
+/// cannot be decoded is reported and skipped; no usable input at all is an error.
+pub fn load_calibration(
+    source: &Path,
+    count: usize,
+    pre: &Preprocess,
+    input_len: usize,
+    progress: bool,
+) -> anyhow::Result<Calibration> {
+    if source.is_file() {
+        let mut inputs = dataset::read_tensors(source, input_len)?;
+        inputs = dataset::spread(&inputs, count);
+        return Ok(Calibration {
+            inputs,
+            skipped: Vec::new(),
+        });
+    }
+    let picked = dataset::spread(&dataset::images_under(source)?, count);
+    let bar = progress_bar(
+        progress,
+        picked.len(),
+        "loading images {bar:30} {pos}/{len}",
+    );
+    let mut inputs = Vec::with_capacity(picked.len());
+    let mut skipped = Vec::new();
+    for path in picked {
+        bar.inc(1);
+        match pre.load(&path) {
+            Ok(x) => inputs.push(x),
+            Err(e) => {
+                bar.suspend(|| eprintln!("skipping calibration image {}: {e}", path.display()));
+                skipped.push((path, e.to_string()));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    anyhow::ensure!(
+        !inputs.is_empty(),
+        "no usable calibration image in {}: {} could not be decoded",
+        source.display(),
+        skipped.len()
+    );
+    Ok(Calibration { inputs, skipped })
+}
+
+fn progress_bar(show: bool, len: usize, template: &'static str) -> ProgressBar {
+    if show {
+        ProgressBar::new(len as u64)
+            .with_style(ProgressStyle::with_template(template).expect("static template"))
+    } else {
+        ProgressBar::hidden()
+    }
+}
+
 /// Loads `count` images spread over the classes of `dir`, preprocessed.
 pub fn load_images(
     dir: &Path,
@@ -125,14 +220,11 @@ pub fn load_images(
     progress: bool,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
     let picked = dataset::spread(&dataset::list(dir)?, count);
-    let bar = if progress {
-        ProgressBar::new(picked.len() as u64).with_style(
-            ProgressStyle::with_template("loading images {bar:30} {pos}/{len}")
-                .expect("static template"),
-        )
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = progress_bar(
+        progress,
+        picked.len(),
+        "loading images {bar:30} {pos}/{len}",
+    );
     let images = picked
         .iter()
         .map(|img| {
@@ -145,15 +237,36 @@ pub fn load_images(
     images
 }
 
+/// Compiles `model`. `calib` (a folder of images or a `.npy`/`.npz`) measures the ranges
+/// of activations; without it every activation's scale must be stated by the model (QDQ).
 pub fn compile(
     model: &Path,
-    calib: &Path,
+    calib: Option<&Path>,
     card: Option<&LoadedCard>,
     opts: &CompileOptions,
 ) -> anyhow::Result<(Vec<u8>, CompileReport)> {
     let p = prepare(model, card)?;
-    let images = load_images(calib, opts.calib_count, &p.preprocess, opts.progress)?;
-    let stats = calibrate::collect(&p.graph, &images, opts.progress)?;
+    let stated_scales = p.graph.values.iter().filter(|v| v.quant.is_some()).count();
+    let calibration = match calib {
+        Some(source) => {
+            let input_len = p.graph.values[p.graph.input].len();
+            let c = load_calibration(
+                source,
+                opts.calib_count,
+                &p.preprocess,
+                input_len,
+                opts.progress,
+            )?;
+            let stats = calibrate::collect(&p.graph, &c.inputs, opts.progress)?;
+            Some((c, stats))
+        }
+        None if stated_scales == 0 => anyhow::bail!(
+            "{} states no quantisation of its own (it is not a QDQ model): give --calib DIR with images to calibrate on",
+            model.display()
+        ),
+        None => None,
+    };
+    let images = calibration.as_ref().map_or(0, |(c, _)| c.inputs.len());
     let source = model
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -162,11 +275,9 @@ pub fn compile(
         ("source_model".to_string(), source),
         ("source_sha256".to_string(), p.sha256.clone()),
         ("calibration_method".to_string(), opts.method.name()),
-        ("calibration_images".to_string(), images.len().to_string()),
-        (
-            "target".to_string(),
-            format!("{:?}", opts.target).to_lowercase(),
-        ),
+        ("calibration_images".to_string(), images.to_string()),
+        ("stated_scales".to_string(), stated_scales.to_string()),
+        ("target".to_string(), opts.target.name().to_string()),
         (
             "tool".to_string(),
             format!("kestrel {}", env!("CARGO_PKG_VERSION")),
@@ -174,7 +285,7 @@ pub fn compile(
     ];
     let lowered = quantize::lower(
         &p.graph,
-        &stats,
+        calibration.as_ref().map(|(_, stats)| stats.as_slice()),
         opts.method,
         &p.preprocess,
         p.labels.clone(),
@@ -188,7 +299,17 @@ pub fn compile(
         .map_err(|e| anyhow::anyhow!("internal error: the compiled file does not parse: {e}"))?;
     let report = CompileReport {
         passes: p.passes,
-        calibration_images: images.len(),
+        target: opts.target,
+        calibration_images: images,
+        calibration_skipped: calibration
+            .map(|(c, _)| {
+                c.skipped
+                    .into_iter()
+                    .map(|(p, why)| (p.display().to_string(), why))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        stated_scales,
         method: opts.method.name(),
         arena_bytes: model.plan.arena_bytes,
         arena_lower_bound_bytes: model.plan.lower_bound_bytes,

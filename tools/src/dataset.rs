@@ -1,4 +1,7 @@
-//! Labelled image folders: `DIR/<class-name>/<image>`, as in `shared/data/cifar10`.
+//! Image sets: labelled folders (`DIR/<class-name>/<image>`, as in `shared/data/cifar10`),
+//! labels files (`path index` or `path,label` lines, the form of ImageNet's `val.txt`),
+//! and unlabelled calibration inputs (any folder of images, or a `.npy`/`.npz` batch of
+//! preprocessed tensors).
 
 use std::path::{Path, PathBuf};
 
@@ -8,8 +11,25 @@ pub enum DatasetError {
     Read { path: String, reason: String },
     #[error("image folder {0} holds no images in <class>/<image> sub-folders")]
     Empty(String),
+    #[error("image folder {0} holds no images (.jpg, .jpeg, .png, .bmp, .ppm) at any depth")]
+    NoImages(String),
+    #[error("labels file {file}, line {line}: {reason}")]
+    LabelsLine {
+        file: String,
+        line: usize,
+        reason: String,
+    },
+    #[error("labels file {file}, line {line}: image {image} does not exist")]
+    MissingImage {
+        file: String,
+        line: usize,
+        image: String,
+    },
+    #[error("{path}: {reason}")]
+    Tensors { path: String, reason: String },
 }
 
+/// An image and what it shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LabelledImage {
     pub path: PathBuf,
@@ -17,40 +37,48 @@ pub struct LabelledImage {
     pub class: String,
 }
 
+/// The truth of a labels file: a class index, or a label to look up in the model's labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Truth {
+    Index(usize),
+    Label(String),
+}
+
 const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "ppm"];
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn read_dir(p: &Path) -> Result<Vec<PathBuf>, DatasetError> {
+    let entries = std::fs::read_dir(p).map_err(|e| DatasetError::Read {
+        path: p.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    Ok(paths)
+}
 
 /// Every image under `dir/<class>/`, sorted by class then file name.
 pub fn list(dir: &Path) -> Result<Vec<LabelledImage>, DatasetError> {
-    let read = |p: &Path| {
-        std::fs::read_dir(p).map_err(|e| DatasetError::Read {
-            path: p.display().to_string(),
-            reason: e.to_string(),
-        })
-    };
-    let mut classes: Vec<PathBuf> = read(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    classes.sort();
     let mut images = Vec::new();
-    for class_dir in classes {
+    for class_dir in read_dir(dir)?.into_iter().filter(|p| p.is_dir()) {
         let class = class_dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut files: Vec<PathBuf> = read(&class_dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-            })
-            .collect();
-        files.sort();
-        images.extend(files.into_iter().map(|path| LabelledImage {
-            path,
-            class: class.clone(),
-        }));
+        images.extend(
+            read_dir(&class_dir)?
+                .into_iter()
+                .filter(|p| is_image(p))
+                .map(|path| LabelledImage {
+                    path,
+                    class: class.clone(),
+                }),
+        );
     }
     if images.is_empty() {
         return Err(DatasetError::Empty(dir.display().to_string()));
@@ -58,12 +86,155 @@ pub fn list(dir: &Path) -> Result<Vec<LabelledImage>, DatasetError> {
     Ok(images)
 }
 
-/// `count` images spread evenly over the (class-sorted) list, so every class is represented.
-pub fn spread(images: &[LabelledImage], count: usize) -> Vec<LabelledImage> {
-    let count = count.min(images.len());
+/// Every image under `dir` at any depth (no labels needed: calibration), sorted by path so
+/// the order is the same on every machine; class sub-folders stay together.
+pub fn images_under(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DatasetError> {
+        for p in read_dir(dir)? {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if is_image(&p) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut images = Vec::new();
+    walk(dir, &mut images)?;
+    if images.is_empty() {
+        return Err(DatasetError::NoImages(dir.display().to_string()));
+    }
+    Ok(images)
+}
+
+/// A labels file: `path index` (ImageNet's `val.txt`) or `path,label` per line, paths
+/// relative to `dir`; blank lines and `#` comments are skipped. Every image must exist.
+pub fn read_labels_file(file: &Path, dir: &Path) -> Result<Vec<(PathBuf, Truth)>, DatasetError> {
+    let shown = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|e| DatasetError::Read {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line_no = i + 1;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |reason: &str| DatasetError::LabelsLine {
+            file: shown.clone(),
+            line: line_no,
+            reason: reason.to_string(),
+        };
+        let (path, truth) = if let Some((p, label)) = line.split_once(',') {
+            let label = label.trim();
+            if label.is_empty() {
+                return Err(bad("empty label after the comma"));
+            }
+            (p.trim(), Truth::Label(label.to_string()))
+        } else {
+            let (p, index) = line
+                .rsplit_once(char::is_whitespace)
+                .ok_or_else(|| bad("expected `path index` or `path,label`"))?;
+            let index = index
+                .parse::<usize>()
+                .map_err(|_| bad(&format!("'{index}' is not a class index")))?;
+            (p.trim(), Truth::Index(index))
+        };
+        let path = dir.join(path);
+        if !path.is_file() {
+            return Err(DatasetError::MissingImage {
+                file: shown.clone(),
+                line: line_no,
+                image: path.display().to_string(),
+            });
+        }
+        out.push((path, truth));
+    }
+    if out.is_empty() {
+        return Err(bad_empty(&shown));
+    }
+    Ok(out)
+}
+
+fn bad_empty(file: &str) -> DatasetError {
+    DatasetError::LabelsLine {
+        file: file.to_string(),
+        line: 0,
+        reason: "the file names no image".into(),
+    }
+}
+
+/// `count` items spread evenly over the list (class-sorted lists: every class is represented).
+pub fn spread<T: Clone>(items: &[T], count: usize) -> Vec<T> {
+    let count = count.min(items.len());
     (0..count)
-        .map(|i| images[i * images.len() / count].clone())
+        .map(|i| items[i * items.len() / count].clone())
         .collect()
+}
+
+/// Preprocessed NCHW float32 inputs from a `.npy` file (`[N, C, H, W]`, or one `[C, H, W]`)
+/// or every array of a `.npz` archive in name order; each input must have `input_len` values.
+pub fn read_tensors(path: &Path, input_len: usize) -> Result<Vec<Vec<f32>>, DatasetError> {
+    let shown = path.display().to_string();
+    let bad = |reason: String| DatasetError::Tensors {
+        path: shown.clone(),
+        reason,
+    };
+    let is_npz = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npz"));
+    let mut arrays = Vec::new();
+    if is_npz {
+        let mut archive = npyz::npz::NpzArchive::open(path).map_err(|e| bad(e.to_string()))?;
+        let mut names: Vec<String> = archive.array_names().map(str::to_owned).collect();
+        names.sort();
+        for name in names {
+            let npy = archive
+                .by_name(&name)
+                .map_err(|e| bad(format!("array '{name}': {e}")))?
+                .ok_or_else(|| bad(format!("array '{name}' is missing")))?;
+            arrays.push((name, npy_f32(npy).map_err(|e| bad(e))?));
+        }
+    } else {
+        let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+        let npy = npyz::NpyFile::new(std::io::BufReader::new(file))
+            .map_err(|e| bad(format!("not a .npy file: {e}")))?;
+        arrays.push(("array".into(), npy_f32(npy).map_err(|e| bad(e))?));
+    }
+    let mut inputs = Vec::new();
+    for (name, (shape, data)) in arrays {
+        let per: usize = match shape.len() {
+            3 => shape.iter().product(),
+            4 => shape[1..].iter().product(),
+            _ => 0,
+        };
+        if per != input_len {
+            return Err(bad(format!(
+                "array '{name}' has shape {shape:?}; expected [N, C, H, W] or [C, H, W] of {input_len} values per input"
+            )));
+        }
+        if let Some(v) = data.iter().find(|v| !v.is_finite()) {
+            return Err(bad(format!("array '{name}' holds {v}")));
+        }
+        inputs.extend(data.chunks(per).map(<[f32]>::to_vec));
+    }
+    if inputs.is_empty() {
+        return Err(bad("holds no inputs".into()));
+    }
+    Ok(inputs)
+}
+
+fn npy_f32<R: std::io::Read>(npy: npyz::NpyFile<R>) -> Result<(Vec<usize>, Vec<f32>), String> {
+    if npy.order() != npyz::Order::C {
+        return Err("Fortran-ordered arrays are not supported".into());
+    }
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let data = npy
+        .into_vec::<f32>()
+        .map_err(|e| format!("expected float32 data: {e}"))?;
+    Ok((shape, data))
 }
 
 #[cfg(test)]

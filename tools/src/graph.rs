@@ -14,6 +14,40 @@ pub type ValueId = usize;
 pub struct ValueInfo {
     pub name: String,
     pub shape: Vec<usize>,
+    /// The quantisation an already-quantised model (QDQ) states for this value.
+    pub quant: Option<StatedQuant>,
+}
+
+/// A scale and zero point read from a `QuantizeLinear`/`DequantizeLinear` pair.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StatedQuant {
+    pub scale: f32,
+    /// In the model's own integer type (`0..=255` when `unsigned`).
+    pub zero_point: i32,
+    /// uint8 in the model; Kestrel stores every activation as int8 (same scale, zero point − 128).
+    pub unsigned: bool,
+}
+
+impl StatedQuant {
+    /// The zero point once the value is stored as int8.
+    pub fn int8_zero_point(&self) -> i32 {
+        if self.unsigned {
+            self.zero_point - 128
+        } else {
+            self.zero_point
+        }
+    }
+
+    /// `DequantizeLinear(QuantizeLinear(x))`: rounding half to even, saturating as ONNX says.
+    pub fn fake_quant(&self, x: f32) -> f32 {
+        let (lo, hi) = if self.unsigned {
+            (0.0, 255.0)
+        } else {
+            (-128.0, 127.0)
+        };
+        let q = ((x / self.scale).round_ties_even() + self.zero_point as f32).clamp(lo, hi);
+        (q - self.zero_point as f32) * self.scale
+    }
 }
 
 impl ValueInfo {
@@ -66,6 +100,8 @@ pub enum Op {
     Slice(Slice),
     /// Constant padding (the option-A shortcut's zero channels).
     Pad(Pad),
+    /// Per-channel `x · scale + offset`: a BatchNorm that no conv before it absorbs.
+    ChannelAffine(ChannelAffine),
 }
 
 impl Op {
@@ -83,6 +119,7 @@ impl Op {
             Op::Dense(_) => "Dense",
             Op::Slice(_) => "Slice",
             Op::Pad(_) => "Pad",
+            Op::ChannelAffine(_) => "ChannelAffine",
         }
     }
 
@@ -92,6 +129,7 @@ impl Op {
             Op::Conv(c) => c.weight.len() + c.bias.as_ref().map_or(0, Vec::len),
             Op::Dense(d) => d.weight.len() + d.bias.as_ref().map_or(0, Vec::len),
             Op::BatchNorm(b) => 4 * b.scale.len(),
+            Op::ChannelAffine(a) => 2 * a.scale.len(),
             _ => 0,
         }
     }
@@ -146,6 +184,15 @@ impl BatchNorm {
             })
             .collect()
     }
+}
+
+/// What a BatchNorm becomes when it cannot fold into a conv: the pre-activation BatchNorm of
+/// ResNet v2 reads a residual sum that the shortcut reads too.
+#[derive(Clone, Debug)]
+pub struct ChannelAffine {
+    pub scale: Vec<f32>,
+    pub offset: Vec<f32>,
+    pub relu: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]

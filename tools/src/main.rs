@@ -38,12 +38,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Quantise an ONNX ResNet to int8 with calibration images and write a .kes file.
+    /// Quantise an ONNX ResNet to int8 with calibration images (or the model's own QDQ
+    /// scales) and write a .kes file.
     Compile {
         model: PathBuf,
-        /// Folder of `<class>/<image>` calibration images.
+        /// Calibration inputs: a folder of images (any depth, class sub-folders optional)
+        /// or a .npy/.npz of preprocessed NCHW float32 inputs. Optional for a QDQ model.
         #[arg(long)]
-        calib: PathBuf,
+        calib: Option<PathBuf>,
         #[arg(long)]
         card: Option<PathBuf>,
         /// Range method: minmax, percentile (99.99), percentile=P, entropy, mse.
@@ -52,8 +54,9 @@ enum Command {
         /// How many calibration images to use, spread over the classes.
         #[arg(long, default_value_t = 500)]
         calib_count: usize,
-        #[arg(long, value_enum, default_value_t = Target::Generic)]
-        target: Target,
+        /// Whose kernels the weights are packed for (default: this machine's own).
+        #[arg(long, value_enum)]
+        target: Option<Target>,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -248,22 +251,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let opts = CompileOptions {
                 method,
                 calib_count,
-                target,
+                target: target.unwrap_or_else(Target::host),
                 progress: true,
             };
-            let (bytes, report) = compile::compile(&model, &calib, card.as_ref(), &opts)?;
+            let (bytes, report) = compile::compile(&model, calib.as_deref(), card.as_ref(), &opts)?;
             std::fs::write(&output, &bytes)
                 .with_context(|| format!("writing {}", output.display()))?;
-            eprintln!(
-                "wrote {} ({} bytes): {} BatchNorm folded, {} calibration images ({}), arena {} bytes (lower bound {})",
-                output.display(),
-                report.file_bytes,
-                report.passes.bn_folded,
-                report.calibration_images,
-                report.method,
-                report.arena_bytes,
-                report.arena_lower_bound_bytes
-            );
+            eprintln!("{}", compile_summary(&output, &report, target.is_none()));
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval {
@@ -501,6 +495,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The line `compile` ends with: what was written, for which target and from what scales.
+fn compile_summary(
+    output: &std::path::Path,
+    r: &compile::CompileReport,
+    target_defaulted: bool,
+) -> String {
+    let target = if target_defaulted {
+        format!(
+            "target {} (this machine; --target to choose)",
+            r.target.name()
+        )
+    } else {
+        format!("target {}", r.target.name())
+    };
+    let scales = match (r.calibration_images, r.stated_scales) {
+        (0, stated) => format!("the model's own scales ({stated} stated)"),
+        (n, 0) => format!("{n} calibration inputs ({})", r.method),
+        (n, stated) => format!(
+            "the model's own scales ({stated} stated), the rest from {n} calibration inputs ({})",
+            r.method
+        ),
+    };
+    let skipped = match r.calibration_skipped.len() {
+        0 => String::new(),
+        n => format!(", {n} undecodable images skipped"),
+    };
+    format!(
+        "wrote {} ({} bytes), {target}: {} BatchNorm folded, {scales}{skipped}, arena {} bytes (lower bound {})",
+        output.display(),
+        r.file_bytes,
+        r.passes.bn_folded,
+        r.arena_bytes,
+        r.arena_lower_bound_bytes
+    )
 }
 
 fn print_check(r: &CheckReport) {

@@ -11,7 +11,9 @@ use tract_onnx::data_resolver::MmapDataResolver;
 use tract_onnx::pb::{self, attribute_proto::AttributeType, NodeProto};
 use tract_onnx::prelude::{DatumType, Framework};
 
-use crate::graph::{BatchNorm, Conv, Dense, Graph, Node, Op, Pad, Pool, Slice, ValueId, ValueInfo};
+use crate::graph::{
+    BatchNorm, Conv, Dense, Graph, Node, Op, Pad, Pool, Slice, StatedQuant, ValueId, ValueInfo,
+};
 
 /// Everything that can go wrong turning an ONNX file into a [`Graph`].
 #[derive(Debug, thiserror::Error)]
@@ -49,18 +51,42 @@ pub enum ImportError {
         op_type: String,
         reason: String,
     },
+    #[error("node '{node}' ({op_type}): tensor '{tensor}': {reason}")]
+    Quant {
+        node: String,
+        op_type: String,
+        tensor: String,
+        reason: String,
+    },
     #[error("model graph: {0}")]
     Graph(String),
 }
 
 type Result<T> = std::result::Result<T, ImportError>;
 
-/// A decoded constant: f32 data or i64 data, with its shape.
+/// A decoded constant: f32 data or i64 data, with its shape and stored type.
 #[derive(Clone, Debug)]
 struct Constant {
     shape: Vec<usize>,
     f32s: Vec<f32>,
     i64s: Vec<i64>,
+    datum: DatumType,
+}
+
+/// The integer type a `QuantizeLinear` produces (its zero point's type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum QType {
+    U8,
+    I8,
+    /// int32 (biases), or any other integer type: dequantised as stated.
+    Wide,
+}
+
+/// A `QuantizeLinear`/`DequantizeLinear` node's parameters, checked.
+struct Qdq {
+    scales: Vec<f32>,
+    zero_points: Vec<i64>,
+    qtype: QType,
 }
 
 /// Reads and decodes an ONNX file (no import yet).
@@ -109,6 +135,7 @@ pub fn import_proto(model: &pb::ModelProto, dir: Option<&str>) -> Result<Graph> 
         constants: HashMap::new(),
         value_ids: HashMap::new(),
         readers: HashMap::new(),
+        quantized: HashMap::new(),
         graph: Graph {
             values: Vec::new(),
             nodes: Vec::new(),
@@ -193,6 +220,8 @@ struct Importer<'a> {
     value_ids: HashMap<String, ValueId>,
     /// How many ONNX nodes read each name (to know when an output has a single reader).
     readers: HashMap<String, usize>,
+    /// `QuantizeLinear` outputs: the float value quantised and how, until its `DequantizeLinear`.
+    quantized: HashMap<String, (ValueId, StatedQuant)>,
     graph: Graph,
 }
 
@@ -207,6 +236,15 @@ impl Ctx<'_> {
         ImportError::Unsupported {
             node: self.name.clone(),
             op_type: self.node.op_type.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn quant_err(&self, index: usize, reason: impl Into<String>) -> ImportError {
+        ImportError::Quant {
+            node: self.name.clone(),
+            op_type: self.node.op_type.clone(),
+            tensor: self.node.input.get(index).cloned().unwrap_or_default(),
             reason: reason.into(),
         }
     }
@@ -261,6 +299,7 @@ impl Importer<'_> {
         self.graph.values.push(ValueInfo {
             name: name.to_string(),
             shape,
+            quant: None,
         });
         self.value_ids.insert(name.to_string(), id);
         id
@@ -272,7 +311,8 @@ impl Importer<'_> {
                 ImportError::Graph(format!("{what} '{}' cannot be decoded: {e:#}", t.name))
             })?;
         let shape = tensor.shape().to_vec();
-        let (f32s, i64s) = match tensor.datum_type() {
+        let datum = tensor.datum_type();
+        let (f32s, i64s) = match datum {
             DatumType::F32 | DatumType::F64 | DatumType::F16 => {
                 let t = tensor
                     .cast_to::<f32>()
@@ -282,7 +322,12 @@ impl Importer<'_> {
                     .map_err(|e| ImportError::Graph(e.to_string()))?;
                 (v.iter().copied().collect(), Vec::new())
             }
-            DatumType::I64 | DatumType::I32 | DatumType::I8 | DatumType::U8 | DatumType::I16 => {
+            DatumType::I64
+            | DatumType::I32
+            | DatumType::I8
+            | DatumType::U8
+            | DatumType::I16
+            | DatumType::U16 => {
                 let t = tensor
                     .cast_to::<i64>()
                     .map_err(|e| ImportError::Graph(e.to_string()))?;
@@ -298,7 +343,12 @@ impl Importer<'_> {
                 )))
             }
         };
-        Ok(Constant { shape, f32s, i64s })
+        Ok(Constant {
+            shape,
+            f32s,
+            i64s,
+            datum,
+        })
     }
 
     fn constant(&self, ctx: &Ctx, index: usize) -> Result<Option<&Constant>> {
@@ -407,12 +457,11 @@ impl Importer<'_> {
             "Reshape" => self.reshape(&ctx),
             "Gemm" => self.gemm(&ctx),
             "MatMul" => self.matmul(&ctx),
-            "Identity" => {
-                let x = self.activation(&ctx, 0)?;
-                let out = ctx.node.output.first().cloned().unwrap_or_default();
-                self.value_ids.insert(out, x);
-                Ok(())
-            }
+            "Identity" => self.identity(&ctx),
+            "ReduceMean" => self.reduce_mean(&ctx),
+            "Squeeze" => self.squeeze(&ctx),
+            "QuantizeLinear" => self.quantize_linear(&ctx),
+            "DequantizeLinear" => self.dequantize_linear(&ctx),
             "Constant" => self.constant_node(&ctx),
             "Slice" => self.slice(&ctx),
             "Pad" => self.pad(&ctx),
@@ -421,6 +470,247 @@ impl Importer<'_> {
                 op_type: other.to_string(),
             }),
         }
+    }
+
+    /// The name the node's (first) output goes by.
+    fn output_name(ctx: &Ctx) -> String {
+        ctx.node.output.first().cloned().unwrap_or_default()
+    }
+
+    /// `Identity`: another name for a value, or for a constant (the TorchScript exporter
+    /// shares equal initializers through Identity nodes).
+    fn identity(&mut self, ctx: &Ctx) -> Result<()> {
+        let out = Self::output_name(ctx);
+        if let Some(c) = ctx.node.input.first().and_then(|n| self.constants.get(n)) {
+            let c = c.clone();
+            self.constants.insert(out, c);
+            return Ok(());
+        }
+        let x = self.activation(ctx, 0)?;
+        self.value_ids.insert(out, x);
+        Ok(())
+    }
+
+    /// Axes from the `axes` attribute (older opsets) or the second input (newer ones).
+    fn axes(&self, ctx: &Ctx, rank: usize) -> Result<Option<Vec<usize>>> {
+        let raw = match ctx.ints("axes") {
+            Some(a) => Some(a),
+            None => self.constant(ctx, 1)?.map(|c| c.i64s.clone()),
+        };
+        let Some(raw) = raw else { return Ok(None) };
+        let mut axes = Vec::with_capacity(raw.len());
+        for a in raw {
+            let axis = if a < 0 { a + rank as i64 } else { a };
+            if axis < 0 || axis as usize >= rank {
+                return Err(ctx.shape_err(format!("axis {a} out of range for rank {rank}")));
+            }
+            axes.push(axis as usize);
+        }
+        axes.sort_unstable();
+        axes.dedup();
+        Ok(Some(axes))
+    }
+
+    /// `ReduceMean` over height and width is global average pooling (how PyTorch's
+    /// dynamo exporter writes `AdaptiveAvgPool2d(1)`).
+    fn reduce_mean(&mut self, ctx: &Ctx) -> Result<()> {
+        let x = self.activation(ctx, 0)?;
+        let s = self.shape(x).to_vec();
+        let axes = self.axes(ctx, s.len())?;
+        if s.len() != 4 || axes.as_deref() != Some(&[2, 3]) {
+            return Err(ctx.unsupported(format!(
+                "only a mean over height and width of a 4-D input (axes {axes:?} of {s:?})"
+            )));
+        }
+        let shape = if ctx.int("keepdims", 1) != 0 {
+            vec![s[0], s[1], 1, 1]
+        } else {
+            vec![s[0], s[1]]
+        };
+        self.push(ctx, Op::GlobalAvgPool, vec![x], shape)
+    }
+
+    /// `Squeeze` of unit axes: only the recorded shape changes. Without axes every unit
+    /// axis but the batch goes (the batch is 1 here, but stays an axis).
+    fn squeeze(&mut self, ctx: &Ctx) -> Result<()> {
+        let x = self.activation(ctx, 0)?;
+        let s = self.shape(x).to_vec();
+        let axes = self
+            .axes(ctx, s.len())?
+            .unwrap_or_else(|| (1..s.len()).filter(|&a| s[a] == 1).collect());
+        if axes.contains(&0) || axes.iter().any(|&a| s[a] != 1) {
+            return Err(ctx.unsupported(format!(
+                "squeezing axes {axes:?} of {s:?}: only unit axes after the batch"
+            )));
+        }
+        let shape = (0..s.len())
+            .filter(|a| !axes.contains(a))
+            .map(|a| s[a])
+            .collect();
+        self.push(ctx, Op::Reshape, vec![x], shape)
+    }
+
+    /// Scale(s) and zero point(s) of a `QuantizeLinear`/`DequantizeLinear`, checked: every
+    /// scale positive and finite, zero points of the scales' count.
+    fn qdq_params(&self, ctx: &Ctx) -> Result<Qdq> {
+        let scale = self.required_constant(ctx, 1)?;
+        if scale.f32s.is_empty() {
+            return Err(ctx.quant_err(1, "the scale is not a float tensor"));
+        }
+        if let Some(bad) = scale.f32s.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(ctx.quant_err(
+                1,
+                format!("scale {bad}: a scale must be positive and finite"),
+            ));
+        }
+        let n = scale.f32s.len();
+        let (zero_points, qtype) = match self.constant(ctx, 2)? {
+            // ONNX: without a zero point the quantised type is uint8 and the zero point 0.
+            None => (vec![0; n], QType::U8),
+            Some(z) => {
+                let qtype = match z.datum {
+                    DatumType::U8 => QType::U8,
+                    DatumType::I8 => QType::I8,
+                    _ if !z.i64s.is_empty() => QType::Wide,
+                    other => {
+                        return Err(ctx.quant_err(
+                            2,
+                            format!("zero point of type {other:?} is not an integer"),
+                        ))
+                    }
+                };
+                if z.i64s.len() != n {
+                    return Err(
+                        ctx.quant_err(2, format!("{} zero points for {n} scales", z.i64s.len()))
+                    );
+                }
+                (z.i64s.clone(), qtype)
+            }
+        };
+        Ok(Qdq {
+            scales: scale.f32s.clone(),
+            zero_points,
+            qtype,
+        })
+    }
+
+    /// The single scale and zero point an activation is quantised with.
+    fn activation_quant(&self, ctx: &Ctx) -> Result<StatedQuant> {
+        let q = self.qdq_params(ctx)?;
+        if q.scales.len() != 1 {
+            return Err(ctx.unsupported(format!(
+                "{} scales: activations are quantised per tensor",
+                q.scales.len()
+            )));
+        }
+        let zero_point = q.zero_points[0];
+        let unsigned = match q.qtype {
+            QType::U8 => true,
+            QType::I8 => false,
+            QType::Wide => {
+                return Err(ctx.quant_err(
+                    2,
+                    format!(
+                        "zero point {zero_point} of a wider integer type: activations are int8 or uint8"
+                    ),
+                ))
+            }
+        };
+        Ok(StatedQuant {
+            scale: q.scales[0],
+            zero_point: zero_point as i32,
+            unsigned,
+        })
+    }
+
+    /// `QuantizeLinear` of an activation: remembered until the `DequantizeLinear` that
+    /// reads it, which gives the float value back with its stated quantisation.
+    fn quantize_linear(&mut self, ctx: &Ctx) -> Result<()> {
+        let x = self.activation(ctx, 0)?;
+        let q = self.activation_quant(ctx)?;
+        self.quantized.insert(Self::output_name(ctx), (x, q));
+        Ok(())
+    }
+
+    /// `DequantizeLinear` of a constant (weights, biases) gives the float constant; of a
+    /// `QuantizeLinear`'s output, the quantised float value with its scale and zero point.
+    fn dequantize_linear(&mut self, ctx: &Ctx) -> Result<()> {
+        let input = ctx.node.input.first().cloned().unwrap_or_default();
+        let out = Self::output_name(ctx);
+        if let Some(c) = self.constants.get(&input) {
+            if c.i64s.is_empty() {
+                return Err(ctx.quant_err(0, "dequantising a tensor that is not integer"));
+            }
+            let c = c.clone();
+            let q = self.qdq_params(ctx)?;
+            let f32s = self.dequantize(ctx, &c, &q)?;
+            self.constants.insert(
+                out,
+                Constant {
+                    shape: c.shape,
+                    f32s,
+                    i64s: Vec::new(),
+                    datum: DatumType::F32,
+                },
+            );
+            return Ok(());
+        }
+        let Some(&(x, stated)) = self.quantized.get(&input) else {
+            return Err(ctx.unsupported(
+                "only the output of a QuantizeLinear or an integer initializer can be dequantised",
+            ));
+        };
+        let q = self.activation_quant(ctx)?;
+        if q != stated {
+            return Err(ctx.quant_err(
+                1,
+                format!("dequantised with {q:?}, quantised with {stated:?}"),
+            ));
+        }
+        match self.graph.values[x].quant {
+            Some(previous) if previous != q => {
+                return Err(ctx.unsupported(format!(
+                    "value '{}' is quantised twice, with {previous:?} and {q:?}",
+                    self.graph.values[x].name
+                )))
+            }
+            _ => self.graph.values[x].quant = Some(q),
+        }
+        self.value_ids.insert(out, x);
+        Ok(())
+    }
+
+    /// `(q − zero point) · scale`, per tensor or along the node's `axis`.
+    fn dequantize(&self, ctx: &Ctx, c: &Constant, q: &Qdq) -> Result<Vec<f32>> {
+        let n = q.scales.len();
+        if n == 1 {
+            let (s, z) = (q.scales[0], q.zero_points[0]);
+            return Ok(c.i64s.iter().map(|&v| (v - z) as f32 * s).collect());
+        }
+        let rank = c.shape.len();
+        let mut axis = ctx.int("axis", 1);
+        if axis < 0 {
+            axis += rank as i64;
+        }
+        // A 1-D tensor (a bias) has one axis: ONNX Runtime writes no `axis` for it.
+        if rank == 1 {
+            axis = 0;
+        }
+        if axis < 0 || axis as usize >= rank || c.shape[axis as usize] != n {
+            return Err(ctx.quant_err(
+                1,
+                format!("{n} scales do not fit axis {axis} of shape {:?}", c.shape),
+            ));
+        }
+        let inner: usize = c.shape[axis as usize + 1..].iter().product();
+        Ok(c.i64s
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let ch = (i / inner) % n;
+                (v - q.zero_points[ch]) as f32 * q.scales[ch]
+            })
+            .collect())
     }
 
     fn constant_node(&mut self, ctx: &Ctx) -> Result<()> {
@@ -628,13 +918,29 @@ impl Importer<'_> {
             return Err(ctx.unsupported("storage_order = 1"));
         }
         let ceil = ctx.int("ceil_mode", 0) != 0;
-        let pads = self.spatial_pads(ctx, [s[2], s[3]], kernel, stride, dilation)?;
+        let mut pads = self.spatial_pads(ctx, [s[2], s[3]], kernel, stride, dilation)?;
         let out_hw = window_output(ctx, [s[2], s[3]], kernel, stride, dilation, pads, ceil)?;
+        let count_include_pad = ctx.int("count_include_pad", 0) != 0;
+        // Ceil mode adds a last window that overhangs the input: the same as more padding
+        // after it, where padding takes no part (max, or an average of real cells only).
+        for a in 0..2 {
+            let needed = (out_hw[a] - 1) * stride[a] + kernel[a];
+            let have = s[2 + a] + pads[a] + pads[a + 2];
+            if needed > have {
+                let is_max = ctx.node.op_type == "MaxPool";
+                if !is_max && count_include_pad {
+                    return Err(ctx.unsupported(
+                        "ceil_mode with count_include_pad = 1 (the overhang's divisor is ambiguous)",
+                    ));
+                }
+                pads[a + 2] += needed - have;
+            }
+        }
         let pool = Pool {
             kernel,
             stride,
             pads,
-            count_include_pad: ctx.int("count_include_pad", 0) != 0,
+            count_include_pad,
         };
         let op = if ctx.node.op_type == "MaxPool" {
             if ctx.node.output.len() > 1 && !ctx.node.output[1].is_empty() {

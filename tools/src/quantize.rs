@@ -16,7 +16,7 @@ use kestrel_format::{DType, OpKind, Plan, Residual};
 use kestrel_kernels::scalar::quantize_multiplier;
 
 use crate::calibrate::{choose_range, Method, TensorStats};
-use crate::graph::{Graph, Op, ValueId};
+use crate::graph::{Graph, Op, StatedQuant, ValueId};
 use crate::plan::{self, Buffer};
 use crate::preprocess::Preprocess;
 
@@ -28,6 +28,8 @@ pub enum LowerError {
         op: String,
         reason: String,
     },
+    #[error("tensor '{value}' needs a scale the model does not state: give --calib to measure it")]
+    NeedsCalibration { value: String },
 }
 
 /// Quantisation of one activation tensor.
@@ -38,6 +40,13 @@ pub struct Quant {
 }
 
 impl Quant {
+    pub fn from_stated(q: StatedQuant) -> Quant {
+        Quant {
+            scale: q.scale,
+            zero_point: q.int8_zero_point(),
+        }
+    }
+
     pub fn from_range(lo: f32, hi: f32) -> Quant {
         let scale = ((hi - lo) / 255.0).max(1e-8);
         let zero_point = (-128.0 - lo / scale).round().clamp(-128.0, 127.0) as i32;
@@ -51,10 +60,11 @@ pub struct Lowered {
     pub tensor_of_value: HashMap<ValueId, u32>,
 }
 
-/// Lowers a folded graph. `stats` are indexed by value id.
+/// Lowers a folded graph. `stats` (indexed by value id) give the ranges of the values
+/// whose quantisation the model does not state; without them every value needs its own.
 pub fn lower(
     graph: &Graph,
-    stats: &[TensorStats],
+    stats: Option<&[TensorStats]>,
     method: Method,
     pre: &Preprocess,
     labels: Vec<String>,
@@ -65,9 +75,17 @@ pub fn lower(
         op: op.to_string(),
         reason: reason.to_string(),
     };
-    let own_quant = |v: ValueId| {
-        let (lo, hi) = choose_range(&stats[v], method);
-        Quant::from_range(lo, hi)
+    // A model's own scale wins over a measured one: an already-quantised model was
+    // trained or calibrated for it.
+    let own_quant = |v: ValueId| match (graph.values[v].quant, stats) {
+        (Some(q), _) => Ok(Quant::from_stated(q)),
+        (None, Some(stats)) => {
+            let (lo, hi) = choose_range(&stats[v], method);
+            Ok(Quant::from_range(lo, hi))
+        }
+        (None, None) => Err(LowerError::NeedsCalibration {
+            value: graph.values[v].name.clone(),
+        }),
     };
     let mut quant: HashMap<ValueId, Quant> = HashMap::new();
     let mut tensors: Vec<TensorRecord> = Vec::new();
@@ -100,7 +118,7 @@ pub fn lower(
         idx
     };
 
-    let input_q = own_quant(graph.input);
+    let input_q = own_quant(graph.input)?;
     quant.insert(graph.input, input_q);
     add_tensor(
         graph.input,
@@ -129,7 +147,7 @@ pub fn lower(
                         "dilated convolution in int8",
                     ));
                 }
-                let yq = own_quant(node.output);
+                let yq = own_quant(node.output)?;
                 let [oc, ic, kh, kw] = c.weight_shape;
                 let (weights, scales) = quantize_weights(&c.weight, oc);
                 // The bias correction sums each channel's weights: OIHW rows are channels.
@@ -204,7 +222,7 @@ pub fn lower(
                         },
                     )
                 } else {
-                    (DType::I8, own_quant(node.output))
+                    (DType::I8, own_quant(node.output)?)
                 };
                 let params = channel_params(
                     &weights,
@@ -327,6 +345,28 @@ pub fn lower(
                 let mut op = OpRecord::plain(OpKind::PadChannels, xt, yt);
                 op.aux = [p.pads[1].0 as u16, p.pads[1].1 as u16];
                 quant.insert(node.output, xq);
+                ops.push(op);
+            }
+            Op::ChannelAffine(a) => {
+                let yq = own_quant(node.output)?;
+                let channels = a.scale.len();
+                // One weight per channel: its own scale makes it ±127, so only the offset
+                // and the requantisation round.
+                let (weights, scales) = quantize_weights(&a.scale, channels);
+                let params =
+                    channel_params(&weights, &scales, Some(&a.offset), xq, yq.scale, channels);
+                let yt = add_tensor(
+                    node.output,
+                    DType::I8,
+                    yq,
+                    &mut tensors,
+                    &mut tensor_of_value,
+                );
+                let mut op = OpRecord::plain(OpKind::ChannelAffine, xt, yt);
+                op.out_min = if a.relu { yq.zero_point as i8 } else { i8::MIN };
+                op.weights = weights;
+                op.params = params;
+                quant.insert(node.output, yq);
                 ops.push(op);
             }
             Op::BatchNorm(_) | Op::Relu | Op::Add { .. } => {

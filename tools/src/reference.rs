@@ -44,9 +44,9 @@ pub fn run_observed(
     }
     let last_use = graph.last_use();
     let mut values: Vec<Option<Vec<f32>>> = vec![None; graph.values.len()];
-    values[graph.input] = Some(input.to_vec());
+    values[graph.input] = Some(stated_rounding(graph, graph.input, input.to_vec()));
     for (i, node) in graph.nodes.iter().enumerate() {
-        let out = execute(graph, node, &values);
+        let out = stated_rounding(graph, node.output, execute(graph, node, &values));
         observe(i, node.output, &out);
         values[node.output] = Some(out);
         // Free what no later node reads, so large models run in little memory.
@@ -57,6 +57,15 @@ pub fn run_observed(
         }
     }
     Ok(())
+}
+
+/// A value whose quantisation the model states (QDQ) is rounded to it, as the model's own
+/// `QuantizeLinear`/`DequantizeLinear` pair does: the float graph of a QDQ model is that model.
+fn stated_rounding(graph: &Graph, value: usize, mut data: Vec<f32>) -> Vec<f32> {
+    if let Some(q) = graph.values[value].quant {
+        data.iter_mut().for_each(|v| *v = q.fake_quant(*v));
+    }
+    data
 }
 
 /// Executes one node on the values computed so far (indexed by value id).
@@ -82,6 +91,18 @@ pub fn execute(graph: &Graph, node: &Node, values: &[Option<Vec<f32>>]) -> Vec<f
                 chunk
                     .iter_mut()
                     .for_each(|v| *v = (*v as f64 * m + o) as f32);
+            }
+            out
+        }
+        Op::ChannelAffine(a) => {
+            let plane = in_shape[2..].iter().product::<usize>();
+            let mut out = arg(0).to_vec();
+            for (c, chunk) in out.chunks_mut(plane).enumerate() {
+                let (m, o) = (a.scale[c], a.offset[c]);
+                for v in chunk {
+                    let y = *v * m + o;
+                    *v = if a.relu { y.max(0.0) } else { y };
+                }
             }
             out
         }

@@ -74,6 +74,9 @@ pub enum OpKind {
     PadChannels = 7,
     /// Same bytes, another shape (Flatten after global pooling); output aliases input.
     Reshape = 8,
+    /// Per-channel multiply-add (weights `[C]`, one parameter record per channel): a
+    /// BatchNorm no convolution absorbs, as in pre-activation ResNet v2.
+    ChannelAffine = 9,
 }
 
 impl OpKind {
@@ -88,6 +91,7 @@ impl OpKind {
             Subsample,
             PadChannels,
             Reshape,
+            ChannelAffine,
         ]
         .into_iter()
         .find(|k| *k as u8 == v)
@@ -103,6 +107,7 @@ impl OpKind {
             OpKind::Subsample => "subsample",
             OpKind::PadChannels => "pad_channels",
             OpKind::Reshape => "reshape",
+            OpKind::ChannelAffine => "channel_affine",
         }
     }
 }
@@ -564,7 +569,10 @@ impl<'a> KesFile<'a> {
                 (pw - k[1] as usize) / s[1] as usize + 1,
             ))
         };
-        let needs_weights = matches!(op.kind, OpKind::Conv | OpKind::Dense);
+        let needs_weights = matches!(
+            op.kind,
+            OpKind::Conv | OpKind::Dense | OpKind::ChannelAffine
+        );
         if !needs_weights && (!op.weights.is_empty() || !op.params.is_empty()) {
             return Err(bad("op carries weights it does not use"));
         }
@@ -610,12 +618,7 @@ impl<'a> KesFile<'a> {
                 if y.dtype == DType::I32 && op.kind != OpKind::Dense {
                     return Err(bad("only dense layers give int32 outputs"));
                 }
-                for ch in 0..oc {
-                    let (_, m, s) = op.params.get(ch);
-                    if m < 0 || !(-31..=30).contains(&s) {
-                        return Err(bad("requantisation multiplier or shift out of range"));
-                    }
-                }
+                check_requantisation(&op.params).map_err(bad)?;
                 if let Some(res) = op.residual {
                     let r = self
                         .tensor(res.tensor)
@@ -638,6 +641,15 @@ impl<'a> KesFile<'a> {
                         return Err(bad("residual multiplier or shift out of range"));
                     }
                 }
+            }
+            OpKind::ChannelAffine => {
+                if (oh, ow, oc) != (h, w, c) || y.dtype != DType::I8 {
+                    return Err(bad("channel affine keeps the int8 input's shape"));
+                }
+                if op.weights.len() != c || op.params.len() != c {
+                    return Err(bad("weight or parameter size does not match the channels"));
+                }
+                check_requantisation(&op.params).map_err(bad)?;
             }
             OpKind::MaxPool | OpKind::AvgPool => {
                 if window(op.kernel, op.stride)? != (oh, ow) || oc != c {
@@ -682,6 +694,18 @@ impl<'a> KesFile<'a> {
         }
         Ok(())
     }
+}
+
+/// Every channel's multiplier non-negative and shift in `[-31, 30]` (what the kernels' fixed
+/// point takes).
+fn check_requantisation(params: &ChannelParams) -> Result<(), &'static str> {
+    for ch in 0..params.len() {
+        let (_, m, s) = params.get(ch);
+        if m < 0 || !(-31..=30).contains(&s) {
+            return Err("requantisation multiplier or shift out of range");
+        }
+    }
+    Ok(())
 }
 
 fn parse_plan(bytes: &[u8]) -> Result<Plan, FormatError> {

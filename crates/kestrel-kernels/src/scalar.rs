@@ -609,6 +609,31 @@ pub fn subsample(s: &Window, start: [usize; 2], input: &[i8], output: &mut [i8])
     }
 }
 
+/// Per-channel multiply-add over NHWC pixels, `y = requant(x · w[c] + bias[c])`: a
+/// BatchNorm that no convolution before it can absorb (the pre-activation of ResNet v2).
+/// `params(c)` gives `(bias, multiplier, shift)` with `−z_in · w[c]` folded into the bias.
+pub fn channel_affine(
+    input: &[i8],
+    weights: &[i8],
+    params: impl Fn(usize) -> (i32, i32, i32),
+    out: OutQuant,
+    output: &mut [i8],
+) {
+    let c = weights.len();
+    for (src, dst) in input.chunks_exact(c).zip(output.chunks_exact_mut(c)) {
+        for (ch, (&x, o)) in src.iter().zip(dst.iter_mut()).enumerate() {
+            let (bias, m, sh) = params(ch);
+            *o = finish(
+                bias.wrapping_add(x as i32 * weights[ch] as i32),
+                m,
+                sh,
+                0,
+                out,
+            );
+        }
+    }
+}
+
 /// Adds `before` and `after` channels holding the zero point (real 0) around each pixel.
 pub fn pad_channels(
     input: &[i8],

@@ -443,6 +443,9 @@ impl<'m, 'a> Session<'m, 'a> {
                 x.zero_point,
                 as_i8_mut(output),
             ),
+            OpKind::ChannelAffine => {
+                scalar::channel_affine(input, op.weights, params, out_q, as_i8_mut(output))
+            }
             OpKind::Reshape => {}
         }
     }
