@@ -34,7 +34,7 @@ fn resnet20_int8_keeps_float_accuracy_on_real_images() {
     let int8 = eval::evaluate(
         &Loaded::open(&kes, None).unwrap(),
         "int8",
-        &dev,
+        eval::EvalSet::ClassFolders(&dev),
         Some(500),
         false,
     )
@@ -43,7 +43,7 @@ fn resnet20_int8_keeps_float_accuracy_on_real_images() {
     let float = eval::evaluate(
         &Loaded::open(&onnx, None).unwrap(),
         "float",
-        &dev,
+        eval::EvalSet::ClassFolders(&dev),
         Some(500),
         false,
     )

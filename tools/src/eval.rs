@@ -1,6 +1,6 @@
 //! Classifying images with a float ONNX model or an int8 `.kes`, and measuring accuracy.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::card::LoadedCard;
 use crate::compile;
-use crate::dataset;
+use crate::dataset::{self, Truth};
 use crate::graph::Graph;
 use crate::preprocess::Preprocess;
 use crate::reference;
@@ -68,6 +68,22 @@ impl Loaded {
         }
     }
 
+    /// Values in one preprocessed input.
+    pub fn input_len(&self) -> usize {
+        let s = &self.preprocess.size;
+        3 * s[0] * s[1]
+    }
+
+    /// Number of classes (logits).
+    pub fn classes(&self) -> usize {
+        match &self.classifier {
+            Classifier::Float { graph } => graph.values[graph.output].len(),
+            Classifier::Int8 { bytes } => {
+                kestrel_runtime::Model::parse(bytes).map_or(0, |m| m.classes())
+            }
+        }
+    }
+
     /// A per-thread function from preprocessed input to logits.
     pub fn runner(&self) -> anyhow::Result<Runner<'_>> {
         match &self.classifier {
@@ -120,51 +136,90 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
-/// Top-1/top-5 over `DIR/<class>/<image>`, classes mapped to indices through the labels.
+/// Where the labelled images of an evaluation come from.
+#[derive(Clone, Copy, Debug)]
+pub enum EvalSet<'a> {
+    /// `DIR/<class>/<image>`: the folder names are labels.
+    ClassFolders(&'a Path),
+    /// A labels file (`path index` or `path,label` lines) naming images under `dir`.
+    LabelsFile { file: &'a Path, dir: &'a Path },
+}
+
+/// The images of `set` with their class indices (labels looked up in the model's labels).
+pub fn labelled_images(model: &Loaded, set: EvalSet) -> anyhow::Result<Vec<(PathBuf, usize)>> {
+    let lookup = |label: &str, what: &str| {
+        model
+            .labels
+            .iter()
+            .position(|l| l == label)
+            .with_context(|| {
+                format!(
+                    "{what} '{label}' is not one of the model's labels ({})",
+                    model.labels.join(", ")
+                )
+            })
+    };
+    match set {
+        EvalSet::ClassFolders(dir) => {
+            let images = dataset::list(dir)?;
+            anyhow::ensure!(
+                !model.labels.is_empty(),
+                "the model has no labels: pass --card with a labels file"
+            );
+            images
+                .into_iter()
+                .map(|img| Ok((img.path, lookup(&img.class, "folder")?)))
+                .collect()
+        }
+        EvalSet::LabelsFile { file, dir } => {
+            let classes = model.classes();
+            dataset::read_labels_file(file, dir)?
+                .into_iter()
+                .map(|(path, truth)| {
+                    let index = match truth {
+                        Truth::Index(i) => {
+                            anyhow::ensure!(
+                                i < classes,
+                                "{}: class index {i} of {} is not below the model's {classes} classes",
+                                file.display(),
+                                path.display()
+                            );
+                            i
+                        }
+                        Truth::Label(l) => lookup(&l, "label")?,
+                    };
+                    Ok((path, index))
+                })
+                .collect()
+        }
+    }
+}
+
+/// Top-1/top-5 over the images of `set`.
 pub fn evaluate(
     model: &Loaded,
     name: &str,
-    dir: &Path,
+    set: EvalSet,
     limit: Option<usize>,
     progress: bool,
 ) -> anyhow::Result<EvalReport> {
-    let mut images = dataset::list(dir)?;
+    let mut labelled = labelled_images(model, set)?;
     if let Some(n) = limit {
-        images = dataset::spread(&images, n);
-    }
-    anyhow::ensure!(
-        !model.labels.is_empty(),
-        "the model has no labels: pass --card with a labels file"
-    );
-    let mut targets = Vec::with_capacity(images.len());
-    for img in &images {
-        let t = model
-            .labels
-            .iter()
-            .position(|l| *l == img.class)
-            .with_context(|| {
-                format!(
-                    "folder '{}' is not one of the model's labels ({})",
-                    img.class,
-                    model.labels.join(", ")
-                )
-            })?;
-        targets.push(t);
+        labelled = dataset::spread(&labelled, n);
     }
     let bar = if progress {
-        ProgressBar::new(images.len() as u64).with_style(
+        ProgressBar::new(labelled.len() as u64).with_style(
             ProgressStyle::with_template("evaluating {bar:30} {pos}/{len}")
                 .expect("static template"),
         )
     } else {
         ProgressBar::hidden()
     };
-    let labelled: Vec<_> = images.iter().zip(targets).collect();
     let counts = crate::parallel::map_chunks(&labelled, |part| {
         let mut run = model.runner()?;
         let (mut top1, mut top5) = (0, 0);
-        for (img, t) in part {
-            let logits = run(&model.preprocess.load(&img.path)?)?;
+        for (path, t) in part {
+            let logits = run(&model.preprocess.load(path)?)?;
             let best = top_k(&logits, 5);
             top1 += (best[0] == *t) as usize;
             top5 += best.contains(t) as usize;
@@ -174,10 +229,10 @@ pub fn evaluate(
     })?;
     bar.finish_and_clear();
     let (top1, top5) = counts.iter().fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
-    let n = images.len().max(1) as f64;
+    let n = labelled.len().max(1) as f64;
     Ok(EvalReport {
         model: name.to_string(),
-        images: images.len(),
+        images: labelled.len(),
         top1: top1 as f64 / n,
         top5: top5 as f64 / n,
     })

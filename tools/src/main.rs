@@ -60,11 +60,15 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
-    /// Top-1/top-5 accuracy of a .kes (int8) or .onnx (float) on `DIR/<class>/<image>`.
+    /// Top-1/top-5 accuracy of a .kes (int8) or .onnx (float) on `DIR/<class>/<image>`,
+    /// or on the images a labels file names.
     Eval {
         model: PathBuf,
         #[arg(long)]
         data: PathBuf,
+        /// Lines `path index` (ImageNet's val.txt) or `path,label`, paths under --data.
+        #[arg(long)]
+        labels_file: Option<PathBuf>,
         #[arg(long)]
         card: Option<PathBuf>,
         /// Evaluate this many images, spread over the classes.
@@ -79,8 +83,11 @@ enum Command {
     /// Classify images with a .kes (or .onnx) model.
     Run {
         model: PathBuf,
-        #[arg(required = true)]
+        #[arg(required_unless_present = "tensors")]
         images: Vec<PathBuf>,
+        /// Preprocessed NCHW float32 inputs (.npy or .npz) instead of images.
+        #[arg(long, conflicts_with = "images")]
+        tensors: Option<PathBuf>,
         #[arg(long)]
         card: Option<PathBuf>,
         #[arg(long, default_value_t = 5)]
@@ -186,6 +193,12 @@ enum Command {
     },
 }
 
+/// What `kestrel run` classifies: an image file, or an already-preprocessed tensor.
+enum Input<'a> {
+    Image(&'a std::path::Path),
+    Tensor(&'a [f32]),
+}
+
 /// `--kernels`: a family by name, or `auto` (`None`) for the fastest this CPU runs.
 type Kernels = Option<kestrel_runtime::Isa>;
 
@@ -263,6 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval {
             model,
             data,
+            labels_file,
             card,
             limit,
             kernels,
@@ -271,7 +285,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let card = card.as_deref().map(LoadedCard::load).transpose()?;
             let mut loaded = Loaded::open(&model, card.as_ref())?;
             loaded.kernels = kernels;
-            let r = eval::evaluate(&loaded, &model.display().to_string(), &data, limit, !json)?;
+            let set = match &labels_file {
+                Some(file) => eval::EvalSet::LabelsFile { file, dir: &data },
+                None => eval::EvalSet::ClassFolders(&data),
+            };
+            let r = eval::evaluate(&loaded, &model.display().to_string(), set, limit, !json)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -288,6 +306,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run {
             model,
             images,
+            tensors,
             card,
             top,
             kernels,
@@ -300,8 +319,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             loaded.threads = threads;
             let mut run = loaded.runner()?;
             let mut results = Vec::new();
-            for image in &images {
-                let logits = run(&loaded.preprocess.load(image)?)?;
+            let inputs: Vec<(String, Vec<f32>)> = match &tensors {
+                Some(file) => {
+                    let len = loaded.input_len();
+                    kestrel_tools::dataset::read_tensors(file, len)?
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, x)| (format!("{}[{i}]", file.display()), x))
+                        .collect()
+                }
+                None => Vec::new(),
+            };
+            let images = images
+                .iter()
+                .map(|p| (p.display().to_string(), Input::Image(p)))
+                .chain(inputs.iter().map(|(n, x)| (n.clone(), Input::Tensor(x))));
+            for (name, input) in images {
+                let logits = match input {
+                    Input::Image(path) => run(&loaded.preprocess.load(path)?)?,
+                    Input::Tensor(x) => run(x)?,
+                };
                 let top: Vec<serde_json::Value> = eval::top_k(&logits, top)
                     .into_iter()
                     .map(|i| {
@@ -324,9 +361,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             )
                         })
                         .collect();
-                    println!("{}: {}", image.display(), best.join(", "));
+                    println!("{name}: {}", best.join(", "));
                 }
-                results.push(serde_json::json!({ "image": image.display().to_string(), "top": top, "logits": logits }));
+                results.push(serde_json::json!({ "image": name, "top": top, "logits": logits }));
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&results)?);

@@ -460,6 +460,7 @@ impl Importer<'_> {
             "Identity" => self.identity(&ctx),
             "ReduceMean" => self.reduce_mean(&ctx),
             "Squeeze" => self.squeeze(&ctx),
+            "Gather" => self.gather(&ctx),
             "QuantizeLinear" => self.quantize_linear(&ctx),
             "DequantizeLinear" => self.dequantize_linear(&ctx),
             "Constant" => self.constant_node(&ctx),
@@ -546,6 +547,36 @@ impl Importer<'_> {
         let shape = (0..s.len())
             .filter(|a| !axes.contains(a))
             .map(|a| s[a])
+            .collect();
+        self.push(ctx, Op::Reshape, vec![x], shape)
+    }
+
+    /// `Gather` of every element of an axis in order moves no data: PyTorch's dynamo
+    /// exporter writes `flatten` of a pooled map that way (`as_strided`) on small inputs.
+    fn gather(&mut self, ctx: &Ctx) -> Result<()> {
+        let x = self.activation(ctx, 0)?;
+        let s = self.shape(x).to_vec();
+        let indices = self.required_constant(ctx, 1)?;
+        let mut axis = ctx.int("axis", 0);
+        if axis < 0 {
+            axis += s.len() as i64;
+        }
+        let Some(&dim) = s.get(axis as usize).filter(|_| axis >= 0) else {
+            return Err(ctx.shape_err(format!("axis {axis} out of range for {s:?}")));
+        };
+        let in_order = indices.i64s.len() == dim
+            && indices.i64s.iter().enumerate().all(|(i, &v)| v == i as i64);
+        if !in_order {
+            return Err(ctx.unsupported(
+                "only a Gather of every element of the axis, in order (a reshape)",
+            ));
+        }
+        let a = axis as usize;
+        let shape: Vec<usize> = s[..a]
+            .iter()
+            .chain(&indices.shape)
+            .chain(&s[a + 1..])
+            .copied()
             .collect();
         self.push(ctx, Op::Reshape, vec![x], shape)
     }

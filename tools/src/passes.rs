@@ -147,9 +147,20 @@ fn batch_norms_to_affine(graph: &mut Graph) -> usize {
 
 /// A 1×1 conv with no padding on a 1×1 map computes a dense layer (timm's ResNet v2 head):
 /// int8 runs it as one, with int32 logits when it is the last layer.
+///
+/// Only a classifier: the conv's output is the graph's, or only a reshape reads it (a 1×1
+/// conv inside a block on a 1×1 map stays a conv, where the residual Add can fuse into it).
 fn convs_on_vectors_to_dense(graph: &mut Graph) -> usize {
     let mut count = 0;
+    let consumers = graph.consumers();
     for i in 0..graph.nodes.len() {
+        let out = graph.nodes[i].output;
+        let readers = &consumers[out];
+        let classifier = out == graph.output
+            || (readers.len() == 1 && matches!(graph.nodes[readers[0]].op, Op::Reshape));
+        if !classifier {
+            continue;
+        }
         let in_shape = &graph.values[graph.nodes[i].inputs[0]].shape;
         let on_vector = in_shape.len() == 4 && in_shape[2] == 1 && in_shape[3] == 1;
         let node = &mut graph.nodes[i];
