@@ -26,6 +26,9 @@ fn every_arch_has_a_card_with_its_labels() {
             .model
             .obtain
             .contains(&format!("torchvision.models.{arch}")));
+        // The recipe is PyTorch's default exporter, the setting of the `*_dynamo` fixtures
+        // (tests/tests/intake.rs).
+        assert!(c.card.model.obtain.contains("dynamo=True"), "{arch}");
         assert_eq!(c.labels().unwrap().len(), 1000);
         assert_eq!(c.preprocess().size, [224, 224]);
     }

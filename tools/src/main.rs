@@ -584,9 +584,20 @@ fn print_check(r: &CheckReport) {
         .map(|(k, v)| format!("{k}×{v}"))
         .collect();
     println!("folded ops   {}", folded.join(" "));
+    let p = &r.passes;
+    let mut extra = String::new();
+    if p.bn_affine > 0 {
+        extra += &format!(", {} BatchNorm as per-channel affine", p.bn_affine);
+    }
+    if p.pads_folded > 0 {
+        extra += &format!(", {} Pad folded into conv", p.pads_folded);
+    }
+    if p.convs_to_dense > 0 {
+        extra += &format!(", {} 1x1 conv head as dense", p.convs_to_dense);
+    }
     println!(
-        "passes       {} BatchNorm folded ({} left), {} ReLU fused, {} residual Add fused",
-        r.passes.bn_folded, r.passes.bn_left, r.passes.relu_fused, r.passes.add_fused
+        "passes       {} BatchNorm folded ({} left), {} ReLU fused, {} residual Add fused{extra}",
+        p.bn_folded, p.bn_left, p.relu_fused, p.add_fused
     );
     println!(
         "params       {} unfolded → {} folded; {:.2} M MACs",

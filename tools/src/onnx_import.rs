@@ -11,6 +11,9 @@ use tract_onnx::data_resolver::MmapDataResolver;
 use tract_onnx::pb::{self, attribute_proto::AttributeType, NodeProto};
 use tract_onnx::prelude::{DatumType, Framework};
 
+/// The decoded ONNX tensor type (tests edit models through it).
+pub use tract_onnx::pb::TensorProto;
+
 use crate::graph::{
     BatchNorm, Conv, Dense, Graph, Node, Op, Pad, Pool, Slice, StatedQuant, ValueId, ValueInfo,
 };
@@ -56,6 +59,12 @@ pub enum ImportError {
         node: String,
         op_type: String,
         tensor: String,
+        reason: String,
+    },
+    #[error("initializer '{tensor}': its external data file {file} {reason}")]
+    ExternalData {
+        tensor: String,
+        file: String,
         reason: String,
     },
     #[error("model graph: {0}")]
@@ -306,6 +315,7 @@ impl Importer<'_> {
     }
 
     fn load_constant(&self, t: &pb::TensorProto, what: &str) -> Result<Constant> {
+        self.check_external_data(t)?;
         let tensor =
             tract_onnx::tensor::load_tensor(&MmapDataResolver, t, self.dir).map_err(|e| {
                 ImportError::Graph(format!("{what} '{}' cannot be decoded: {e:#}", t.name))
@@ -349,6 +359,45 @@ impl Importer<'_> {
             i64s,
             datum,
         })
+    }
+
+    /// An initializer kept in a file beside the model (PyTorch's dynamo exporter writes
+    /// `MODEL.onnx.data`): the file must exist and hold the bytes the model points at.
+    fn check_external_data(&self, t: &pb::TensorProto) -> Result<()> {
+        if t.data_location != Some(pb::tensor_proto::DataLocation::External as i32) {
+            return Ok(());
+        }
+        let entry = |key: &str| {
+            t.external_data
+                .iter()
+                .find(|e| e.key == key)
+                .map(|e| e.value.clone())
+        };
+        let location = entry("location").unwrap_or_default();
+        let file = Path::new(self.dir.unwrap_or(".")).join(&location);
+        let err = |reason: String| ImportError::ExternalData {
+            tensor: t.name.clone(),
+            file: file.display().to_string(),
+            reason,
+        };
+        let len = std::fs::metadata(&file)
+            .map_err(|e| err(format!("cannot be read: {e}")))?
+            .len();
+        let number = |key: &str| -> Result<Option<u64>> {
+            entry(key)
+                .map(|v| v.parse::<u64>().map_err(|_| err(format!("has a bad {key} '{v}'"))))
+                .transpose()
+        };
+        let offset = number("offset")?.unwrap_or(0);
+        if let Some(length) = number("length")? {
+            if offset.saturating_add(length) > len {
+                return Err(err(format!(
+                    "is {len} bytes, but the tensor lies at {offset}..{} (truncated?)",
+                    offset + length
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn constant(&self, ctx: &Ctx, index: usize) -> Result<Option<&Constant>> {

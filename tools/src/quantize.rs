@@ -267,15 +267,25 @@ pub fn lower(
                 ops.push(op);
             }
             Op::GlobalAvgPool => {
+                // The pooled tensor's own scale, where the model states one (QDQ): the
+                // model was calibrated (or trained) with the mean rounded there.
+                let yq = graph.values[node.output].quant.map_or(xq, Quant::from_stated);
                 let yt = add_tensor(
                     node.output,
                     DType::I8,
-                    xq,
+                    yq,
                     &mut tensors,
                     &mut tensor_of_value,
                 );
-                quant.insert(node.output, xq);
-                ops.push(OpRecord::plain(OpKind::GlobalAvgPool, xt, yt));
+                let mut op = OpRecord::plain(OpKind::GlobalAvgPool, xt, yt);
+                if yq != xq {
+                    let pixels = (in_shape[2] * in_shape[3]) as f64;
+                    let (m, s) = quantize_multiplier(xq.scale as f64 / (pixels * yq.scale as f64));
+                    let bias = -(pixels as i64 * xq.zero_point as i64) as i32;
+                    op.params = vec![(bias, m, s)];
+                }
+                quant.insert(node.output, yq);
+                ops.push(op);
             }
             Op::Reshape => {
                 // NHWC and NCHW orders agree only when there is one pixel.

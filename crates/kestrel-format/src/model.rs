@@ -573,7 +573,10 @@ impl<'a> KesFile<'a> {
             op.kind,
             OpKind::Conv | OpKind::Dense | OpKind::ChannelAffine
         );
-        if !needs_weights && (!op.weights.is_empty() || !op.params.is_empty()) {
+        // Global pooling may carry one parameter record: its requantisation to a scale of its own.
+        let requantized_pool = op.kind == OpKind::GlobalAvgPool && op.params.len() == 1;
+        if !needs_weights && (!op.weights.is_empty() || !op.params.is_empty() && !requantized_pool)
+        {
             return Err(bad("op carries weights it does not use"));
         }
         if op.kind != OpKind::Conv && op.layout != WeightLayout::Portable {
@@ -660,6 +663,7 @@ impl<'a> KesFile<'a> {
                 if (oh, ow, oc) != (1, 1, c) {
                     return Err(bad("global pooling gives [1, 1, 1, C]"));
                 }
+                check_requantisation(&op.params).map_err(bad)?;
             }
             OpKind::Subsample => {
                 let (sh, sw) = (op.stride[0] as usize, op.stride[1] as usize);
@@ -689,7 +693,7 @@ impl<'a> KesFile<'a> {
             }
         }
         // Ops without requantisation keep the input's quantisation.
-        if !needs_weights && y.dtype == DType::I8 && !x.same_quant(&y) {
+        if !needs_weights && !requantized_pool && y.dtype == DType::I8 && !x.same_quant(&y) {
             return Err(bad("output quantisation differs from the input's"));
         }
         Ok(())

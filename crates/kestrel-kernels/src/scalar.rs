@@ -597,6 +597,34 @@ pub fn global_avg_pool(input: &[i8], channels: usize, zero_point: i32, output: &
     }
 }
 
+/// Global average pooling onto an output scale of its own (`params`: bias `−pixels·z_in`,
+/// multiplier and shift of `s_in / (pixels · s_out)`), as a quantised model that states the
+/// pooled tensor's scale (QDQ) computes it: the mean of a map has a narrower range than the
+/// map, and keeping the input's scale would round it coarsely.
+pub fn global_avg_pool_requantized(
+    input: &[i8],
+    channels: usize,
+    (bias, multiplier, shift): (i32, i32, i32),
+    out: OutQuant,
+    output: &mut [i8],
+) {
+    const BLOCK: usize = 64;
+    let pixels = input.len() / channels.max(1);
+    for c0 in (0..channels).step_by(BLOCK) {
+        let n = BLOCK.min(channels - c0);
+        let mut sums = [bias; BLOCK];
+        for p in 0..pixels {
+            let row = &input[p * channels + c0..][..n];
+            for (s, &x) in sums.iter_mut().zip(row) {
+                *s = s.wrapping_add(x as i32);
+            }
+        }
+        for (o, &sum) in output[c0..c0 + n].iter_mut().zip(&sums) {
+            *o = finish(sum, multiplier, shift, 0, out);
+        }
+    }
+}
+
 /// `x[start_h::step_h, start_w::step_w, :]`.
 pub fn subsample(s: &Window, start: [usize; 2], input: &[i8], output: &mut [i8]) {
     let c = s.in_c;

@@ -426,6 +426,13 @@ impl<'m, 'a> Session<'m, 'a> {
                 op.count_include_pad,
                 as_i8_mut(output),
             ),
+            OpKind::GlobalAvgPool if op.params.len() == 1 => scalar::global_avg_pool_requantized(
+                input,
+                c,
+                op.params.get(0),
+                out_q,
+                as_i8_mut(output),
+            ),
             OpKind::GlobalAvgPool => {
                 scalar::global_avg_pool(input, c, x.zero_point, as_i8_mut(output))
             }
