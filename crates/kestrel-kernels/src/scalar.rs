@@ -697,6 +697,77 @@ mod tests {
     use std::vec;
     use std::vec::Vec;
 
+    /// `channel_affine` against the real-number formula it stands for, on 7 channels × 5
+    /// pixels, negative and zero weights among them.
+    #[test]
+    fn channel_affine_applies_each_channels_scale_and_offset() {
+        let c = 7;
+        let input: Vec<i8> = (0..5 * c).map(|i| ((i * 37 + 11) % 256) as u8 as i8).collect();
+        let weights: Vec<i8> = vec![127, -127, 64, 0, 1, -3, 100];
+        let (z_in, z_out) = (-5, 3);
+        let bias: Vec<i32> = (0..c as i32).map(|ch| 40 * ch - 100).collect();
+        let real = 0.0371; // s_in · s_w / s_out
+        let (m, sh) = quantize_multiplier(real);
+        // −z_in·w folded into the bias, as the lowering does.
+        let params = |ch: usize| (bias[ch] - z_in * weights[ch] as i32, m, sh);
+        let out = OutQuant {
+            zero_point: z_out,
+            min: -100,
+            max: 127,
+        };
+        let mut got = vec![0i8; input.len()];
+        channel_affine(&input, &weights, params, out, &mut got);
+        for (i, (&x, &y)) in input.iter().zip(&got).enumerate() {
+            let ch = i % c;
+            let exact = ((x as i32 - z_in) * weights[ch] as i32 + bias[ch]) as f64 * real;
+            let want = (exact.round() as i32 + z_out).clamp(-100, 127);
+            assert!((y as i32 - want).abs() <= 1, "element {i}: {y} vs {want}");
+        }
+        // ReLU-style clamp at the output zero point holds.
+        let relu = OutQuant {
+            zero_point: z_out,
+            min: z_out as i8,
+            max: 127,
+        };
+        channel_affine(&input, &weights, params, relu, &mut got);
+        assert!(got.iter().all(|&y| y as i32 >= z_out));
+    }
+
+    /// With the same scale in and out and a power-of-two pixel count, the requantised
+    /// pooling is exactly the plain one; with a finer output scale it keeps more digits.
+    #[test]
+    fn requantised_global_pooling_matches_the_plain_mean() {
+        let c = 70; // a 64-channel block plus a rest
+        let pixels = 4;
+        let input: Vec<i8> = (0..pixels * c).map(|i| ((i * 53 + 7) % 256) as u8 as i8).collect();
+        let z = 9;
+        let mut plain = vec![0i8; c];
+        global_avg_pool(&input, c, z, &mut plain);
+        let (m, sh) = quantize_multiplier(1.0 / pixels as f64);
+        let out = OutQuant {
+            zero_point: z,
+            min: -128,
+            max: 127,
+        };
+        let mut requantised = vec![0i8; c];
+        let bias = -(pixels as i32) * z;
+        global_avg_pool_requantized(&input, c, (bias, m, sh), out, &mut requantised);
+        assert_eq!(plain, requantised);
+        // Output scale a quarter of the input's: four times the value, around zero point -20.
+        let (m, sh) = quantize_multiplier(4.0 / pixels as f64);
+        let fine = OutQuant {
+            zero_point: -20,
+            min: -128,
+            max: 127,
+        };
+        global_avg_pool_requantized(&input, c, (bias, m, sh), fine, &mut requantised);
+        for ch in 0..c {
+            let sum: i32 = (0..pixels).map(|p| input[p * c + ch] as i32 - z).sum();
+            let want = (sum - 20).clamp(-128, 127);
+            assert_eq!(requantised[ch] as i32, want, "channel {ch}");
+        }
+    }
+
     #[test]
     fn simd_dot_equals_the_plain_sum_on_every_length() {
         let x: Vec<i8> = (0..300)
