@@ -131,7 +131,11 @@ fn pre_activation_batch_norms_run_as_channel_affine_ops() {
     let report = check::check(&fixture("timm_resnetv2_preact"), None, None).unwrap();
     assert_eq!(report.passes.bn_affine, 5);
     assert_eq!(report.folded_ops.get("ChannelAffine"), Some(&5));
-    assert_eq!(report.folded_ops.get("Dense"), Some(&1), "the 1x1 conv head");
+    assert_eq!(
+        report.folded_ops.get("Dense"),
+        Some(&1),
+        "the 1x1 conv head"
+    );
     // ResNet-D: the projection shortcut's 2x2 average pooling stays a pooling op.
     let d = check::check(&fixture("timm_resnet_d"), None, None).unwrap();
     assert!(d.folded_ops.get("AveragePool").is_some_and(|&n| n > 0));
@@ -167,42 +171,52 @@ fn qdq_models_compile_without_calibration_and_match_onnxruntime() {
         let (inputs, expected) = reference_logits(name);
         let (bytes, report) = compile::compile(&path, None, None, &options(Target::Rpi5)).unwrap();
         assert_eq!(report.calibration_images, 0);
-        assert!(report.stated_scales > 10, "{name}: {}", report.stated_scales);
+        assert!(
+            report.stated_scales > 10,
+            "{name}: {}",
+            report.stated_scales
+        );
         let got = run_int8(&bytes, &inputs);
         for (g, want) in got.iter().zip(&expected) {
-            assert_eq!(argmax(g), argmax(want), "{name}: {g:?} vs onnxruntime {want:?}");
+            // onnxruntime's logits are rounded to its output scale, so its top class can
+            // be a tie: Kestrel's choice must be one of onnxruntime's top classes.
+            let best = want[argmax(want)];
+            assert!(
+                want[argmax(g)] >= best - 1e-6,
+                "{name}: {g:?} vs onnxruntime {want:?}"
+            );
             // onnxruntime rounds the logits to its output scale; Kestrel keeps int32 logits.
             let diff = max_diff(g, want);
-            assert!(diff <= 0.05 * max_abs(want), "{name}: {diff}: {g:?} vs {want:?}");
+            assert!(
+                diff <= 0.05 * max_abs(want),
+                "{name}: {diff}: {g:?} vs {want:?}"
+            );
         }
     }
 }
 
 #[test]
 fn a_float_model_without_calibration_is_refused_by_name() {
-    let err = compile::compile(&fixture("tv_basic_ts13"), None, None, &options(Target::Rpi5))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = compile::compile(
+        &fixture("tv_basic_ts13"),
+        None,
+        None,
+        &options(Target::Rpi5),
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(err.contains("--calib"), "{err}");
 }
 
 #[test]
 fn compile_without_a_target_packs_for_this_machine() {
-    assert_eq!(
-        Target::host(),
-        if cfg!(target_arch = "x86_64") {
-            Target::X86_64
-        } else if cfg!(target_arch = "aarch64") {
-            if std::arch::is_aarch64_feature_detected!("dotprod") {
-                Target::Rpi5
-            } else {
-                Target::Rpi4
-            }
-        } else {
-            Target::Generic
-        }
-    );
+    let host = Target::host();
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(host, Target::X86_64);
+    #[cfg(target_arch = "aarch64")]
+    assert!(matches!(host, Target::Rpi4 | Target::Rpi5), "{host:?}");
+    assert_ne!(host, Target::Generic, "a file packed for no SIMD kernel");
 }
 
 /// A flat folder, a nested one and an undecodable image: calibration takes every image at
@@ -317,7 +331,11 @@ fn eval_takes_a_labels_file() {
     assert_eq!(a.top1, b.top1);
     assert!(a.top1 > 0.5, "{}", a.top1);
 
-    std::fs::write(dir.join("bad.txt"), "cat/0000.jpg 3\ncat/no-such-image.jpg 3\n").unwrap();
+    std::fs::write(
+        dir.join("bad.txt"),
+        "cat/0000.jpg 3\ncat/no-such-image.jpg 3\n",
+    )
+    .unwrap();
     let err = dataset::read_labels_file(&dir.join("bad.txt"), &dev).unwrap_err();
     assert!(
         matches!(&err, DatasetError::MissingImage { line: 2, image, .. } if image.ends_with("no-such-image.jpg")),
@@ -338,7 +356,11 @@ fn missing_or_truncated_external_data_is_a_typed_error() {
         "{err}"
     );
     let data = std::fs::read(fixtures().join("tv_basic_dynamo.onnx.data")).unwrap();
-    std::fs::write(dir.join("tv_basic_dynamo.onnx.data"), &data[..data.len() / 2]).unwrap();
+    std::fs::write(
+        dir.join("tv_basic_dynamo.onnx.data"),
+        &data[..data.len() / 2],
+    )
+    .unwrap();
     let err = onnx_import::import_path(&model).unwrap_err();
     assert!(
         matches!(&err, ImportError::ExternalData { reason, .. } if reason.contains("truncated")),
@@ -347,12 +369,7 @@ fn missing_or_truncated_external_data_is_a_typed_error() {
 }
 
 /// The QDQ fixture with one activation's scale or zero point replaced.
-fn qdq_with(
-    dir: &Path,
-    file: &str,
-    edit: impl Fn(&mut TensorProto),
-    which: usize,
-) -> PathBuf {
+fn qdq_with(dir: &Path, file: &str, edit: impl Fn(&mut TensorProto), which: usize) -> PathBuf {
     let mut proto = onnx_import::read_proto(&fixture("tv_basic_qdq_s8s8")).unwrap();
     let graph = proto.graph.as_mut().unwrap();
     let input = graph.input[0].name.clone();
@@ -376,7 +393,11 @@ fn qdq_with(
 #[test]
 fn bad_quantisation_parameters_are_typed_errors_naming_the_tensor() {
     let dir = tmp("qdq");
-    for (file, value) in [("zero.onnx", 0.0f32), ("negative.onnx", -0.1), ("nan.onnx", f32::NAN)] {
+    for (file, value) in [
+        ("zero.onnx", 0.0f32),
+        ("negative.onnx", -0.1),
+        ("nan.onnx", f32::NAN),
+    ] {
         let path = qdq_with(
             &dir,
             file,

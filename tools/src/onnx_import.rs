@@ -385,7 +385,10 @@ impl Importer<'_> {
             .len();
         let number = |key: &str| -> Result<Option<u64>> {
             entry(key)
-                .map(|v| v.parse::<u64>().map_err(|_| err(format!("has a bad {key} '{v}'"))))
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| err(format!("has a bad {key} '{v}'")))
+                })
                 .transpose()
         };
         let offset = number("offset")?.unwrap_or(0);
@@ -616,9 +619,9 @@ impl Importer<'_> {
         let in_order = indices.i64s.len() == dim
             && indices.i64s.iter().enumerate().all(|(i, &v)| v == i as i64);
         if !in_order {
-            return Err(ctx.unsupported(
-                "only a Gather of every element of the axis, in order (a reshape)",
-            ));
+            return Err(
+                ctx.unsupported("only a Gather of every element of the axis, in order (a reshape)")
+            );
         }
         let a = axis as usize;
         let shape: Vec<usize> = s[..a]

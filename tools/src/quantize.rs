@@ -269,7 +269,9 @@ pub fn lower(
             Op::GlobalAvgPool => {
                 // The pooled tensor's own scale, where the model states one (QDQ): the
                 // model was calibrated (or trained) with the mean rounded there.
-                let yq = graph.values[node.output].quant.map_or(xq, Quant::from_stated);
+                let yq = graph.values[node.output]
+                    .quant
+                    .map_or(xq, Quant::from_stated);
                 let yt = add_tensor(
                     node.output,
                     DType::I8,

@@ -185,7 +185,10 @@ fn compile_run_eval_inspect_report_their_json_fields() {
     );
     // No --target: the file is packed for this machine, and the summary says so.
     let summary = String::from_utf8_lossy(&out.stderr);
-    assert!(summary.contains("(this machine; --target to choose)"), "{summary}");
+    assert!(
+        summary.contains("(this machine; --target to choose)"),
+        "{summary}"
+    );
 
     let out = kestrel(&["inspect", &s(&kes), "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

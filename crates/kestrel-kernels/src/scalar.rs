@@ -702,7 +702,9 @@ mod tests {
     #[test]
     fn channel_affine_applies_each_channels_scale_and_offset() {
         let c = 7;
-        let input: Vec<i8> = (0..5 * c).map(|i| ((i * 37 + 11) % 256) as u8 as i8).collect();
+        let input: Vec<i8> = (0..5 * c)
+            .map(|i| ((i * 37 + 11) % 256) as u8 as i8)
+            .collect();
         let weights: Vec<i8> = vec![127, -127, 64, 0, 1, -3, 100];
         let (z_in, z_out) = (-5, 3);
         let bias: Vec<i32> = (0..c as i32).map(|ch| 40 * ch - 100).collect();
@@ -739,7 +741,9 @@ mod tests {
     fn requantised_global_pooling_matches_the_plain_mean() {
         let c = 70; // a 64-channel block plus a rest
         let pixels = 4;
-        let input: Vec<i8> = (0..pixels * c).map(|i| ((i * 53 + 7) % 256) as u8 as i8).collect();
+        let input: Vec<i8> = (0..pixels * c)
+            .map(|i| ((i * 53 + 7) % 256) as u8 as i8)
+            .collect();
         let z = 9;
         let mut plain = vec![0i8; c];
         global_avg_pool(&input, c, z, &mut plain);
