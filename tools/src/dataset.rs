@@ -195,13 +195,13 @@ pub fn read_tensors(path: &Path, input_len: usize) -> Result<Vec<Vec<f32>>, Data
                 .by_name(&name)
                 .map_err(|e| bad(format!("array '{name}': {e}")))?
                 .ok_or_else(|| bad(format!("array '{name}' is missing")))?;
-            arrays.push((name, npy_f32(npy).map_err(|e| bad(e))?));
+            arrays.push((name, npy_f32(npy).map_err(&bad)?));
         }
     } else {
         let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
         let npy = npyz::NpyFile::new(std::io::BufReader::new(file))
             .map_err(|e| bad(format!("not a .npy file: {e}")))?;
-        arrays.push(("array".into(), npy_f32(npy).map_err(|e| bad(e))?));
+        arrays.push(("array".into(), npy_f32(npy).map_err(&bad)?));
     }
     let mut inputs = Vec::new();
     for (name, (shape, data)) in arrays {
