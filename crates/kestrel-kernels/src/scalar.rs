@@ -575,26 +575,35 @@ fn window_reduce(
     }
 }
 
-/// Global average pooling `[H, W, C] → [C]`, same quantisation as the input.
-pub fn global_avg_pool(input: &[i8], channels: usize, zero_point: i32, output: &mut [i8]) {
+/// Each channel's sum over all pixels of `[pixels, C]`, starting from `start`, handed to
+/// `finish(channel, sum)`. Pixel rows outer, a block of channel sums inner: contiguous,
+/// vectorisable reads.
+fn channel_sums(input: &[i8], channels: usize, start: i32, mut finish: impl FnMut(usize, i32)) {
     const BLOCK: usize = 64;
     let pixels = input.len() / channels.max(1);
-    // Pixel rows outer, a block of channel sums inner: contiguous, vectorisable reads.
     for c0 in (0..channels).step_by(BLOCK) {
         let n = BLOCK.min(channels - c0);
-        let mut sums = [0i32; BLOCK];
+        let mut sums = [start; BLOCK];
         for p in 0..pixels {
             let row = &input[p * channels + c0..][..n];
             for (s, &x) in sums.iter_mut().zip(row) {
-                *s = s.wrapping_add(x as i32 - zero_point);
+                *s = s.wrapping_add(x as i32);
             }
         }
-        for (o, &sum) in output[c0..c0 + n].iter_mut().zip(&sums) {
-            *o = zero_point
-                .saturating_add(rounding_div(sum, pixels.max(1) as i32))
-                .clamp(-128, 127) as i8;
+        for (j, &sum) in sums[..n].iter().enumerate() {
+            finish(c0 + j, sum);
         }
     }
+}
+
+/// Global average pooling `[H, W, C] → [C]`, same quantisation as the input.
+pub fn global_avg_pool(input: &[i8], channels: usize, zero_point: i32, output: &mut [i8]) {
+    let pixels = (input.len() / channels.max(1)).max(1) as i32;
+    channel_sums(input, channels, -pixels * zero_point, |c, sum| {
+        output[c] = zero_point
+            .saturating_add(rounding_div(sum, pixels))
+            .clamp(-128, 127) as i8;
+    });
 }
 
 /// Global average pooling onto an output scale of its own (`params`: bias `−pixels·z_in`,
@@ -608,21 +617,9 @@ pub fn global_avg_pool_requantized(
     out: OutQuant,
     output: &mut [i8],
 ) {
-    const BLOCK: usize = 64;
-    let pixels = input.len() / channels.max(1);
-    for c0 in (0..channels).step_by(BLOCK) {
-        let n = BLOCK.min(channels - c0);
-        let mut sums = [bias; BLOCK];
-        for p in 0..pixels {
-            let row = &input[p * channels + c0..][..n];
-            for (s, &x) in sums.iter_mut().zip(row) {
-                *s = s.wrapping_add(x as i32);
-            }
-        }
-        for (o, &sum) in output[c0..c0 + n].iter_mut().zip(&sums) {
-            *o = finish(sum, multiplier, shift, 0, out);
-        }
-    }
+    channel_sums(input, channels, bias, |c, sum| {
+        output[c] = finish(sum, multiplier, shift, 0, out);
+    });
 }
 
 /// `x[start_h::step_h, start_w::step_w, :]`.
