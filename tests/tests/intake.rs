@@ -36,7 +36,7 @@ fn fixture(name: &str) -> PathBuf {
     path
 }
 
-/// The fixture's inputs (NCHW float32, eight dev images) and its framework's logits for them.
+/// The fixture's inputs (NCHW float32, eight synthetic images) and its framework's logits.
 fn reference_logits(name: &str) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     let text = std::fs::read_to_string(fixtures().join(format!("{name}.ref.json"))).unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
