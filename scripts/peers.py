@@ -87,9 +87,10 @@ def calibration_images(pre, count):
     return out
 
 
-def ort_quantize(src, dst, pre, images):
+def ort_quantize(src, dst, pre, images, activations="uint8"):
     """ONNX Runtime's recommended path: its pre-processing (shape inference, graph
-    optimisation: BatchNorm folded), then static QDQ quantisation, per-channel weights."""
+    optimisation: BatchNorm folded), then static QDQ quantisation, per-channel int8 weights,
+    `activations` int8 (S8S8) or uint8 (U8S8). `images` are [1, C, H, W] arrays."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -110,7 +111,7 @@ def ort_quantize(src, dst, pre, images):
         Reader(),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
-        activation_type=QuantType.QUInt8,
+        activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
+
+from peers import ort_quantize
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -65,22 +65,6 @@ def images(folder, pre, limit=None):
     return np.stack([load(pre, f) for f in files]), np.array(labels)
 
 
-class Reader(CalibrationDataReader):
-    def __init__(self, name, batch):
-        self.items = iter([{name: x[None]} for x in batch])
-
-    def get_next(self):
-        return next(self.items, None)
-
-
-def quantise(src, dst, pre, calib, activations):
-    prepared = dst.with_suffix(".pre.onnx")
-    quant_pre_process(str(src), str(prepared))
-    quantize_static(str(prepared), str(dst), Reader(pre["name"], calib), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=activations, weight_type=QuantType.QInt8)
-    prepared.unlink()
-
-
 def ort_logits(path, pre, x):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return np.concatenate([sess.run(None, {pre["name"]: xi[None]})[0] for xi in x])
@@ -107,9 +91,9 @@ def main():
         dev, truth = images("dev", pre, args.limit)
         tensors = WORK / f"{name}_dev.npy"
         np.save(tensors, dev)
-        for activations, tag in [(QuantType.QInt8, "S8S8"), (QuantType.QUInt8, "U8S8")]:
+        for activations, tag in [("int8", "S8S8"), ("uint8", "U8S8")]:
             qdq = WORK / f"{name}_qdq_{tag.lower()}.onnx"
-            quantise(src, qdq, pre, calib, activations)
+            ort_quantize(src, qdq, pre, [x[None] for x in calib], activations)
             kes = qdq.with_suffix(".kes")
             subprocess.run([str(KESTREL), "compile", str(qdq), "--target", "x86-64", "-o", str(kes)],
                            check=True, capture_output=True)

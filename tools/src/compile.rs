@@ -51,14 +51,11 @@ impl Target {
     }
 
     /// The name `--target` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            Target::Generic => "generic",
-            Target::Rpi4 => "rpi4",
-            Target::Rpi5 => "rpi5",
-            Target::JetsonOrin => "jetson-orin",
-            Target::X86_64 => "x86-64",
-        }
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
     }
 
     /// The conv weight layout this target's kernels read.
@@ -277,7 +274,7 @@ pub fn compile(
         ("calibration_method".to_string(), opts.method.name()),
         ("calibration_images".to_string(), images.to_string()),
         ("stated_scales".to_string(), stated_scales.to_string()),
-        ("target".to_string(), opts.target.name().to_string()),
+        ("target".to_string(), opts.target.name()),
         (
             "tool".to_string(),
             format!("kestrel {}", env!("CARGO_PKG_VERSION")),

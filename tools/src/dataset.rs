@@ -25,6 +25,8 @@ pub enum DatasetError {
         line: usize,
         image: String,
     },
+    #[error("labels file {0} names no image")]
+    EmptyLabels(String),
     #[error("{path}: {reason}")]
     Tensors { path: String, reason: String },
 }
@@ -153,17 +155,9 @@ pub fn read_labels_file(file: &Path, dir: &Path) -> Result<Vec<(PathBuf, Truth)>
         out.push((path, truth));
     }
     if out.is_empty() {
-        return Err(bad_empty(&shown));
+        return Err(DatasetError::EmptyLabels(shown));
     }
     Ok(out)
-}
-
-fn bad_empty(file: &str) -> DatasetError {
-    DatasetError::LabelsLine {
-        file: file.to_string(),
-        line: 0,
-        reason: "the file names no image".into(),
-    }
 }
 
 /// `count` items spread evenly over the list (class-sorted lists: every class is represented).
