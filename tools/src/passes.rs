@@ -256,7 +256,8 @@ fn bypass(graph: &mut Graph, node: usize, producer: usize) {
     graph.nodes[producer].output = removed.output;
 }
 
-/// An Add whose operand is a plain Conv read only by it: `(add node, conv node)`.
+/// An Add whose operand is a plain Conv read only by it, at no scale of its own:
+/// `(add node, conv node)`.
 ///
 /// When both operands qualify (a projection shortcut), the conv that runs later is chosen:
 /// the main path's last conv in the exporters' usual order.
@@ -273,7 +274,11 @@ fn find_fusable_add(graph: &Graph) -> Option<(usize, usize)> {
                 let p = producers[v]?;
                 let plain_conv =
                     matches!(&graph.nodes[p].op, Op::Conv(c) if !c.relu && !c.fused_add);
-                (plain_conv && consumers[v].len() == 1 && v != graph.output).then_some(p)
+                // A model that states the conv's own output scale (QDQ) rounds there before
+                // the Add: the Add stays apart so int8 rounds where the model does.
+                let rounded_apart = graph.values[v].quant.is_some();
+                (plain_conv && !rounded_apart && consumers[v].len() == 1 && v != graph.output)
+                    .then_some(p)
             })
             .max()
             .map(|conv| (i, conv))

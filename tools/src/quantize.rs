@@ -381,7 +381,31 @@ pub fn lower(
                 quant.insert(node.output, yq);
                 ops.push(op);
             }
-            Op::BatchNorm(_) | Op::Relu | Op::Add { .. } => {
+            Op::Add { relu } => {
+                let b = node.inputs[1];
+                let (bq, bt) = (quant[&b], tensor_of_value[&b]);
+                let yq = own_quant(node.output)?;
+                let yt = add_tensor(
+                    node.output,
+                    DType::I8,
+                    yq,
+                    &mut tensors,
+                    &mut tensor_of_value,
+                );
+                let (ma, sa) = quantize_multiplier(xq.scale as f64 / yq.scale as f64);
+                let (mb, sb) = quantize_multiplier(bq.scale as f64 / yq.scale as f64);
+                let mut op = OpRecord::plain(OpKind::Add, xt, yt);
+                op.residual = Some(Residual {
+                    tensor: bt,
+                    multiplier: mb,
+                    shift: sb,
+                });
+                op.params = vec![(0, ma, sa)];
+                op.out_min = if *relu { yq.zero_point as i8 } else { i8::MIN };
+                quant.insert(node.output, yq);
+                ops.push(op);
+            }
+            Op::BatchNorm(_) | Op::Relu => {
                 return Err(unsupported(
                     &node.name,
                     node.op.kind(),

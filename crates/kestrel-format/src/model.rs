@@ -77,6 +77,10 @@ pub enum OpKind {
     /// Per-channel multiply-add (weights `[C]`, one parameter record per channel): a
     /// BatchNorm no convolution absorbs, as in pre-activation ResNet v2.
     ChannelAffine = 9,
+    /// Elementwise sum of the input and the `residual` tensor, rounded once onto the output
+    /// scale (one parameter record: the input's multiplier and shift; the residual's in
+    /// its own fields): a residual Add a quantised model rounds apart from its conv.
+    Add = 10,
 }
 
 impl OpKind {
@@ -92,6 +96,7 @@ impl OpKind {
             PadChannels,
             Reshape,
             ChannelAffine,
+            Add,
         ]
         .into_iter()
         .find(|k| *k as u8 == v)
@@ -108,6 +113,7 @@ impl OpKind {
             OpKind::PadChannels => "pad_channels",
             OpKind::Reshape => "reshape",
             OpKind::ChannelAffine => "channel_affine",
+            OpKind::Add => "add",
         }
     }
 }
@@ -573,17 +579,18 @@ impl<'a> KesFile<'a> {
             op.kind,
             OpKind::Conv | OpKind::Dense | OpKind::ChannelAffine
         );
-        // Global pooling may carry one parameter record: its requantisation to a scale of its own.
+        // Global pooling may carry one parameter record (its requantisation to a scale of its
+        // own), an Add must (its input's requantisation).
         let requantized_pool = op.kind == OpKind::GlobalAvgPool && op.params.len() == 1;
-        if !needs_weights && (!op.weights.is_empty() || !op.params.is_empty() && !requantized_pool)
-        {
+        let one_record = requantized_pool || op.kind == OpKind::Add;
+        if !needs_weights && (!op.weights.is_empty() || !op.params.is_empty() && !one_record) {
             return Err(bad("op carries weights it does not use"));
         }
         if op.kind != OpKind::Conv && op.layout != WeightLayout::Portable {
             return Err(bad("only convolutions take packed weights"));
         }
-        if op.kind != OpKind::Conv && op.residual.is_some() {
-            return Err(bad("only convolutions take a residual"));
+        if !matches!(op.kind, OpKind::Conv | OpKind::Add) && op.residual.is_some() {
+            return Err(bad("only convolutions and adds take a residual"));
         }
         match op.kind {
             OpKind::Conv | OpKind::Dense => {
@@ -654,6 +661,31 @@ impl<'a> KesFile<'a> {
                 }
                 check_requantisation(&op.params).map_err(bad)?;
             }
+            OpKind::Add => {
+                let res = op.residual.ok_or(bad("an add needs its second operand"))?;
+                let r = self
+                    .tensor(res.tensor)
+                    .ok_or(bad("residual tensor index out of range"))?;
+                if !self.defined_before(res.tensor, i)
+                    || r.dtype != DType::I8
+                    || r.dims != x.dims
+                    || y.dims != x.dims
+                    || y.dtype != DType::I8
+                {
+                    return Err(bad(
+                        "add takes two earlier int8 tensors of the output's shape",
+                    ));
+                }
+                if overlaps(r.range(), y.range()) {
+                    return Err(bad("add's second operand overlaps its output"));
+                }
+                if op.params.len() != 1 || res.multiplier < 0 || !(-31..=30).contains(&res.shift) {
+                    return Err(bad(
+                        "add needs one parameter record and a valid residual scale",
+                    ));
+                }
+                check_requantisation(&op.params).map_err(bad)?;
+            }
             OpKind::MaxPool | OpKind::AvgPool => {
                 if window(op.kernel, op.stride)? != (oh, ow) || oc != c {
                     return Err(bad("output shape does not follow from the window"));
@@ -693,7 +725,7 @@ impl<'a> KesFile<'a> {
             }
         }
         // Ops without requantisation keep the input's quantisation.
-        if !needs_weights && !requantized_pool && y.dtype == DType::I8 && !x.same_quant(&y) {
+        if !needs_weights && !one_record && y.dtype == DType::I8 && !x.same_quant(&y) {
             return Err(bad("output quantisation differs from the input's"));
         }
         Ok(())

@@ -659,6 +659,40 @@ pub fn channel_affine(
     }
 }
 
+/// One operand of [`add`]: its int8 data, zero point, and the Q31 multiplier and shift of
+/// its scale over the output's.
+#[derive(Clone, Copy, Debug)]
+pub struct AddOperand<'a> {
+    pub data: &'a [i8],
+    pub zero_point: i32,
+    pub multiplier: i32,
+    pub shift: i32,
+}
+
+/// Elementwise sum of two int8 tensors onto the output scale, rounded **once** (ties away
+/// from zero): a residual Add that a quantised model (QDQ) rounds on its own, after the
+/// conv's output was rounded to that conv's stated scale. Each term is exact in i128
+/// before the one rounding, so the result is the real sum's nearest integer as far as the
+/// Q31 multipliers carry it.
+pub fn add(a: AddOperand, b: AddOperand, out: OutQuant, output: &mut [i8]) {
+    // Both terms over the common denominator 2^(31 − min shift).
+    let low = a.shift.min(b.shift);
+    let exponent = (31 - low) as u32;
+    let half = 1i128 << (exponent - 1);
+    for ((o, &x), &y) in output.iter_mut().zip(a.data).zip(b.data) {
+        let ta = ((x as i32 - a.zero_point) as i128 * a.multiplier as i128) << (a.shift - low);
+        let tb = ((y as i32 - b.zero_point) as i128 * b.multiplier as i128) << (b.shift - low);
+        let sum = ta + tb;
+        let rounded = if sum >= 0 {
+            (sum + half) >> exponent
+        } else {
+            -((-sum + half) >> exponent)
+        };
+        let v = (rounded + out.zero_point as i128).clamp(out.min as i128, out.max as i128);
+        *o = v as i8;
+    }
+}
+
 /// Adds `before` and `after` channels holding the zero point (real 0) around each pixel.
 pub fn pad_channels(
     input: &[i8],
@@ -730,6 +764,50 @@ mod tests {
         };
         channel_affine(&input, &weights, params, relu, &mut got);
         assert!(got.iter().all(|&y| y as i32 >= z_out));
+    }
+
+    /// `add` against the real sum of the two dequantised operands, rounded once, over
+    /// every pair of int8 values at scales above and below the output's.
+    #[test]
+    fn add_rounds_the_real_sum_once() {
+        let (za, zb, zo) = (-7, 12, -128);
+        for (ra, rb) in [(0.73, 1.9), (0.021, 0.4), (3.5, 0.0049)] {
+            let (ma, sa) = quantize_multiplier(ra);
+            let (mb, sb) = quantize_multiplier(rb);
+            let a: Vec<i8> = (0..256 * 256).map(|i| (i % 256) as u8 as i8).collect();
+            let b: Vec<i8> = (0..256 * 256).map(|i| (i / 256) as u8 as i8).collect();
+            let mut out = vec![0i8; a.len()];
+            let operand = |data, zero_point, multiplier, shift| AddOperand {
+                data,
+                zero_point,
+                multiplier,
+                shift,
+            };
+            let clamp = OutQuant {
+                zero_point: zo,
+                min: -128,
+                max: 127,
+            };
+            add(
+                operand(&a, za, ma, sa),
+                operand(&b, zb, mb, sb),
+                clamp,
+                &mut out,
+            );
+            for ((&x, &y), &o) in a.iter().zip(&b).zip(&out) {
+                let real = (x as i32 - za) as f64 * ra + (y as i32 - zb) as f64 * rb;
+                let want =
+                    ((real.abs() + 0.5).floor().copysign(real) as i64 + zo as i64).clamp(-128, 127);
+                // The Q31 multipliers are exact to ~1e-9: only a sum within that of a tie
+                // may round the other way.
+                let near_tie = ((real.abs().fract()) - 0.5).abs() < 1e-6;
+                let d = (o as i64 - want).abs();
+                assert!(
+                    d == 0 || near_tie && d == 1,
+                    "{x} {y}: {o} vs {want} ({real})"
+                );
+            }
+        }
     }
 
     /// With the same scale in and out and a power-of-two pixel count, the requantised

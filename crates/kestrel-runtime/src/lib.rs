@@ -450,6 +450,36 @@ impl<'m, 'a> Session<'m, 'a> {
                 x.zero_point,
                 as_i8_mut(output),
             ),
+            OpKind::Add => {
+                let Some(r) = op.residual else {
+                    return; // parse refuses an add without its second operand
+                };
+                let rt = m.tensor(r.tensor);
+                // SAFETY: in range and apart from the output (checked at parse).
+                let second = unsafe {
+                    core::slice::from_raw_parts(
+                        base.add(rt.offset as usize) as *const i8,
+                        rt.bytes(),
+                    )
+                };
+                let (_, multiplier, shift) = op.params.get(0);
+                scalar::add(
+                    scalar::AddOperand {
+                        data: input,
+                        zero_point: x.zero_point,
+                        multiplier,
+                        shift,
+                    },
+                    scalar::AddOperand {
+                        data: second,
+                        zero_point: rt.zero_point,
+                        multiplier: r.multiplier,
+                        shift: r.shift,
+                    },
+                    out_q,
+                    as_i8_mut(output),
+                )
+            }
             OpKind::ChannelAffine => {
                 scalar::channel_affine(input, op.weights, params, out_q, as_i8_mut(output))
             }
