@@ -21,6 +21,9 @@ pub enum DType {
     I8 = 0,
     /// Dequantised outputs (the logits' accumulators, requantised to one common scale).
     I32 = 1,
+    /// A layer kept wider: int16 activations (symmetric, zero point 0) with int8 weights,
+    /// TFLite's "16x8".
+    I16 = 2,
 }
 
 impl DType {
@@ -28,7 +31,13 @@ impl DType {
         match self {
             DType::I8 => 1,
             DType::I32 => 4,
+            DType::I16 => 2,
         }
+    }
+
+    /// The int8 or int16 activation types (not the int32 logits).
+    pub fn is_activation(self) -> bool {
+        matches!(self, DType::I8 | DType::I16)
     }
 }
 
@@ -180,7 +189,8 @@ pub struct OpView<'a> {
     /// `[top, left, bottom, right]`.
     pub pads: [u8; 4],
     pub count_include_pad: bool,
-    /// Output clamp (the fused ReLU raises `out_min` to the output zero point).
+    /// Output clamp (the fused ReLU raises `out_min` to the output zero point). On an int16
+    /// output, `i8::MIN` and `i8::MAX` stand for the int16 limits.
     pub out_min: i8,
     pub out_max: i8,
     /// Subsample: start row/column. PadChannels: channels before/after.
@@ -323,10 +333,10 @@ impl<'a> KesFile<'a> {
         let output_info = file.tensor(output).ok_or(FormatError::BadPlan {
             reason: "output tensor index out of range",
         })?;
-        if input_info.dtype != DType::I8 || input_info.dims[0] != 1 || input_info.dims[3] != 3 {
+        if !input_info.dtype.is_activation() || input_info.dims[0] != 1 || input_info.dims[3] != 3 {
             return Err(FormatError::BadTensor {
                 tensor: input,
-                reason: "the input must be an int8 [1, H, W, 3] image",
+                reason: "the input must be an int8 or int16 [1, H, W, 3] image",
             });
         }
         if [input_info.dims[1], input_info.dims[2]] != preprocess.size {
@@ -381,6 +391,7 @@ impl<'a> KesFile<'a> {
         let dtype = match r.u8().ok()? {
             0 => DType::I8,
             1 => DType::I32,
+            2 => DType::I16,
             _ => return None,
         };
         r.take(3).ok()?;
@@ -450,7 +461,7 @@ impl<'a> KesFile<'a> {
             return Err(bad("scale is not a positive finite number"));
         }
         if info.dtype == DType::I8 && !(-128..=127).contains(&info.zero_point)
-            || info.dtype == DType::I32 && info.zero_point != 0
+            || info.dtype != DType::I8 && info.zero_point != 0
         {
             return Err(bad("zero point out of range"));
         }
@@ -549,11 +560,26 @@ impl<'a> KesFile<'a> {
         {
             return Err(bad("writes a tensor that is already written"));
         }
-        if x.dtype != DType::I8 {
-            return Err(bad("input is not int8"));
+        if !x.dtype.is_activation() {
+            return Err(bad("input is not int8 or int16"));
+        }
+        // int16 activations: the ops the 16x8 reference kernels cover, unpacked weights.
+        let wide = x.dtype == DType::I16 || y.dtype == DType::I16;
+        if wide
+            && (matches!(
+                op.kind,
+                OpKind::AvgPool | OpKind::Add | OpKind::ChannelAffine
+            ) || op.layout != WeightLayout::Portable)
+        {
+            return Err(bad(
+                "int16 tensors only go through conv, dense, max and global pooling, subsample, channel padding and reshape, with unpacked weights",
+            ));
         }
         if op.out_min > op.out_max {
             return Err(bad("output clamp is empty"));
+        }
+        if y.dtype == DType::I32 && op.kind != OpKind::Dense {
+            return Err(bad("only dense layers give int32 outputs"));
         }
         let overlaps = |a: (usize, usize), b: (usize, usize)| a.0 < b.1 && b.0 < a.1;
         if op.kind != OpKind::Reshape && overlaps(x.range(), y.range()) {
@@ -625,21 +651,22 @@ impl<'a> KesFile<'a> {
                         ));
                     }
                 }
-                if y.dtype == DType::I32 && op.kind != OpKind::Dense {
-                    return Err(bad("only dense layers give int32 outputs"));
-                }
                 check_requantisation(&op.params).map_err(bad)?;
                 if let Some(res) = op.residual {
                     let r = self
                         .tensor(res.tensor)
                         .ok_or(bad("residual tensor index out of range"))?;
                     if !self.defined_before(res.tensor, i)
-                        || r.dtype != DType::I8
+                        || !r.dtype.is_activation()
                         || r.dims != y.dims
+                        || y.dtype == DType::I32
                     {
                         return Err(bad(
-                            "residual must be an earlier int8 tensor shaped like the output",
+                            "residual must be an earlier int8 or int16 tensor shaped like the output",
                         ));
+                    }
+                    if r.range() == y.range() && r.dtype != y.dtype {
+                        return Err(bad("an in-place residual must have the output's type"));
                     }
                     // In place (the output overwrites the residual element by element) or apart.
                     if r.range() != y.range() && overlaps(r.range(), y.range())
@@ -724,8 +751,8 @@ impl<'a> KesFile<'a> {
                 }
             }
         }
-        // Ops without requantisation keep the input's quantisation.
-        if !needs_weights && !one_record && y.dtype == DType::I8 && !x.same_quant(&y) {
+        // Ops without requantisation keep the input's quantisation and type.
+        if !needs_weights && !one_record && (!x.same_quant(&y) || x.dtype != y.dtype) {
             return Err(bad("output quantisation differs from the input's"));
         }
         Ok(())

@@ -90,10 +90,16 @@ impl KesModel {
         };
         let mut scratch = 0;
         for op in self.ops.iter_mut() {
-            if op.kind != OpKind::Conv || op.layout != WeightLayout::Portable {
+            let input = &self.tensors[op.input as usize];
+            // Layers kept at int16 run the 16x8 reference kernels, on unpacked weights.
+            let wide = input.dtype == DType::I16
+                || self.tensors[op.output as usize].dtype == DType::I16
+                || op
+                    .residual
+                    .is_some_and(|r| self.tensors[r.tensor as usize].dtype == DType::I16);
+            if op.kind != OpKind::Conv || op.layout != WeightLayout::Portable || wide {
                 continue;
             }
-            let input = &self.tensors[op.input as usize];
             let k = op.kernel[0] as usize * op.kernel[1] as usize * input.dims[3] as usize;
             op.weights = packing.pack_weights(&op.weights, k, op.params.len());
             op.layout = layout;

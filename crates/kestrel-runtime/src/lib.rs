@@ -199,6 +199,8 @@ impl<'m, 'a> Session<'m, 'a> {
     }
 
     /// The int8 NHWC input tensor, to be filled with the quantised image.
+    /// The input tensor's bytes: int8 values, or little-endian int16 pairs when the model
+    /// keeps its input wide.
     pub fn input_mut(&mut self) -> &mut [i8] {
         let t = self.model.input();
         as_i8_mut(&mut self.arena[t.offset as usize..][..t.bytes()])
@@ -214,11 +216,17 @@ impl<'m, 'a> Session<'m, 'a> {
                 given: x.len(),
             });
         }
-        let inv = 1.0 / t.scale;
-        let input = self.input_mut();
+        let (inv, wide) = (1.0 / t.scale, t.dtype == DType::I16);
+        let input = &mut self.arena[t.offset as usize..][..t.bytes()];
         for ch in 0..c {
             for p in 0..h * w {
-                input[p * c + ch] = quantize(x[ch * h * w + p], inv, t.zero_point);
+                store_quantized(
+                    input,
+                    wide,
+                    p * c + ch,
+                    x[ch * h * w + p] * inv,
+                    t.zero_point,
+                );
             }
         }
         Ok(())
@@ -244,10 +252,10 @@ impl<'m, 'a> Session<'m, 'a> {
             });
         }
         let info = self.model.file.preprocess;
-        let (inv, zp) = (1.0 / t.scale, t.zero_point);
-        let input = self.input_mut();
+        let (inv, zp, wide) = (1.0 / t.scale, t.zero_point, t.dtype == DType::I16);
+        let input = &mut self.arena[t.offset as usize..][..t.bytes()];
         preprocess::preprocess_rgb(&info, rgb, width, height, scratch, |ch, p, v| {
-            input[p * c + ch] = quantize(v, inv, zp);
+            store_quantized(input, wide, p * c + ch, v * inv, zp);
         })
     }
 
@@ -293,6 +301,11 @@ impl<'m, 'a> Session<'m, 'a> {
                     *o = (b as i8 as i32 - t.zero_point) as f32 * t.scale;
                 }
             }
+            DType::I16 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = i16::from_le_bytes([b[0], b[1]]) as f32 * t.scale;
+                }
+            }
         }
         Ok(())
     }
@@ -303,6 +316,13 @@ impl<'m, 'a> Session<'m, 'a> {
         let y = m.tensor(op.output);
         if op.kind == OpKind::Reshape {
             return; // output aliases input
+        }
+        let residual_wide = op
+            .residual
+            .is_some_and(|r| m.tensor(r.tensor).dtype == DType::I16);
+        if x.dtype == DType::I16 || y.dtype == DType::I16 || residual_wide {
+            self.execute_wide(op);
+            return;
         }
         let base = self.arena.as_mut_ptr();
         // SAFETY: parse checked that both ranges lie inside the arena (arena_bytes ≤ its
@@ -409,6 +429,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 DType::I32 => scalar::dense_i32(input, op.weights, params, oc, |n, v| {
                     output[4 * n..4 * n + 4].copy_from_slice(&v.to_le_bytes());
                 }),
+                DType::I16 => {} // `execute_wide`'s
             },
             OpKind::MaxPool => {
                 let output = as_i8_mut(output);
@@ -488,6 +509,111 @@ impl<'m, 'a> Session<'m, 'a> {
     }
 }
 
+impl Session<'_, '_> {
+    /// An op with an int16 tensor: the 16x8 reference kernels, the same on every CPU.
+    fn execute_wide(&mut self, op: &OpView) {
+        use kestrel_kernels::wide::{self, Act, ActMut, OutRange};
+        let m = self.model;
+        let x = m.tensor(op.input);
+        let y = m.tensor(op.output);
+        let base = self.arena.as_mut_ptr();
+        // SAFETY: parse checked that every tensor lies inside the arena (arena_bytes ≤ its
+        // length, checked in `new`), that input and output are disjoint, and that a separate
+        // residual overlaps neither.
+        let view = |t: TensorInfo| Act {
+            bytes: unsafe { core::slice::from_raw_parts(base.add(t.offset as usize), t.bytes()) },
+            wide: t.dtype == DType::I16,
+        };
+        let input = view(x);
+        let mut output = ActMut {
+            bytes: unsafe {
+                core::slice::from_raw_parts_mut(base.add(y.offset as usize), y.bytes())
+            },
+            wide: y.dtype == DType::I16,
+        };
+        let [_, h, w, c] = x.dims.map(|d| d as usize);
+        let [_, oh, ow, oc] = y.dims.map(|d| d as usize);
+        let win = Window {
+            in_h: h,
+            in_w: w,
+            in_c: c,
+            out_h: oh,
+            out_w: ow,
+            out_c: oc,
+            kernel: op.kernel.map(|k| k as usize),
+            stride: op.stride.map(|s| s as usize),
+            pads: op.pads.map(|p| p as usize),
+        };
+        let out = OutRange::from_fields(output.wide, y.zero_point, op.out_min, op.out_max);
+        let params = |ch: usize| op.params.get(ch);
+        match op.kind {
+            OpKind::Conv => {
+                let residual = match op.residual {
+                    None => wide::Residual::None,
+                    Some(r) => {
+                        let rt = m.tensor(r.tensor);
+                        if rt.offset == y.offset {
+                            wide::Residual::InPlace {
+                                zero_point: rt.zero_point,
+                                multiplier: r.multiplier,
+                                shift: r.shift,
+                            }
+                        } else {
+                            wide::Residual::Separate {
+                                data: view(rt),
+                                zero_point: rt.zero_point,
+                                multiplier: r.multiplier,
+                                shift: r.shift,
+                            }
+                        }
+                    }
+                };
+                wide::conv2d(
+                    &win,
+                    input,
+                    x.zero_point,
+                    op.weights,
+                    params,
+                    out,
+                    residual,
+                    &mut output,
+                );
+            }
+            OpKind::Dense if y.dtype == DType::I32 => {
+                wide::dense_i32(input, op.weights, params, oc, |n, v| {
+                    output.bytes[4 * n..4 * n + 4].copy_from_slice(&v.to_le_bytes());
+                })
+            }
+            OpKind::Dense => wide::dense(input, op.weights, params, out, &mut output),
+            OpKind::GlobalAvgPool => wide::global_avg_pool(
+                input,
+                c,
+                x.zero_point,
+                (op.params.len() == 1).then(|| op.params.get(0)),
+                out,
+                &mut output,
+            ),
+            OpKind::MaxPool => wide::max_pool(&win, input, &mut output),
+            OpKind::Subsample => wide::subsample(
+                &win,
+                [op.aux[0] as usize, op.aux[1] as usize],
+                input,
+                &mut output,
+            ),
+            OpKind::PadChannels => wide::pad_channels(
+                input,
+                c,
+                op.aux[0] as usize,
+                op.aux[1] as usize,
+                x.zero_point,
+                &mut output,
+            ),
+            // Parse refuses int16 tensors on the others; a reshape aliases its input.
+            OpKind::AvgPool | OpKind::Add | OpKind::ChannelAffine | OpKind::Reshape => {}
+        }
+    }
+}
+
 /// The output pointer of a conv shared by its tasks, each of which takes its own
 /// disjoint run of pixels.
 struct SharedOutput(*mut i8, usize);
@@ -551,16 +677,22 @@ fn max_pool_parallel(win: &Window, input: &[i8], output: &mut [i8], parallel: &d
     });
 }
 
+/// Stores `q` (a value in steps of the tensor's scale) as element `i` of an int8 or
+/// little-endian int16 tensor, rounded half away from zero (without libm) and clamped.
 #[inline]
-fn quantize(v: f32, inv_scale: f32, zero_point: i32) -> i8 {
-    let q = v * inv_scale;
-    // Round half away from zero without libm.
+fn store_quantized(bytes: &mut [u8], wide: bool, i: usize, q: f32, zero_point: i32) {
     let r = if q >= 0.0 {
         (q + 0.5) as i32
     } else {
         (q - 0.5) as i32
     };
-    (r.saturating_add(zero_point)).clamp(-128, 127) as i8
+    let v = r.saturating_add(zero_point);
+    if wide {
+        let v = v.clamp(i16::MIN as i32, i16::MAX as i32) as i16;
+        bytes[2 * i..2 * i + 2].copy_from_slice(&v.to_le_bytes());
+    } else {
+        bytes[i] = v.clamp(-128, 127) as i8 as u8;
+    }
 }
 
 fn as_i8_mut(bytes: &mut [u8]) -> &mut [i8] {

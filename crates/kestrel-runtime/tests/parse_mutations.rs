@@ -161,6 +161,7 @@ fn random_edits_with_valid_checksums_never_panic() {
         common::tiny_model().to_bytes(),
         packed.to_bytes(),
         blocks.to_bytes(),
+        common::tiny_mixed_model().to_bytes(),
     ] {
         random_edits(&bytes);
     }

@@ -98,6 +98,51 @@ pub fn tiny_model() -> KesModel {
 }
 
 #[allow(dead_code)] // used by some of the test files that include this module
+/// [`tiny_model`] with its input and conv2's output kept at int16 ("16x8"): the input,
+/// conv1, conv2 and conv3 run the wide reference kernels, the rest int8.
+pub fn tiny_mixed_model() -> KesModel {
+    let mut m = tiny_model();
+    let wide = |t: &mut TensorRecord, offset: u32| {
+        t.dtype = DType::I16;
+        t.scale /= 256.0;
+        t.zero_point = 0;
+        t.offset = offset;
+    };
+    // The int16 input (216 bytes) and conv2's output (288 bytes) move past the int8 plan.
+    wide(&mut m.tensors[0], 512);
+    wide(&mut m.tensors[2], 768);
+    m.plan.arena_bytes = 1056;
+    // conv1 and conv3 read int16 steps 256× finer and zero point 0 where the int8 file
+    // had z: the same sums need bias 256·(b + z·Σw) and a shift 8 lower.
+    let finer_input = |op: &mut OpRecord, z: i32| {
+        let oc = op.params.len();
+        op.params = (0..oc)
+            .map(|c| {
+                let (b, mu, sh) = op.params[c];
+                let wsum: i32 = op
+                    .weights
+                    .iter()
+                    .skip(c)
+                    .step_by(oc)
+                    .map(|&w| w as i32)
+                    .sum();
+                (256 * (b + z * wsum), mu, sh - 8)
+            })
+            .collect();
+    };
+    finer_input(&mut m.ops[0], 3);
+    finer_input(&mut m.ops[2], -128);
+    // conv2 writes int16 at zero point 0 (the int8 file's was -128): the same real values.
+    m.ops[1].params = m.ops[1]
+        .params
+        .iter()
+        .map(|&(b, mu, sh)| (b, mu, sh + 8))
+        .collect();
+    m.ops[1].out_min = 0; // ReLU at the int16 zero point
+    m
+}
+
+#[allow(dead_code)] // used by some of the test files that include this module
 /// Recomputes every checksum after a deliberate edit, so the edit reaches the validators.
 pub fn fix_checksums(bytes: &mut [u8]) {
     let count = (u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize).min(7);

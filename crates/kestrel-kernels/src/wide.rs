@@ -1,0 +1,700 @@
+//! Reference kernels for layers kept wider than int8: int16 activations (symmetric, zero
+//! point 0) with int8 weights, TFLite's "16x8". Any op whose input, output or residual is
+//! int16 runs here, on every CPU, so results are the same on every path by construction.
+//!
+//! Accumulators are `i64` (an int16 × int8 dot product of a 3×3×512 window can pass
+//! `i32`), and requantisation is [`crate::scalar::requantize`]'s arithmetic carried out in 64 bits:
+//! on int8 tensors whose sums fit `i32` these kernels give exactly what [`crate::scalar`] gives.
+//! Tensors are byte slices (little-endian int16), so the arena needs no alignment.
+
+use crate::scalar::Window;
+
+/// An activation tensor: int8 or little-endian int16 values.
+#[derive(Clone, Copy, Debug)]
+pub struct Act<'a> {
+    pub bytes: &'a [u8],
+    pub wide: bool,
+}
+
+impl Act<'_> {
+    #[inline]
+    pub fn get(&self, i: usize) -> i32 {
+        load(self.bytes, self.wide, i)
+    }
+    pub fn len(&self) -> usize {
+        self.bytes.len() >> self.wide as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+/// An activation tensor being written.
+#[derive(Debug)]
+pub struct ActMut<'a> {
+    pub bytes: &'a mut [u8],
+    pub wide: bool,
+}
+
+impl ActMut<'_> {
+    #[inline]
+    pub fn get(&self, i: usize) -> i32 {
+        load(self.bytes, self.wide, i)
+    }
+    /// Stores `v`, already inside the type's range.
+    #[inline]
+    pub fn set(&mut self, i: usize, v: i32) {
+        if self.wide {
+            self.bytes[2 * i..2 * i + 2].copy_from_slice(&(v as i16).to_le_bytes());
+        } else {
+            self.bytes[i] = v as i8 as u8;
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.bytes.len() >> self.wide as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+#[inline]
+fn load(bytes: &[u8], wide: bool, i: usize) -> i32 {
+    if wide {
+        i16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]) as i32
+    } else {
+        bytes[i] as i8 as i32
+    }
+}
+
+/// Output zero point and clamp, in the output type's units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutRange {
+    pub zero_point: i32,
+    pub min: i32,
+    pub max: i32,
+}
+
+impl OutRange {
+    /// From a `.kes` op's int8 clamp fields: on an int16 output `i8::MIN`/`i8::MAX` stand
+    /// for the int16 limits (a fused ReLU's clamp is the zero point, 0).
+    pub fn from_fields(wide: bool, zero_point: i32, min: i8, max: i8) -> OutRange {
+        let widen = |v: i8, limit: i32| {
+            if wide && (v == i8::MIN || v == i8::MAX) {
+                limit
+            } else {
+                v as i32
+            }
+        };
+        OutRange {
+            zero_point,
+            min: widen(min, i16::MIN as i32),
+            max: widen(max, i16::MAX as i32),
+        }
+    }
+
+    #[inline]
+    fn finish(&self, scaled: i64, residual: i64) -> i32 {
+        let v = scaled
+            .saturating_add(residual)
+            .saturating_add(self.zero_point as i64);
+        v.clamp(self.min as i64, self.max as i64) as i32
+    }
+}
+
+/// The residual operand of a fused conv.
+#[derive(Clone, Copy, Debug)]
+pub enum Residual<'a> {
+    None,
+    Separate {
+        data: Act<'a>,
+        zero_point: i32,
+        multiplier: i32,
+        shift: i32,
+    },
+    /// The output buffer holds the residual (of the output's type) on entry.
+    InPlace {
+        zero_point: i32,
+        multiplier: i32,
+        shift: i32,
+    },
+}
+
+/// [`crate::scalar::requantize`] on a 64-bit accumulator: the same saturating left shift, rounding
+/// doubling high multiply and rounding right shift, each in 64 bits.
+#[inline]
+pub fn requantize(x: i64, multiplier: i32, shift: i32) -> i64 {
+    let left = shift.max(0) as u32;
+    let right = (-shift).max(0) as u32;
+    let x = x.saturating_mul(1i64 << left);
+    let ab = x as i128 * multiplier as i128;
+    let nudge: i128 = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
+    let high = ((ab + nudge) / (1i128 << 31)) as i64;
+    if right == 0 {
+        return high;
+    }
+    let mask = (1i64 << right) - 1;
+    let remainder = high & mask;
+    let threshold = (mask >> 1) + (high < 0) as i64;
+    (high >> right) + (remainder > threshold) as i64
+}
+
+#[inline]
+fn residual_term(residual: &Residual<'_>, idx: usize, output: &ActMut<'_>) -> i64 {
+    match *residual {
+        Residual::None => 0,
+        Residual::Separate {
+            data,
+            zero_point,
+            multiplier,
+            shift,
+        } => requantize((data.get(idx) - zero_point) as i64, multiplier, shift),
+        Residual::InPlace {
+            zero_point,
+            multiplier,
+            shift,
+        } => requantize((output.get(idx) - zero_point) as i64, multiplier, shift),
+    }
+}
+
+/// Convolution over NHWC, weights `[KH][KW][IC][OC]`, with bias, requantisation, optional
+/// fused residual and clamp: [`crate::scalar::conv2d`] for int8 or int16 tensors.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d(
+    s: &Window,
+    input: Act<'_>,
+    input_zero_point: i32,
+    weights: &[i8],
+    params: impl Fn(usize) -> (i32, i32, i32),
+    out: OutRange,
+    residual: Residual<'_>,
+    output: &mut ActMut<'_>,
+) {
+    let [kh, kw] = s.kernel;
+    let (c, oc) = (s.in_c, s.out_c);
+    let mut acc = [0i64; 64];
+    for oy in 0..s.out_h {
+        for ox in 0..s.out_w {
+            let base = (oy * s.out_w + ox) * oc;
+            for o0 in (0..oc).step_by(acc.len()) {
+                let n = acc.len().min(oc - o0);
+                for (j, a) in acc[..n].iter_mut().enumerate() {
+                    *a = params(o0 + j).0 as i64;
+                }
+                for ky in 0..kh {
+                    let iy = (oy * s.stride[0] + ky) as isize - s.pads[0] as isize;
+                    for kx in 0..kw {
+                        let ix = (ox * s.stride[1] + kx) as isize - s.pads[1] as isize;
+                        let inside =
+                            iy >= 0 && ix >= 0 && iy < s.in_h as isize && ix < s.in_w as isize;
+                        let taps = (ky * kw + kx) * c * oc;
+                        for ci in 0..c {
+                            // Padding reads the input zero point (real 0).
+                            let x = if inside {
+                                input.get((iy as usize * s.in_w + ix as usize) * c + ci)
+                            } else {
+                                input_zero_point
+                            } as i64;
+                            let w = &weights[taps + ci * oc + o0..][..n];
+                            for (a, &wv) in acc[..n].iter_mut().zip(w) {
+                                *a += x * wv as i64;
+                            }
+                        }
+                    }
+                }
+                for (j, &a) in acc[..n].iter().enumerate() {
+                    let idx = base + o0 + j;
+                    let (_, m, sh) = params(o0 + j);
+                    let res = residual_term(&residual, idx, output);
+                    let v = out.finish(requantize(a, m, sh), res);
+                    output.set(idx, v);
+                }
+            }
+        }
+    }
+}
+
+fn dot(input: Act<'_>, weights: &[i8]) -> i64 {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(k, &w)| input.get(k) as i64 * w as i64)
+        .sum()
+}
+
+/// Dense layer `[K] → [N]` onto an int8 or int16 output.
+pub fn dense(
+    input: Act<'_>,
+    weights: &[i8],
+    params: impl Fn(usize) -> (i32, i32, i32),
+    out: OutRange,
+    output: &mut ActMut<'_>,
+) {
+    let k = input.len();
+    for n in 0..output.len() {
+        let (bias, m, sh) = params(n);
+        let acc = bias as i64 + dot(input, &weights[n * k..][..k]);
+        output.set(n, out.finish(requantize(acc, m, sh), 0));
+    }
+}
+
+/// Dense layer whose outputs are int32 at one common scale (the logits), as
+/// [`crate::scalar::dense_i32`]; values beyond `i32` saturate.
+pub fn dense_i32(
+    input: Act<'_>,
+    weights: &[i8],
+    params: impl Fn(usize) -> (i32, i32, i32),
+    outputs: usize,
+    mut store: impl FnMut(usize, i32),
+) {
+    let k = input.len();
+    for n in 0..outputs {
+        let (bias, m, sh) = params(n);
+        let acc = bias as i64 + dot(input, &weights[n * k..][..k]);
+        let v = requantize(acc, m, sh).clamp(i32::MIN as i64, i32::MAX as i64);
+        store(n, v as i32);
+    }
+}
+
+/// Global average pooling `[H, W, C] → [C]`. With `params` (bias `−pixels·z_in`,
+/// multiplier and shift of `s_in / (pixels · s_out)`) onto the output's own scale,
+/// otherwise at the input's quantisation (the mean rounded to nearest, ties away from zero).
+pub fn global_avg_pool(
+    input: Act<'_>,
+    channels: usize,
+    input_zero_point: i32,
+    params: Option<(i32, i32, i32)>,
+    out: OutRange,
+    output: &mut ActMut<'_>,
+) {
+    let pixels = (input.len() / channels.max(1)).max(1);
+    for c in 0..channels {
+        let sum: i64 = (0..pixels)
+            .map(|p| input.get(p * channels + c) as i64)
+            .sum();
+        let v = match params {
+            Some((bias, m, sh)) => out.finish(requantize(sum + bias as i64, m, sh), 0),
+            None => {
+                let centred = sum - pixels as i64 * input_zero_point as i64;
+                let (p, half) = (pixels as i64, pixels as i64 / 2);
+                let mean = if centred >= 0 {
+                    (centred + half) / p
+                } else {
+                    (centred - half) / p
+                };
+                out.finish(mean, 0)
+            }
+        };
+        output.set(c, v);
+    }
+}
+
+/// Max pooling; padded cells are ignored.
+pub fn max_pool(s: &Window, input: Act<'_>, output: &mut ActMut<'_>) {
+    let c = s.in_c;
+    for oy in 0..s.out_h {
+        for ox in 0..s.out_w {
+            for ch in 0..c {
+                let mut best = i32::MIN;
+                for ky in 0..s.kernel[0] {
+                    let iy = (oy * s.stride[0] + ky) as isize - s.pads[0] as isize;
+                    for kx in 0..s.kernel[1] {
+                        let ix = (ox * s.stride[1] + kx) as isize - s.pads[1] as isize;
+                        if iy >= 0 && ix >= 0 && iy < s.in_h as isize && ix < s.in_w as isize {
+                            let i = (iy as usize * s.in_w + ix as usize) * c + ch;
+                            best = best.max(input.get(i));
+                        }
+                    }
+                }
+                output.set((oy * s.out_w + ox) * c + ch, best);
+            }
+        }
+    }
+}
+
+/// `x[start_h::step_h, start_w::step_w, :]`.
+pub fn subsample(s: &Window, start: [usize; 2], input: Act<'_>, output: &mut ActMut<'_>) {
+    let c = s.in_c;
+    for oy in 0..s.out_h {
+        for ox in 0..s.out_w {
+            let (iy, ix) = (start[0] + oy * s.stride[0], start[1] + ox * s.stride[1]);
+            for ch in 0..c {
+                output.set(
+                    (oy * s.out_w + ox) * c + ch,
+                    input.get((iy * s.in_w + ix) * c + ch),
+                );
+            }
+        }
+    }
+}
+
+/// Adds `before` and `after` channels holding the zero point around each pixel.
+pub fn pad_channels(
+    input: Act<'_>,
+    in_c: usize,
+    before: usize,
+    after: usize,
+    zero_point: i32,
+    output: &mut ActMut<'_>,
+) {
+    let out_c = in_c + before + after;
+    for p in 0..input.len() / in_c.max(1) {
+        for ch in 0..out_c {
+            let v = if ch < before || ch >= before + in_c {
+                zero_point
+            } else {
+                input.get(p * in_c + ch - before)
+            };
+            output.set(p * out_c + ch, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scalar::{self, OutQuant};
+    use std::vec;
+    use std::vec::Vec;
+
+    /// A small deterministic generator (xorshift), so the tests need no crate.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn i8(&mut self) -> i8 {
+            self.next() as i8
+        }
+        fn range(&mut self, lo: i32, hi: i32) -> i32 {
+            lo + (self.next() % (hi - lo + 1) as u64) as i32
+        }
+    }
+
+    fn widen(v: &[i8], factor: i32) -> Vec<u8> {
+        v.iter()
+            .flat_map(|&x| ((x as i32 * factor) as i16).to_le_bytes())
+            .collect()
+    }
+
+    fn bytes(v: &[i8]) -> &[u8] {
+        // SAFETY: i8 and u8 have the same size and alignment.
+        unsafe { core::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()) }
+    }
+
+    /// Odd shapes: channel counts off every vector width, stride 2, asymmetric padding.
+    fn windows() -> Vec<Window> {
+        let mut out = Vec::new();
+        for &(h, w, c, oc, k, st, pads) in &[
+            (5, 7, 3, 5, 3, 1, [1, 1, 1, 1]),
+            (6, 5, 17, 70, 3, 2, [1, 0, 1, 1]),
+            (4, 4, 9, 13, 1, 1, [0, 0, 0, 0]),
+            (7, 3, 33, 3, 2, 2, [0, 1, 1, 0]),
+        ] {
+            let out_h = (h + pads[0] + pads[2] - k) / st + 1;
+            let out_w = (w + pads[1] + pads[3] - k) / st + 1;
+            out.push(Window {
+                in_h: h,
+                in_w: w,
+                in_c: c,
+                out_h,
+                out_w,
+                out_c: oc,
+                kernel: [k, k],
+                stride: [st, st],
+                pads,
+            });
+        }
+        out
+    }
+
+    fn random_params(rng: &mut Rng, oc: usize) -> Vec<(i32, i32, i32)> {
+        (0..oc)
+            .map(|_| {
+                (
+                    rng.range(-5000, 5000),
+                    rng.range(1 << 30, i32::MAX),
+                    rng.range(-12, -6),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn int8_tensors_give_the_int8_reference_bit_for_bit() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for s in windows() {
+            let input: Vec<i8> = (0..s.in_h * s.in_w * s.in_c).map(|_| rng.i8()).collect();
+            let weights: Vec<i8> = (0..s.kernel[0] * s.kernel[1] * s.in_c * s.out_c)
+                .map(|_| rng.i8().max(-127))
+                .collect();
+            let residual: Vec<i8> = (0..s.out_h * s.out_w * s.out_c).map(|_| rng.i8()).collect();
+            let params = random_params(&mut rng, s.out_c);
+            let (zx, zy, zr) = (
+                rng.range(-128, 127),
+                rng.range(-128, 127),
+                rng.range(-20, 20),
+            );
+            let (rm, rs) = (rng.range(1 << 30, i32::MAX), rng.range(-3, 1));
+            for relu in [false, true] {
+                let out = OutQuant {
+                    zero_point: zy,
+                    min: if relu { zy as i8 } else { i8::MIN },
+                    max: i8::MAX,
+                };
+                let mut expected = vec![0i8; residual.len()];
+                scalar::conv2d(
+                    &s,
+                    &input,
+                    zx,
+                    &weights,
+                    |c| params[c],
+                    out,
+                    scalar::Residual::Separate {
+                        data: &residual,
+                        zero_point: zr,
+                        multiplier: rm,
+                        shift: rs,
+                    },
+                    &mut expected,
+                );
+                let mut got = vec![0u8; residual.len()];
+                conv2d(
+                    &s,
+                    Act {
+                        bytes: bytes(&input),
+                        wide: false,
+                    },
+                    zx,
+                    &weights,
+                    |c| params[c],
+                    OutRange::from_fields(false, zy, out.min, out.max),
+                    Residual::Separate {
+                        data: Act {
+                            bytes: bytes(&residual),
+                            wide: false,
+                        },
+                        zero_point: zr,
+                        multiplier: rm,
+                        shift: rs,
+                    },
+                    &mut ActMut {
+                        bytes: &mut got,
+                        wide: false,
+                    },
+                );
+                assert_eq!(bytes(&expected), &got[..], "{s:?} relu {relu}");
+            }
+        }
+    }
+
+    /// An int16 input holding the int8 values gives the int8 results exactly; holding them
+    /// × 256, with bias × 256 and the shift lowered by 8, the same real computation, which
+    /// only the rounding order can move, by at most one step.
+    #[test]
+    fn int16_input_gives_the_int8_results() {
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        for s in windows() {
+            let input: Vec<i8> = (0..s.in_h * s.in_w * s.in_c).map(|_| rng.i8()).collect();
+            let weights: Vec<i8> = (0..s.kernel[0] * s.kernel[1] * s.in_c * s.out_c)
+                .map(|_| rng.i8().max(-127))
+                .collect();
+            // Symmetric input (zero point 0), as int16 tensors are.
+            let params = random_params(&mut rng, s.out_c);
+            let out = OutQuant {
+                zero_point: 3,
+                min: i8::MIN,
+                max: i8::MAX,
+            };
+            let n = s.out_h * s.out_w * s.out_c;
+            let mut expected = vec![0i8; n];
+            scalar::conv2d(
+                &s,
+                &input,
+                0,
+                &weights,
+                |c| params[c],
+                out,
+                scalar::Residual::None,
+                &mut expected,
+            );
+            for factor in [1, 256] {
+                let lower = if factor == 1 { 0 } else { 8 };
+                let wide_params: Vec<_> = params
+                    .iter()
+                    .map(|&(b, m, sh)| (b * factor, m, sh - lower))
+                    .collect();
+                let wide_input = widen(&input, factor);
+                let mut got = vec![0u8; n];
+                conv2d(
+                    &s,
+                    Act {
+                        bytes: &wide_input,
+                        wide: true,
+                    },
+                    0,
+                    &weights,
+                    |c| wide_params[c],
+                    OutRange::from_fields(false, 3, i8::MIN, i8::MAX),
+                    Residual::None,
+                    &mut ActMut {
+                        bytes: &mut got,
+                        wide: false,
+                    },
+                );
+                if factor == 1 {
+                    assert_eq!(bytes(&expected), &got[..], "{s:?}");
+                } else {
+                    for (i, (&e, &g)) in expected.iter().zip(&got).enumerate() {
+                        assert!((e as i32 - g as i8 as i32).abs() <= 1, "{s:?} {i}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// An int16 output with the shift raised by 8 is the int8 result × 256 up to rounding:
+    /// within 128 of it, and it clamps to the int16 limits (or 0 under a ReLU).
+    #[test]
+    fn int16_output_refines_the_int8_one() {
+        let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+        for s in windows() {
+            let input: Vec<i8> = (0..s.in_h * s.in_w * s.in_c).map(|_| rng.i8()).collect();
+            let weights: Vec<i8> = (0..s.kernel[0] * s.kernel[1] * s.in_c * s.out_c)
+                .map(|_| rng.i8().max(-127))
+                .collect();
+            let params = random_params(&mut rng, s.out_c);
+            let wide_params: Vec<_> = params.iter().map(|&(b, m, sh)| (b, m, sh + 8)).collect();
+            let n = s.out_h * s.out_w * s.out_c;
+            for relu in [false, true] {
+                let mut narrow = vec![0i8; n];
+                scalar::conv2d(
+                    &s,
+                    &input,
+                    -5,
+                    &weights,
+                    |c| params[c],
+                    OutQuant {
+                        zero_point: 0,
+                        min: if relu { 0 } else { -128 },
+                        max: 127,
+                    },
+                    scalar::Residual::None,
+                    &mut narrow,
+                );
+                let mut got = vec![0u8; 2 * n];
+                conv2d(
+                    &s,
+                    Act {
+                        bytes: bytes(&input),
+                        wide: false,
+                    },
+                    -5,
+                    &weights,
+                    |c| wide_params[c],
+                    OutRange::from_fields(true, 0, if relu { 0 } else { i8::MIN }, i8::MAX),
+                    Residual::None,
+                    &mut ActMut {
+                        bytes: &mut got,
+                        wide: true,
+                    },
+                );
+                let wide = Act {
+                    bytes: &got,
+                    wide: true,
+                };
+                let mut finer = 0;
+                for (i, &q) in narrow.iter().enumerate() {
+                    let v = wide.get(i);
+                    if relu {
+                        assert!(v >= 0);
+                    }
+                    // Inside int8's range the two agree to rounding; outside, int8 clamped.
+                    if q > -128 && q < 127 {
+                        assert!((v - 256 * q as i32).abs() <= 128, "{s:?} {i}: {v} vs {q}");
+                        finer += (v % 256 != 0) as usize;
+                    }
+                }
+                assert!(finer > 0, "int16 outputs carry no finer steps");
+            }
+        }
+    }
+
+    #[test]
+    fn requantize_matches_the_32_bit_one_where_it_fits() {
+        let mut rng = Rng(42);
+        for _ in 0..20000 {
+            let x = rng.next() as i32 >> rng.range(0, 24);
+            let m = rng.range(1 << 30, i32::MAX);
+            let sh = rng.range(-31, 30);
+            let narrow = scalar::requantize(x, m, sh) as i64;
+            let wide = requantize(x as i64, m, sh);
+            // The 32-bit one saturates the shifted value; clamped outputs agree.
+            let fits = (x as i64) << sh.max(0) == ((x as i64) << sh.max(0)) as i32 as i64;
+            if fits {
+                assert_eq!(narrow, wide, "x {x} m {m} shift {sh}");
+            }
+        }
+    }
+
+    #[test]
+    fn int16_pass_through_ops_move_whole_values() {
+        let data: Vec<i16> = (0..2 * 3 * 4).map(|i| (i as i16 - 7) * 1000).collect();
+        let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let input = Act {
+            bytes: &raw,
+            wide: true,
+        };
+        // Pad two channels before, one after, with the zero point 0.
+        let mut out = vec![0u8; 2 * 3 * 7 * 2];
+        pad_channels(
+            input,
+            4,
+            2,
+            1,
+            0,
+            &mut ActMut {
+                bytes: &mut out,
+                wide: true,
+            },
+        );
+        let padded = Act {
+            bytes: &out,
+            wide: true,
+        };
+        assert_eq!(padded.get(2), data[0] as i32);
+        assert_eq!(padded.get(6), 0);
+        assert_eq!(padded.get(7 + 5), data[4 + 3] as i32);
+        // 2×2 max pool, stride 2, on the 2×3×4 map: one output row of one pixel.
+        let s = Window {
+            in_h: 2,
+            in_w: 3,
+            in_c: 4,
+            out_h: 1,
+            out_w: 1,
+            out_c: 4,
+            kernel: [2, 2],
+            stride: [2, 2],
+            pads: [0, 0, 0, 0],
+        };
+        let mut pooled = vec![0u8; 8];
+        max_pool(
+            &s,
+            input,
+            &mut ActMut {
+                bytes: &mut pooled,
+                wide: true,
+            },
+        );
+        let pooled = Act {
+            bytes: &pooled,
+            wide: true,
+        };
+        for c in 0..4 {
+            assert_eq!(pooled.get(c), data[(3 + 1) * 4 + c] as i32);
+        }
+    }
+}
