@@ -30,6 +30,8 @@ fn compile(onnx: &std::path::Path) -> Vec<u8> {
         calib_count: 16,
         target: target(),
         progress: false,
+        keep_wide: Vec::new(),
+        budget: None,
     };
     compile::compile(
         onnx,

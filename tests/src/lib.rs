@@ -15,13 +15,14 @@ pub fn shared_dir() -> PathBuf {
 }
 
 /// The real trained models in `shared/models`, by file stem.
-pub const SHARED_MODELS: [&str; 6] = [
+pub const SHARED_MODELS: [&str; 7] = [
     "resnet20_cifar10",
     "resnet32_cifar10",
     "resnet44_cifar10",
     "resnet56_cifar10",
     "resnet8_tiny_cifar10",
     "resnet18_cifar10_64px",
+    "resnet50_cifar10_64px",
 ];
 
 pub fn shared_model(stem: &str) -> PathBuf {

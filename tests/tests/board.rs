@@ -44,6 +44,8 @@ fn resnet20_kes() -> &'static Path {
             calib_count: 100,
             target: Target::Generic,
             progress: false,
+            keep_wide: Vec::new(),
+            budget: None,
         };
         let calib = shared_dir().join("data/cifar10/calib");
         let (bytes, _) =

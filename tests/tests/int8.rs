@@ -14,6 +14,8 @@ fn compile_to(stem: &str, method: Method, calib_count: usize) -> PathBuf {
         calib_count,
         target: Target::Generic,
         progress: false,
+        keep_wide: Vec::new(),
+        budget: None,
     };
     let calib = shared_dir().join("data/cifar10/calib");
     let (bytes, report) = compile::compile(&shared_model(stem), Some(&calib), None, &opts).unwrap();

@@ -77,6 +77,8 @@ fn options(target: Target) -> CompileOptions {
         calib_count: 500,
         target,
         progress: false,
+        keep_wide: Vec::new(),
+        budget: None,
     }
 }
 

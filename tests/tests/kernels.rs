@@ -41,6 +41,8 @@ fn compile_both(name: &str, onnx: &Path) -> Compiled {
             calib_count: 20,
             target,
             progress: false,
+            keep_wide: Vec::new(),
+            budget: None,
         };
         compile::compile(onnx, Some(&calib), None, &opts).unwrap().0
     };

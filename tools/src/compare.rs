@@ -20,6 +20,8 @@ pub struct LayerSqnr {
     pub name: String,
     /// NCHW, as in the ONNX model.
     pub shape: Vec<usize>,
+    /// The output's element type: `i8`, or `i16` for a layer kept wider.
+    pub precision: &'static str,
     pub sqnr_db: f64,
 }
 
@@ -126,6 +128,15 @@ pub fn compare(
                 .unwrap_or_default(),
             name: n.name.clone(),
             shape: graph.values[n.output].shape.clone(),
+            precision: model
+                .file()
+                .op(i as u32)
+                .and_then(|o| model.file().tensor(o.output))
+                .map_or("", |t| match t.dtype {
+                    kestrel_format::DType::I8 => "i8",
+                    kestrel_format::DType::I16 => "i16",
+                    kestrel_format::DType::I32 => "i32",
+                }),
             sqnr_db: 10.0 * (total.signal[i] / total.noise[i].max(1e-30)).log10(),
         })
         .collect();
@@ -143,6 +154,9 @@ fn dequantize_nchw(info: &kestrel_format::TensorInfo, raw: &[u8]) -> Vec<f32> {
     let [_, h, w, c] = info.dims.map(|d| d as usize);
     let value = |i: usize| match info.dtype {
         kestrel_format::DType::I8 => (raw[i] as i8 as i32 - info.zero_point) as f32 * info.scale,
+        kestrel_format::DType::I16 => {
+            i16::from_le_bytes([raw[2 * i], raw[2 * i + 1]]) as f32 * info.scale
+        }
         kestrel_format::DType::I32 => {
             i32::from_le_bytes([raw[4 * i], raw[4 * i + 1], raw[4 * i + 2], raw[4 * i + 3]]) as f32
                 * info.scale

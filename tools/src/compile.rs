@@ -1,5 +1,6 @@
 //! `kestrel compile`: ONNX → fold → calibrate → quantise → plan → `.kes` bytes.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -12,8 +13,10 @@ use crate::card::LoadedCard;
 use crate::check::imagenet_preprocess;
 use crate::dataset;
 use crate::graph::Graph;
+use crate::graph::ValueId;
 use crate::onnx_import;
 use crate::passes::{self, PassReport};
+use crate::precision;
 use crate::preprocess::{Preprocess, PreprocessError};
 use crate::quantize;
 use kestrel_format::WeightLayout;
@@ -74,6 +77,11 @@ pub struct CompileOptions {
     pub calib_count: usize,
     pub target: Target,
     pub progress: bool,
+    /// Layers (node names) to keep at int16 activations.
+    pub keep_wide: Vec<String>,
+    /// Keep the fewest layers wide for this top-1 agreement with float (percent) on the
+    /// calibration inputs.
+    pub budget: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -90,6 +98,9 @@ pub struct CompileReport {
     pub arena_bytes: u64,
     pub arena_lower_bound_bytes: u64,
     pub file_bytes: usize,
+    /// Layers kept at int16 activations.
+    pub wide_layers: Vec<String>,
+    pub budget: Option<crate::precision::BudgetReport>,
 }
 
 /// A model loaded for compiling or evaluating: folded graph, preprocessing and labels.
@@ -280,10 +291,21 @@ pub fn compile(
             format!("kestrel {}", env!("CARGO_PKG_VERSION")),
         ),
     ];
+    let (wide, budget) = choose_precision(&p, calibration.as_ref(), opts)?;
+    let mut wide_layers: Vec<String> = wide
+        .iter()
+        .map(|&v| precision::name_of(&p.graph, v))
+        .collect();
+    wide_layers.sort();
+    let mut metadata = metadata;
+    if !wide_layers.is_empty() {
+        metadata.push(("int16_layers".to_string(), wide_layers.join(",")));
+    }
     let lowered = quantize::lower(
         &p.graph,
         calibration.as_ref().map(|(_, stats)| stats.as_slice()),
         opts.method,
+        &wide,
         &p.preprocess,
         p.labels.clone(),
         metadata,
@@ -311,6 +333,47 @@ pub fn compile(
         arena_bytes: model.plan.arena_bytes,
         arena_lower_bound_bytes: model.plan.lower_bound_bytes,
         file_bytes: bytes.len(),
+        wide_layers,
+        budget,
     };
     Ok((bytes, report))
+}
+
+/// The layers kept at int16: those named, plus what the agreement budget needs.
+fn choose_precision(
+    p: &Prepared,
+    calibration: Option<&(Calibration, Vec<calibrate::TensorStats>)>,
+    opts: &CompileOptions,
+) -> anyhow::Result<(HashSet<ValueId>, Option<precision::BudgetReport>)> {
+    let mut wide = HashSet::new();
+    if opts.keep_wide.is_empty() && opts.budget.is_none() {
+        return Ok((wide, None));
+    }
+    let Some((c, stats)) = calibration else {
+        anyhow::bail!("--keep-wide and --budget need --calib: int16 ranges are measured");
+    };
+    for name in &opts.keep_wide {
+        let v = precision::value_named(&p.graph, name).with_context(|| {
+            format!("--keep-wide: no convolution, dense layer or global pooling named '{name}', nor 'input' (`kestrel compare` lists the layers)")
+        })?;
+        wide.insert(v);
+    }
+    let Some(budget) = opts.budget else {
+        return Ok((wide, None));
+    };
+    anyhow::ensure!(
+        (0.0..=100.0).contains(&budget),
+        "--budget is a top-1 agreement in percent, 0 to 100 (got {budget})"
+    );
+    let (chosen, report) = precision::choose_wide_layers(
+        &p.graph,
+        stats,
+        opts.method,
+        &p.preprocess,
+        &c.inputs,
+        budget,
+        opts.progress,
+    )?;
+    wide.extend(chosen);
+    Ok((wide, Some(report)))
 }

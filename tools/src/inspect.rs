@@ -57,6 +57,7 @@ pub fn inspect(bytes: &[u8]) -> Result<InspectReport, FormatError> {
             dtype: match t.dtype {
                 DType::I8 => "i8",
                 DType::I32 => "i32",
+                DType::I16 => "i16",
             },
             shape: t.dims,
             scale: t.scale,

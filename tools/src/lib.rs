@@ -23,6 +23,7 @@ pub mod package;
 pub mod parallel;
 pub mod passes;
 pub mod plan;
+pub mod precision;
 pub mod preprocess;
 pub mod quantize;
 pub mod reference;

@@ -57,6 +57,13 @@ enum Command {
         /// Whose kernels the weights are packed for (default: this machine's own).
         #[arg(long, value_enum)]
         target: Option<Target>,
+        /// Keep these layers (node names, as `compare` lists them) at int16 activations.
+        #[arg(long, value_delimiter = ',')]
+        keep_wide: Vec<String>,
+        /// Keep the fewest layers at int16 activations for this top-1 agreement with the
+        /// float model, in percent, on the calibration images (e.g. 99.9).
+        #[arg(long)]
+        budget: Option<f64>,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -258,6 +265,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             method,
             calib_count,
             target,
+            keep_wide,
+            budget,
             output,
         } => {
             let card = card.as_deref().map(LoadedCard::load).transpose()?;
@@ -266,6 +275,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 calib_count,
                 target: target.unwrap_or_else(Target::host),
                 progress: true,
+                keep_wide,
+                budget,
             };
             let (bytes, report) = compile::compile(&model, calib.as_deref(), card.as_ref(), &opts)?;
             std::fs::write(&output, &bytes)
@@ -478,16 +489,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     100.0 * report.top1_agreement
                 );
                 println!(
-                    "{:<4} {:<16} {:<28} {:>18} {:>9}",
-                    "#", "op", "float node", "shape (NCHW)", "SQNR dB"
+                    "{:<4} {:<16} {:<28} {:>18} {:>5} {:>9}",
+                    "#", "op", "float node", "shape (NCHW)", "type", "SQNR dB"
                 );
                 for l in &report.layers {
                     println!(
-                        "{:<4} {:<16} {:<28} {:>18} {:>9.2}",
+                        "{:<4} {:<16} {:<28} {:>18} {:>5} {:>9.2}",
                         l.index,
                         l.op,
                         l.name,
                         format!("{:?}", l.shape),
+                        l.precision,
                         l.sqnr_db
                     );
                 }
@@ -560,8 +572,22 @@ fn compile_summary(
         0 => String::new(),
         n => format!(", {n} undecodable images skipped"),
     };
+    let precision = match (&r.budget, r.wide_layers.len()) {
+        (Some(b), n) => format!(
+            "\nbudget {}%: {n} of {} layers at int16 ({}), agreement with float on {} calibration inputs {:.2}% (all int8: {:.2}%){}",
+            b.budget,
+            b.ranking.len(),
+            r.wide_layers.join(", "),
+            b.inputs,
+            100.0 * b.chosen_agreement,
+            100.0 * b.int8_agreement,
+            if b.unmet { " — budget not met even with every layer at int16" } else { "" }
+        ),
+        (None, 0) => String::new(),
+        (None, n) => format!("\n{n} layers at int16: {}", r.wide_layers.join(", ")),
+    };
     format!(
-        "wrote {} ({} bytes), {target}: {} BatchNorm folded, {scales}{skipped}, arena {} bytes (lower bound {})",
+        "wrote {} ({} bytes), {target}: {} BatchNorm folded, {scales}{skipped}, arena {} bytes (lower bound {}){precision}",
         output.display(),
         r.file_bytes,
         r.passes.bn_folded,

@@ -9,7 +9,7 @@
 //!   residual operand gets its own `s_res / s_out`.
 //! - The final dense layer gives int32 at one common scale: logits come out dequantised.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use kestrel_format::writer::{KesModel, OpRecord, TensorRecord};
 use kestrel_format::{DType, OpKind, Plan, Residual};
@@ -47,6 +47,14 @@ impl Quant {
         }
     }
 
+    /// int16 (a layer kept wider): symmetric, so zero point 0, over the larger bound.
+    pub fn wide_from_range(lo: f32, hi: f32) -> Quant {
+        Quant {
+            scale: (lo.abs().max(hi.abs()) / 32767.0).max(1e-10),
+            zero_point: 0,
+        }
+    }
+
     pub fn from_range(lo: f32, hi: f32) -> Quant {
         let scale = ((hi - lo) / 255.0).max(1e-8);
         let zero_point = (-128.0 - lo / scale).round().clamp(-128.0, 127.0) as i32;
@@ -62,10 +70,13 @@ pub struct Lowered {
 
 /// Lowers a folded graph. `stats` (indexed by value id) give the ranges of the values
 /// whose quantisation the model does not state; without them every value needs its own.
+/// The values in `wide` (measured ones; a model's stated int8 stays int8) are stored as
+/// int16, and ops that only move values keep their input's type.
 pub fn lower(
     graph: &Graph,
     stats: Option<&[TensorStats]>,
     method: Method,
+    wide: &HashSet<ValueId>,
     pre: &Preprocess,
     labels: Vec<String>,
     metadata: Vec<(String, String)>,
@@ -79,6 +90,10 @@ pub fn lower(
     // trained or calibrated for it.
     let own_quant = |v: ValueId| match (graph.values[v].quant, stats) {
         (Some(q), _) => Ok(Quant::from_stated(q)),
+        // int16 has steps to spare: its range is the whole observed one, clipping nothing.
+        (None, Some(stats)) if wide.contains(&v) => {
+            Ok(Quant::wide_from_range(stats[v].min, stats[v].max))
+        }
         (None, Some(stats)) => {
             let (lo, hi) = choose_range(&stats[v], method);
             Ok(Quant::from_range(lo, hi))
@@ -86,6 +101,13 @@ pub fn lower(
         (None, None) => Err(LowerError::NeedsCalibration {
             value: graph.values[v].name.clone(),
         }),
+    };
+    let own_dtype = |v: ValueId| {
+        if wide.contains(&v) && graph.values[v].quant.is_none() {
+            DType::I16
+        } else {
+            DType::I8
+        }
     };
     let mut quant: HashMap<ValueId, Quant> = HashMap::new();
     let mut tensors: Vec<TensorRecord> = Vec::new();
@@ -122,7 +144,7 @@ pub fn lower(
     quant.insert(graph.input, input_q);
     add_tensor(
         graph.input,
-        DType::I8,
+        own_dtype(graph.input),
         input_q,
         &mut tensors,
         &mut tensor_of_value,
@@ -133,7 +155,23 @@ pub fn lower(
         let x = node.inputs[0];
         let xq = quant[&x];
         let xt = tensor_of_value[&x];
+        let x_dtype = tensors[xt as usize].dtype;
         let in_shape = &graph.values[x].shape;
+        let int8_only = |what: &str| {
+            let wide_operand = node
+                .inputs
+                .iter()
+                .any(|i| tensors[tensor_of_value[i] as usize].dtype == DType::I16);
+            if wide_operand {
+                Err(unsupported(
+                    &node.name,
+                    what,
+                    "int16 operand (only convs, dense layers and pooling take layers kept wider)",
+                ))
+            } else {
+                Ok(())
+            }
+        };
         let small = |v: usize| {
             u8::try_from(v)
                 .map_err(|_| unsupported(&node.name, node.op.kind(), "window parameter above 255"))
@@ -166,7 +204,7 @@ pub fn lower(
                 }
                 let yt = add_tensor(
                     node.output,
-                    DType::I8,
+                    own_dtype(node.output),
                     yq,
                     &mut tensors,
                     &mut tensor_of_value,
@@ -177,7 +215,12 @@ pub fn lower(
                     let rt = tensor_of_value[&r];
                     let (m, s) = quantize_multiplier(rq.scale as f64 / yq.scale as f64);
                     // The residual dies here: the output overwrites it in place.
-                    if last_use[r] == Some(step) && r != graph.input && r != graph.output {
+                    let same_type = tensors[rt as usize].dtype == tensors[yt as usize].dtype;
+                    if same_type
+                        && last_use[r] == Some(step)
+                        && r != graph.input
+                        && r != graph.output
+                    {
                         shares.insert(yt, rt);
                     }
                     Some(Residual {
@@ -222,7 +265,7 @@ pub fn lower(
                         },
                     )
                 } else {
-                    (DType::I8, own_quant(node.output)?)
+                    (own_dtype(node.output), own_quant(node.output)?)
                 };
                 let params = channel_params(
                     &weights,
@@ -244,15 +287,10 @@ pub fn lower(
                 let kind = if matches!(node.op, Op::MaxPool(_)) {
                     OpKind::MaxPool
                 } else {
+                    int8_only("AveragePool")?;
                     OpKind::AvgPool
                 };
-                let yt = add_tensor(
-                    node.output,
-                    DType::I8,
-                    xq,
-                    &mut tensors,
-                    &mut tensor_of_value,
-                );
+                let yt = add_tensor(node.output, x_dtype, xq, &mut tensors, &mut tensor_of_value);
                 let mut op = OpRecord::plain(kind, xt, yt);
                 op.kernel = [small(p.kernel[0])?, small(p.kernel[1])?];
                 op.stride = [small(p.stride[0])?, small(p.stride[1])?];
@@ -267,20 +305,18 @@ pub fn lower(
                 ops.push(op);
             }
             Op::GlobalAvgPool => {
-                // The pooled tensor's own scale, where the model states one (QDQ): the
-                // model was calibrated (or trained) with the mean rounded there.
-                let yq = graph.values[node.output]
-                    .quant
-                    .map_or(xq, Quant::from_stated);
+                // The pooled tensor's own scale: the mean's range is narrower than the
+                // feature map's, so its own steps are finer (and a QDQ model rounds there).
+                let yq = own_quant(node.output)?;
                 let yt = add_tensor(
                     node.output,
-                    DType::I8,
+                    own_dtype(node.output),
                     yq,
                     &mut tensors,
                     &mut tensor_of_value,
                 );
                 let mut op = OpRecord::plain(OpKind::GlobalAvgPool, xt, yt);
-                if yq != xq {
+                if yq != xq || tensors[yt as usize].dtype != x_dtype {
                     let pixels = (in_shape[2] * in_shape[3]) as f64;
                     let (m, s) = quantize_multiplier(xq.scale as f64 / (pixels * yq.scale as f64));
                     let bias = -(pixels as i64 * xq.zero_point as i64) as i32;
@@ -298,13 +334,7 @@ pub fn lower(
                         "flattening a feature map larger than 1×1",
                     ));
                 }
-                let yt = add_tensor(
-                    node.output,
-                    DType::I8,
-                    xq,
-                    &mut tensors,
-                    &mut tensor_of_value,
-                );
+                let yt = add_tensor(node.output, x_dtype, xq, &mut tensors, &mut tensor_of_value);
                 shares.insert(yt, xt);
                 quant.insert(node.output, xq);
                 ops.push(OpRecord::plain(OpKind::Reshape, xt, yt));
@@ -321,13 +351,7 @@ pub fn lower(
                         "only strided slicing of height and width",
                     ));
                 }
-                let yt = add_tensor(
-                    node.output,
-                    DType::I8,
-                    xq,
-                    &mut tensors,
-                    &mut tensor_of_value,
-                );
+                let yt = add_tensor(node.output, x_dtype, xq, &mut tensors, &mut tensor_of_value);
                 let mut op = OpRecord::plain(OpKind::Subsample, xt, yt);
                 op.stride = [small(s.step[2])?, small(s.step[3])?];
                 op.aux = [s.start[2] as u16, s.start[3] as u16];
@@ -347,19 +371,14 @@ pub fn lower(
                         "only zero padding of the channel axis",
                     ));
                 }
-                let yt = add_tensor(
-                    node.output,
-                    DType::I8,
-                    xq,
-                    &mut tensors,
-                    &mut tensor_of_value,
-                );
+                let yt = add_tensor(node.output, x_dtype, xq, &mut tensors, &mut tensor_of_value);
                 let mut op = OpRecord::plain(OpKind::PadChannels, xt, yt);
                 op.aux = [p.pads[1].0 as u16, p.pads[1].1 as u16];
                 quant.insert(node.output, xq);
                 ops.push(op);
             }
             Op::ChannelAffine(a) => {
+                int8_only("ChannelAffine")?;
                 let yq = own_quant(node.output)?;
                 let channels = a.scale.len();
                 // One weight per channel: its own scale makes it ±127, so only the offset
@@ -382,6 +401,7 @@ pub fn lower(
                 ops.push(op);
             }
             Op::Add { relu } => {
+                int8_only("Add")?;
                 let b = node.inputs[1];
                 let (bq, bt) = (quant[&b], tensor_of_value[&b]);
                 let yq = own_quant(node.output)?;

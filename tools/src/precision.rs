@@ -1,0 +1,228 @@
+//! Mixed precision under an agreement budget: which layers to keep at int16 activations
+//! ("16x8") so the `.kes` picks the float model's class on at least a given share of images.
+//!
+//! 1. Sensitivity: on a sample of the calibration inputs, each candidate layer alone is kept
+//!    wide and the logits' squared error against float is measured; the layers are ranked
+//!    by how much of the all-int8 error that removes.
+//! 2. Budget: the shortest prefix of that ranking whose file agrees with float on the
+//!    calibration inputs at least as often as asked (binary search: agreement grows with
+//!    the prefix, up to noise).
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+
+use crate::calibrate::{Method, TensorStats};
+use crate::check::argmax;
+use crate::graph::{Graph, Op, ValueId};
+use crate::preprocess::Preprocess;
+use crate::quantize;
+use crate::reference;
+
+/// How many calibration inputs the per-layer sensitivity pass runs (the budget check runs
+/// them all).
+const SENSITIVITY_INPUTS: usize = 128;
+
+/// Tensors that can be kept wider: the input image and the measured outputs of
+/// convolutions, dense layers (but the logits, which are int32 already) and global pooling.
+pub fn candidates(graph: &Graph) -> Vec<ValueId> {
+    let layers = graph
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Conv(_) | Op::Dense(_) | Op::GlobalAvgPool))
+        .map(|n| n.output);
+    std::iter::once(graph.input)
+        .chain(layers)
+        .filter(|&v| v != graph.output && graph.values[v].quant.is_none())
+        .collect()
+}
+
+/// The name `--keep-wide` takes for a candidate: the node that writes it, as `compare`
+/// lists it, or `input`.
+pub fn name_of(graph: &Graph, v: ValueId) -> String {
+    if v == graph.input {
+        return "input".to_string();
+    }
+    graph
+        .nodes
+        .iter()
+        .find(|n| n.output == v)
+        .map_or_else(|| graph.values[v].name.clone(), |n| n.name.clone())
+}
+
+/// The candidate called `name` (see [`name_of`]).
+pub fn value_named(graph: &Graph, name: &str) -> Option<ValueId> {
+    candidates(graph)
+        .into_iter()
+        .find(|&v| name_of(graph, v) == name)
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerSensitivity {
+    pub layer: String,
+    /// Share of the all-int8 logit error left when only this layer is kept wide.
+    pub error_left: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BudgetReport {
+    /// The agreement asked for, in percent.
+    pub budget: f64,
+    pub inputs: usize,
+    /// Agreement of the all-int8 file and of the chosen one, on the calibration inputs.
+    pub int8_agreement: f64,
+    pub chosen_agreement: f64,
+    /// Layers kept wide, most useful first.
+    pub wide_layers: Vec<String>,
+    pub ranking: Vec<LayerSensitivity>,
+    /// Even every candidate kept wide fell short of the budget.
+    pub unmet: bool,
+}
+
+/// Runs a lowering of `graph` with the layers in `wide` kept wide over `inputs`:
+/// `(agreement count with `float_top`, Σ squared logit error against `float`)`.
+struct Trial<'a> {
+    graph: &'a Graph,
+    stats: &'a [TensorStats],
+    method: Method,
+    pre: &'a Preprocess,
+    inputs: &'a [Vec<f32>],
+    float: Vec<Vec<f32>>,
+}
+
+impl Trial<'_> {
+    fn run(&self, wide: &HashSet<ValueId>, count: usize) -> anyhow::Result<(usize, f64)> {
+        let lowered = quantize::lower(
+            self.graph,
+            Some(self.stats),
+            self.method,
+            wide,
+            self.pre,
+            Vec::new(),
+            Vec::new(),
+        )?;
+        let bytes = lowered.model.to_bytes();
+        let model = kestrel_runtime::Model::parse(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pairs: Vec<(&Vec<f32>, &Vec<f32>)> =
+            self.inputs.iter().zip(&self.float).take(count).collect();
+        let parts = crate::parallel::map_chunks(&pairs, |part| {
+            let mut arena = vec![0u8; model.arena_bytes()];
+            let mut logits = vec![0f32; model.classes()];
+            let (mut agree, mut error) = (0usize, 0f64);
+            for (x, float) in part {
+                let mut session = kestrel_runtime::Session::new(&model, &mut arena)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                session
+                    .set_input_nchw_f32(x)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                session.run();
+                session
+                    .logits(&mut logits)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                agree += (argmax(&logits) == argmax(float)) as usize;
+                error += logits
+                    .iter()
+                    .zip(float.iter())
+                    .map(|(q, f)| (*q as f64 - *f as f64).powi(2))
+                    .sum::<f64>();
+            }
+            Ok((agree, error))
+        })?;
+        Ok(parts
+            .into_iter()
+            .fold((0, 0.0), |(a, e), (pa, pe)| (a + pa, e + pe)))
+    }
+}
+
+/// Chooses the fewest layers to keep wide for `budget` percent agreement with float on
+/// `inputs` (the calibration inputs).
+pub fn choose_wide_layers(
+    graph: &Graph,
+    stats: &[TensorStats],
+    method: Method,
+    pre: &Preprocess,
+    inputs: &[Vec<f32>],
+    budget: f64,
+    progress: bool,
+) -> anyhow::Result<(HashSet<ValueId>, BudgetReport)> {
+    let float = crate::parallel::map_chunks(inputs, |part| {
+        part.iter()
+            .map(|x| Ok(reference::run(graph, x)?))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?
+    .concat();
+    let trial = Trial {
+        graph,
+        stats,
+        method,
+        pre,
+        inputs,
+        float,
+    };
+    let n = inputs.len();
+    let sample = SENSITIVITY_INPUTS.min(n);
+    let none = HashSet::new();
+    let (base_agree, _) = trial.run(&none, n)?;
+    let (_, base_error) = trial.run(&none, sample)?;
+    let candidates = candidates(graph);
+    let bar = if progress {
+        indicatif::ProgressBar::new(candidates.len() as u64).with_style(
+            indicatif::ProgressStyle::with_template("layer sensitivity {bar:30} {pos}/{len}")
+                .expect("static template"),
+        )
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut ranking = Vec::new();
+    for &v in &candidates {
+        bar.inc(1);
+        // A layer some consumer cannot take at int16 (average pooling, a QDQ add) stays int8.
+        let Ok((_, error)) = trial.run(&HashSet::from([v]), sample) else {
+            continue;
+        };
+        ranking.push((v, error / base_error.max(1e-30)));
+    }
+    bar.finish_and_clear();
+    ranking.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let meets = |agree: usize| 100.0 * agree as f64 >= budget * n as f64;
+    let prefix = |k: usize| -> HashSet<ValueId> { ranking[..k].iter().map(|r| r.0).collect() };
+    // The shortest prefix that meets the budget (0 if int8 already does).
+    let (mut lo, mut hi) = (0usize, ranking.len());
+    let mut best = (hi, None);
+    if meets(base_agree) {
+        best = (0, Some(base_agree));
+    } else {
+        let (all_agree, _) = trial.run(&prefix(hi), n)?;
+        best.1 = Some(all_agree);
+        if meets(all_agree) {
+            while lo + 1 < hi {
+                let mid = (lo + hi) / 2;
+                let (agree, _) = trial.run(&prefix(mid), n)?;
+                if meets(agree) {
+                    hi = mid;
+                    best = (mid, Some(agree));
+                } else {
+                    lo = mid;
+                }
+            }
+        }
+    }
+    let (k, chosen_agree) = (best.0, best.1.unwrap_or(base_agree));
+    let name = |v: ValueId| name_of(graph, v);
+    let report = BudgetReport {
+        budget,
+        inputs: n,
+        int8_agreement: base_agree as f64 / n.max(1) as f64,
+        chosen_agreement: chosen_agree as f64 / n.max(1) as f64,
+        wide_layers: ranking[..k].iter().map(|r| name(r.0)).collect(),
+        ranking: ranking
+            .iter()
+            .map(|&(v, e)| LayerSensitivity {
+                layer: name(v),
+                error_left: e,
+            })
+            .collect(),
+        unmet: !meets(chosen_agree),
+    };
+    Ok((prefix(k), report))
+}
