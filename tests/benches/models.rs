@@ -32,6 +32,7 @@ fn compile(onnx: &std::path::Path) -> Vec<u8> {
         progress: false,
         keep_wide: Vec::new(),
         budget: None,
+        wide_as: kestrel_tools::precision::WideKind::F16,
     };
     compile::compile(
         onnx,

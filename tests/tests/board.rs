@@ -46,6 +46,7 @@ fn resnet20_kes() -> &'static Path {
             progress: false,
             keep_wide: Vec::new(),
             budget: None,
+            wide_as: kestrel_tools::precision::WideKind::F16,
         };
         let calib = shared_dir().join("data/cifar10/calib");
         let (bytes, _) =

@@ -16,6 +16,7 @@ fn compile_to(stem: &str, method: Method, calib_count: usize) -> PathBuf {
         progress: false,
         keep_wide: Vec::new(),
         budget: None,
+        wide_as: kestrel_tools::precision::WideKind::F16,
     };
     let calib = shared_dir().join("data/cifar10/calib");
     let (bytes, report) = compile::compile(&shared_model(stem), Some(&calib), None, &opts).unwrap();

@@ -79,6 +79,7 @@ fn options(target: Target) -> CompileOptions {
         progress: false,
         keep_wide: Vec::new(),
         budget: None,
+        wide_as: kestrel_tools::precision::WideKind::F16,
     }
 }
 

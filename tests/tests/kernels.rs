@@ -43,6 +43,7 @@ fn compile_both(name: &str, onnx: &Path) -> Compiled {
             progress: false,
             keep_wide: Vec::new(),
             budget: None,
+            wide_as: kestrel_tools::precision::WideKind::F16,
         };
         compile::compile(onnx, Some(&calib), None, &opts).unwrap().0
     };

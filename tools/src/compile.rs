@@ -77,8 +77,10 @@ pub struct CompileOptions {
     pub calib_count: usize,
     pub target: Target,
     pub progress: bool,
-    /// Layers (node names) to keep at int16 activations.
+    /// Layers (node names, or `input`) to keep wider than int8.
     pub keep_wide: Vec<String>,
+    /// What a layer kept wider gets.
+    pub wide_as: precision::WideKind,
     /// Keep the fewest layers wide for this top-1 agreement with float (percent) on the
     /// calibration inputs.
     pub budget: Option<f64>,
@@ -98,8 +100,9 @@ pub struct CompileReport {
     pub arena_bytes: u64,
     pub arena_lower_bound_bytes: u64,
     pub file_bytes: usize,
-    /// Layers kept at int16 activations.
+    /// Layers kept wider than int8, and how.
     pub wide_layers: Vec<String>,
+    pub wide_as: precision::WideKind,
     pub budget: Option<crate::precision::BudgetReport>,
 }
 
@@ -299,13 +302,16 @@ pub fn compile(
     wide_layers.sort();
     let mut metadata = metadata;
     if !wide_layers.is_empty() {
-        metadata.push(("int16_layers".to_string(), wide_layers.join(",")));
+        metadata.push((
+            format!("wide_layers_{}", opts.wide_as.name()),
+            wide_layers.join(","),
+        ));
     }
     let lowered = quantize::lower(
         &p.graph,
         calibration.as_ref().map(|(_, stats)| stats.as_slice()),
         opts.method,
-        &wide,
+        &opts.wide_as.wide(wide.clone()),
         &p.preprocess,
         p.labels.clone(),
         metadata,
@@ -334,6 +340,7 @@ pub fn compile(
         arena_lower_bound_bytes: model.plan.lower_bound_bytes,
         file_bytes: bytes.len(),
         wide_layers,
+        wide_as: opts.wide_as,
         budget,
     };
     Ok((bytes, report))
@@ -353,7 +360,7 @@ fn choose_precision(
         anyhow::bail!("--keep-wide and --budget need --calib: int16 ranges are measured");
     };
     for name in &opts.keep_wide {
-        let v = precision::value_named(&p.graph, name).with_context(|| {
+        let v = precision::value_named(&p.graph, name, opts.wide_as).with_context(|| {
             format!("--keep-wide: no convolution, dense layer or global pooling named '{name}', nor 'input' (`kestrel compare` lists the layers)")
         })?;
         wide.insert(v);
@@ -365,15 +372,15 @@ fn choose_precision(
         (0.0..=100.0).contains(&budget),
         "--budget is a top-1 agreement in percent, 0 to 100 (got {budget})"
     );
-    let (chosen, report) = precision::choose_wide_layers(
-        &p.graph,
+    let calibrated = precision::Calibrated {
+        graph: &p.graph,
         stats,
-        opts.method,
-        &p.preprocess,
-        &c.inputs,
-        budget,
-        opts.progress,
-    )?;
+        method: opts.method,
+        pre: &p.preprocess,
+        inputs: &c.inputs,
+    };
+    let (chosen, report) =
+        precision::choose_wide_layers(&calibrated, budget, opts.wide_as, opts.progress)?;
     wide.extend(chosen);
     Ok((wide, Some(report)))
 }

@@ -14,6 +14,7 @@ use kestrel_tools::compile::{self, CompileOptions, Target};
 use kestrel_tools::eval::{self, Loaded};
 use kestrel_tools::inspect;
 use kestrel_tools::package::{self, PackageOptions};
+use kestrel_tools::precision;
 use kestrel_tools::synth::{self, Arch, SynthOptions};
 
 #[derive(Parser)]
@@ -57,13 +58,17 @@ enum Command {
         /// Whose kernels the weights are packed for (default: this machine's own).
         #[arg(long, value_enum)]
         target: Option<Target>,
-        /// Keep these layers (node names, as `compare` lists them) at int16 activations.
+        /// Keep these layers (node names, as `compare` lists them, or `input`) wider than int8.
         #[arg(long, value_delimiter = ',')]
         keep_wide: Vec<String>,
-        /// Keep the fewest layers at int16 activations for this top-1 agreement with the
-        /// float model, in percent, on the calibration images (e.g. 99.9).
+        /// Keep the fewest layers wider than int8 for this top-1 agreement with the float
+        /// model, in percent, on the calibration images (e.g. 99.9).
         #[arg(long)]
         budget: Option<f64>,
+        /// What a layer kept wider gets: 16x8 (int16 activations) or f16 (int16
+        /// activations and f16 weights).
+        #[arg(long, value_enum, default_value = "f16")]
+        wide_as: precision::WideKind,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -267,6 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target,
             keep_wide,
             budget,
+            wide_as,
             output,
         } => {
             let card = card.as_deref().map(LoadedCard::load).transpose()?;
@@ -277,6 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 progress: true,
                 keep_wide,
                 budget,
+                wide_as,
             };
             let (bytes, report) = compile::compile(&model, calib.as_deref(), card.as_ref(), &opts)?;
             std::fs::write(&output, &bytes)
@@ -574,17 +581,18 @@ fn compile_summary(
     };
     let precision = match (&r.budget, r.wide_layers.len()) {
         (Some(b), n) => format!(
-            "\nbudget {}%: {n} of {} layers at int16 ({}), agreement with float on {} calibration inputs {:.2}% (all int8: {:.2}%){}",
+            "\nbudget {}%: {n} of {} layers kept {} ({}), agreement with float on {} calibration inputs {:.2}% (all int8: {:.2}%){}",
             b.budget,
             b.ranking.len(),
+            r.wide_as.name(),
             r.wide_layers.join(", "),
             b.inputs,
             100.0 * b.chosen_agreement,
             100.0 * b.int8_agreement,
-            if b.unmet { " — budget not met even with every layer at int16" } else { "" }
+            if b.unmet { " — budget not met even with every layer kept wider" } else { "" }
         ),
         (None, 0) => String::new(),
-        (None, n) => format!("\n{n} layers at int16: {}", r.wide_layers.join(", ")),
+        (None, n) => format!("\n{n} layers kept {}: {}", r.wide_as.name(), r.wide_layers.join(", ")),
     };
     format!(
         "wrote {} ({} bytes), {target}: {} BatchNorm folded, {scales}{skipped}, arena {} bytes (lower bound {}){precision}",

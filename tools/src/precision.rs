@@ -16,16 +16,47 @@ use crate::calibrate::{Method, TensorStats};
 use crate::check::argmax;
 use crate::graph::{Graph, Op, ValueId};
 use crate::preprocess::Preprocess;
-use crate::quantize;
+use crate::quantize::{self, Wide};
 use crate::reference;
+
+/// What a layer kept wider gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum WideKind {
+    /// int16 activations, int8 weights (TFLite's 16x8).
+    #[value(name = "16x8")]
+    #[serde(rename = "16x8")]
+    Int16,
+    /// int16 activations and f16 weights (computed in f32).
+    #[value(name = "f16")]
+    #[serde(rename = "f16")]
+    F16,
+}
+
+impl WideKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            WideKind::Int16 => "16x8",
+            WideKind::F16 => "f16",
+        }
+    }
+
+    /// The lowering of `values` kept wide this way.
+    pub fn wide(self, values: HashSet<ValueId>) -> Wide {
+        Wide {
+            values,
+            f16_weights: self == WideKind::F16,
+        }
+    }
+}
 
 /// How many calibration inputs the per-layer sensitivity pass runs (the budget check runs
 /// them all).
 const SENSITIVITY_INPUTS: usize = 128;
 
 /// Tensors that can be kept wider: the input image and the measured outputs of
-/// convolutions, dense layers (but the logits, which are int32 already) and global pooling.
-pub fn candidates(graph: &Graph) -> Vec<ValueId> {
+/// convolutions, dense layers and global pooling; the logits (int32 already) only for
+/// `kind` f16, whose weights they then take.
+pub fn candidates(graph: &Graph, kind: WideKind) -> Vec<ValueId> {
     let layers = graph
         .nodes
         .iter()
@@ -33,7 +64,8 @@ pub fn candidates(graph: &Graph) -> Vec<ValueId> {
         .map(|n| n.output);
     std::iter::once(graph.input)
         .chain(layers)
-        .filter(|&v| v != graph.output && graph.values[v].quant.is_none())
+        .filter(|&v| v != graph.output || kind == WideKind::F16)
+        .filter(|&v| graph.values[v].quant.is_none())
         .collect()
 }
 
@@ -51,8 +83,8 @@ pub fn name_of(graph: &Graph, v: ValueId) -> String {
 }
 
 /// The candidate called `name` (see [`name_of`]).
-pub fn value_named(graph: &Graph, name: &str) -> Option<ValueId> {
-    candidates(graph)
+pub fn value_named(graph: &Graph, name: &str, kind: WideKind) -> Option<ValueId> {
+    candidates(graph, kind)
         .into_iter()
         .find(|&v| name_of(graph, v) == name)
 }
@@ -68,6 +100,7 @@ pub struct LayerSensitivity {
 pub struct BudgetReport {
     /// The agreement asked for, in percent.
     pub budget: f64,
+    pub kind: WideKind,
     pub inputs: usize,
     /// Agreement of the all-int8 file and of the chosen one, on the calibration inputs.
     pub int8_agreement: f64,
@@ -88,6 +121,7 @@ struct Trial<'a> {
     pre: &'a Preprocess,
     inputs: &'a [Vec<f32>],
     float: Vec<Vec<f32>>,
+    kind: WideKind,
 }
 
 impl Trial<'_> {
@@ -96,7 +130,7 @@ impl Trial<'_> {
             self.graph,
             Some(self.stats),
             self.method,
-            wide,
+            &self.kind.wide(wide.clone()),
             self.pre,
             Vec::new(),
             Vec::new(),
@@ -134,17 +168,30 @@ impl Trial<'_> {
     }
 }
 
-/// Chooses the fewest layers to keep wide for `budget` percent agreement with float on
-/// `inputs` (the calibration inputs).
+/// A calibrated model: what the lowering needs, and the inputs it was calibrated on.
+pub struct Calibrated<'a> {
+    pub graph: &'a Graph,
+    pub stats: &'a [TensorStats],
+    pub method: Method,
+    pub pre: &'a Preprocess,
+    pub inputs: &'a [Vec<f32>],
+}
+
+/// Chooses the fewest layers to keep wide (as `kind`) for `budget` percent agreement with
+/// float on the calibration inputs.
 pub fn choose_wide_layers(
-    graph: &Graph,
-    stats: &[TensorStats],
-    method: Method,
-    pre: &Preprocess,
-    inputs: &[Vec<f32>],
+    calibrated: &Calibrated<'_>,
     budget: f64,
+    kind: WideKind,
     progress: bool,
 ) -> anyhow::Result<(HashSet<ValueId>, BudgetReport)> {
+    let Calibrated {
+        graph,
+        stats,
+        method,
+        pre,
+        inputs,
+    } = *calibrated;
     let float = crate::parallel::map_chunks(inputs, |part| {
         part.iter()
             .map(|x| Ok(reference::run(graph, x)?))
@@ -158,13 +205,14 @@ pub fn choose_wide_layers(
         pre,
         inputs,
         float,
+        kind,
     };
     let n = inputs.len();
     let sample = SENSITIVITY_INPUTS.min(n);
     let none = HashSet::new();
     let (base_agree, _) = trial.run(&none, n)?;
     let (_, base_error) = trial.run(&none, sample)?;
-    let candidates = candidates(graph);
+    let candidates = candidates(graph, kind);
     let bar = if progress {
         indicatif::ProgressBar::new(candidates.len() as u64).with_style(
             indicatif::ProgressStyle::with_template("layer sensitivity {bar:30} {pos}/{len}")
@@ -211,6 +259,7 @@ pub fn choose_wide_layers(
     let name = |v: ValueId| name_of(graph, v);
     let report = BudgetReport {
         budget,
+        kind,
         inputs: n,
         int8_agreement: base_agree as f64 / n.max(1) as f64,
         chosen_agreement: chosen_agree as f64 / n.max(1) as f64,

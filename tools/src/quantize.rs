@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 
 use kestrel_format::writer::{KesModel, OpRecord, TensorRecord};
-use kestrel_format::{DType, OpKind, Plan, Residual};
+use kestrel_format::{DType, OpKind, Plan, Residual, WeightLayout};
 use kestrel_kernels::scalar::quantize_multiplier;
 
 use crate::calibrate::{choose_range, Method, TensorStats};
@@ -62,6 +62,21 @@ impl Quant {
     }
 }
 
+/// Values kept wider than int8, and how: int16 activations, and with `f16_weights` the
+/// weights of the convs and dense layers that write them (and of the logits' dense layer,
+/// if listed) as f16.
+#[derive(Clone, Debug, Default)]
+pub struct Wide {
+    pub values: HashSet<ValueId>,
+    pub f16_weights: bool,
+}
+
+impl Wide {
+    fn f16_weights_for(&self, v: ValueId) -> bool {
+        self.f16_weights && self.values.contains(&v)
+    }
+}
+
 pub struct Lowered {
     pub model: KesModel,
     /// The kes tensor index holding each float value that has an int8 twin.
@@ -76,7 +91,7 @@ pub fn lower(
     graph: &Graph,
     stats: Option<&[TensorStats]>,
     method: Method,
-    wide: &HashSet<ValueId>,
+    wide: &Wide,
     pre: &Preprocess,
     labels: Vec<String>,
     metadata: Vec<(String, String)>,
@@ -91,7 +106,7 @@ pub fn lower(
     let own_quant = |v: ValueId| match (graph.values[v].quant, stats) {
         (Some(q), _) => Ok(Quant::from_stated(q)),
         // int16 has steps to spare: its range is the whole observed one, clipping nothing.
-        (None, Some(stats)) if wide.contains(&v) => {
+        (None, Some(stats)) if wide.values.contains(&v) => {
             Ok(Quant::wide_from_range(stats[v].min, stats[v].max))
         }
         (None, Some(stats)) => {
@@ -103,7 +118,7 @@ pub fn lower(
         }),
     };
     let own_dtype = |v: ValueId| {
-        if wide.contains(&v) && graph.values[v].quant.is_none() {
+        if wide.values.contains(&v) && graph.values[v].quant.is_none() {
             DType::I16
         } else {
             DType::I8
@@ -186,22 +201,20 @@ pub fn lower(
                     ));
                 }
                 let yq = own_quant(node.output)?;
-                let [oc, ic, kh, kw] = c.weight_shape;
-                let (weights, scales) = quantize_weights(&c.weight, oc);
-                // The bias correction sums each channel's weights: OIHW rows are channels.
-                let params = channel_params(&weights, &scales, c.bias.as_deref(), xq, yq.scale, oc);
-                // OIHW → [KH][KW][IC][OC].
-                let mut packed = vec![0i8; weights.len()];
-                for o in 0..oc {
-                    for i in 0..ic {
-                        for y in 0..kh {
-                            for xx in 0..kw {
-                                packed[((y * kw + xx) * ic + i) * oc + o] =
-                                    weights[((o * ic + i) * kh + y) * kw + xx];
-                            }
-                        }
-                    }
-                }
+                let [oc, _, kh, kw] = c.weight_shape;
+                let f16 = wide.f16_weights_for(node.output);
+                let (packed, params) = if f16 {
+                    (
+                        f16_weights(&oihw_to_hwio(&c.weight, c.weight_shape)),
+                        f16_records(c.bias.as_deref(), xq, yq.scale, oc),
+                    )
+                } else {
+                    let (weights, scales) = quantize_weights(&c.weight, oc);
+                    // The bias correction sums each channel's weights: OIHW rows are channels.
+                    let params =
+                        channel_params(&weights, &scales, c.bias.as_deref(), xq, yq.scale, oc);
+                    (oihw_to_hwio(&weights, c.weight_shape), params)
+                };
                 let yt = add_tensor(
                     node.output,
                     own_dtype(node.output),
@@ -244,14 +257,19 @@ pub fn lower(
                 op.residual = residual;
                 op.weights = packed;
                 op.params = params;
+                if f16 {
+                    op.layout = WeightLayout::F16;
+                }
                 quant.insert(node.output, yq);
                 ops.push(op);
             }
             Op::Dense(d) => {
                 let (weights, scales) = quantize_weights(&d.weight, d.out_features);
                 let is_output = node.output == graph.output;
+                let f16 = wide.f16_weights_for(node.output);
                 let (dtype, yq) = if is_output && !d.relu {
-                    // Logits: int32 at the largest channel scale, so no channel is rounded coarser.
+                    // Logits: int32 at the largest channel scale, so no channel is rounded
+                    // coarser (with f16 weights too: an int16 input makes it fine already).
                     let s = scales
                         .iter()
                         .map(|&w| w * xq.scale as f64)
@@ -267,19 +285,24 @@ pub fn lower(
                 } else {
                     (own_dtype(node.output), own_quant(node.output)?)
                 };
-                let params = channel_params(
-                    &weights,
-                    &scales,
-                    d.bias.as_deref(),
-                    xq,
-                    yq.scale,
-                    d.out_features,
-                );
                 let yt = add_tensor(node.output, dtype, yq, &mut tensors, &mut tensor_of_value);
                 let mut op = OpRecord::plain(OpKind::Dense, xt, yt);
                 op.out_min = if d.relu { yq.zero_point as i8 } else { i8::MIN };
-                op.weights = weights;
-                op.params = params;
+                if f16 {
+                    op.weights = f16_weights(&d.weight);
+                    op.params = f16_records(d.bias.as_deref(), xq, yq.scale, d.out_features);
+                    op.layout = WeightLayout::F16;
+                } else {
+                    op.params = channel_params(
+                        &weights,
+                        &scales,
+                        d.bias.as_deref(),
+                        xq,
+                        yq.scale,
+                        d.out_features,
+                    );
+                    op.weights = weights;
+                }
                 quant.insert(node.output, yq);
                 ops.push(op);
             }
@@ -475,6 +498,46 @@ fn quantize_weights(w: &[f32], channels: usize) -> (Vec<i8>, Vec<f64>) {
         scales.push(s);
     }
     (q, scales)
+}
+
+/// OIHW → `[KH][KW][IC][OC]`, the layout the kernels read over NHWC activations.
+fn oihw_to_hwio<T: Copy + Default>(w: &[T], [oc, ic, kh, kw]: [usize; 4]) -> Vec<T> {
+    let mut out = vec![T::default(); w.len()];
+    for o in 0..oc {
+        for i in 0..ic {
+            for y in 0..kh {
+                for x in 0..kw {
+                    out[((y * kw + x) * ic + i) * oc + o] = w[((o * ic + i) * kh + y) * kw + x];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Weights as little-endian f16 bytes (the `.kes` weights are bytes).
+fn f16_weights(w: &[f32]) -> Vec<i8> {
+    w.iter()
+        .flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes())
+        .map(|b| b as i8)
+        .collect()
+}
+
+/// f16-weight channel records: `(f32 bias / s_in, f32 s_in / s_out, 0)` bit patterns (the
+/// kernel sums `x − z_in` times the real weights).
+fn f16_records(
+    bias: Option<&[f32]>,
+    xq: Quant,
+    out_scale: f32,
+    channels: usize,
+) -> Vec<(i32, i32, i32)> {
+    let scale = (xq.scale as f64 / out_scale as f64) as f32;
+    (0..channels)
+        .map(|c| {
+            let b = (bias.map_or(0.0, |b| b[c] as f64) / xq.scale as f64) as f32;
+            (b.to_bits() as i32, scale.to_bits() as i32, 0)
+        })
+        .collect()
 }
 
 /// `(bias, multiplier, shift)` per output channel, with `−z_in·Σw` folded into the bias.

@@ -138,6 +138,10 @@ pub enum WeightLayout {
     /// `kestrel_kernels::gemm16`'s 16-channel lanes of four reduction steps, plus
     /// channel sums (`--target rpi5|jetson-orin|x86-64`: `sdot` by element, VNNI, AVX2).
     Lanes16 = 2,
+    /// A layer kept wider: `[KH][KW][IC][OC]` (dense `[N][K]`) IEEE half floats, little
+    /// endian, computed in f32 by the 16x8 reference kernels. Its channel records hold
+    /// `(f32 bias, f32 requantisation scale, 0)` bit patterns instead of fixed point.
+    F16 = 3,
 }
 
 impl WeightLayout {
@@ -146,6 +150,7 @@ impl WeightLayout {
             0 => Some(WeightLayout::Portable),
             1 => Some(WeightLayout::Blocks4),
             2 => Some(WeightLayout::Lanes16),
+            3 => Some(WeightLayout::F16),
             _ => None,
         }
     }
@@ -153,7 +158,7 @@ impl WeightLayout {
     /// The kernels' packing, for packed layouts.
     pub fn packing(self) -> Option<Packing> {
         match self {
-            WeightLayout::Portable => None,
+            WeightLayout::Portable | WeightLayout::F16 => None,
             WeightLayout::Blocks4 => Some(Packing::Blocks4),
             WeightLayout::Lanes16 => Some(Packing::Lanes16),
         }
@@ -165,6 +170,7 @@ impl WeightLayout {
             WeightLayout::Portable => "portable",
             WeightLayout::Blocks4 => "blocks4",
             WeightLayout::Lanes16 => "lanes16",
+            WeightLayout::F16 => "f16",
         }
     }
 }
@@ -569,11 +575,14 @@ impl<'a> KesFile<'a> {
             && (matches!(
                 op.kind,
                 OpKind::AvgPool | OpKind::Add | OpKind::ChannelAffine
-            ) || op.layout != WeightLayout::Portable)
+            ) || op.layout.packing().is_some())
         {
             return Err(bad(
                 "int16 tensors only go through conv, dense, max and global pooling, subsample, channel padding and reshape, with unpacked weights",
             ));
+        }
+        if op.layout == WeightLayout::F16 && !matches!(op.kind, OpKind::Conv | OpKind::Dense) {
+            return Err(bad("only convolutions and dense layers take f16 weights"));
         }
         if op.out_min > op.out_max {
             return Err(bad("output clamp is empty"));
@@ -612,7 +621,7 @@ impl<'a> KesFile<'a> {
         if !needs_weights && (!op.weights.is_empty() || !op.params.is_empty() && !one_record) {
             return Err(bad("op carries weights it does not use"));
         }
-        if op.kind != OpKind::Conv && op.layout != WeightLayout::Portable {
+        if op.kind != OpKind::Conv && op.layout.packing().is_some() {
             return Err(bad("only convolutions take packed weights"));
         }
         if !matches!(op.kind, OpKind::Conv | OpKind::Add) && op.residual.is_some() {
@@ -635,6 +644,7 @@ impl<'a> KesFile<'a> {
                 };
                 let k = kh * kw * c;
                 let weights_len = match op.layout.packing() {
+                    None if op.layout == WeightLayout::F16 => 2 * oc * k,
                     None => oc * k,
                     Some(packing) => packing.packed_len(k, oc),
                 };
@@ -651,7 +661,18 @@ impl<'a> KesFile<'a> {
                         ));
                     }
                 }
-                check_requantisation(&op.params).map_err(bad)?;
+                if op.layout == WeightLayout::F16 {
+                    let finite = op
+                        .weights
+                        .chunks_exact(2)
+                        .all(|h| (u16::from_le_bytes([h[0] as u8, h[1] as u8]) & 0x7C00) != 0x7C00);
+                    if !finite {
+                        return Err(bad("f16 weights hold an infinity or NaN"));
+                    }
+                    check_float_records(&op.params).map_err(bad)?;
+                } else {
+                    check_requantisation(&op.params).map_err(bad)?;
+                }
                 if let Some(res) = op.residual {
                     let r = self
                         .tensor(res.tensor)
@@ -757,6 +778,18 @@ impl<'a> KesFile<'a> {
         }
         Ok(())
     }
+}
+
+/// f16-weight records: a finite f32 bias, a positive finite f32 scale, a zero third field.
+fn check_float_records(params: &ChannelParams) -> Result<(), &'static str> {
+    for ch in 0..params.len() {
+        let (b, m, z) = params.get(ch);
+        let (b, m) = (f32::from_bits(b as u32), f32::from_bits(m as u32));
+        if !(b.is_finite() && m.is_finite() && m > 0.0) || z != 0 {
+            return Err("f16-weight channel record is not (finite bias, positive scale, 0)");
+        }
+    }
+    Ok(())
 }
 
 /// Every channel's multiplier non-negative and shift in `[-31, 30]` (what the kernels' fixed

@@ -6,6 +6,11 @@
 //! `i32`), and requantisation is [`crate::scalar::requantize`]'s arithmetic carried out in 64 bits:
 //! on int8 tensors whose sums fit `i32` these kernels give exactly what [`crate::scalar`] gives.
 //! Tensors are byte slices (little-endian int16), so the arena needs no alignment.
+//!
+//! A wide layer may also keep its weights as IEEE half floats ([`Weights::F16`]): sums in
+//! f32, in one fixed order (this file's loops; no FMA, no reassociation), so f16 layers
+//! too give the same bits on every CPU. f16 is storage here: FP16 arithmetic (Cortex-A76
+//! `FEAT_FP16`) would round differently and is not used.
 
 use crate::scalar::Window;
 
@@ -120,6 +125,98 @@ pub enum Residual<'a> {
     },
 }
 
+/// A wide layer's weights and what its channel records `(a, b, c)` mean.
+#[derive(Clone, Copy, Debug)]
+pub enum Weights<'a> {
+    /// int8, as everywhere else: `(bias, multiplier, shift)`, the bias holding `−z_in·Σw`.
+    Int8(&'a [i8]),
+    /// Little-endian f16 bits: `(f32 bias / s_in, f32 s_in / s_out, 0)` as bit patterns;
+    /// the sums run over `x − z_in`.
+    F16(&'a [u8]),
+}
+
+/// One channel's sums over a window: int8 weights in `i64`, f16 weights in `f32`.
+trait Sums {
+    type Acc: Copy + Default;
+    /// A weight, decoded once for every pixel of a tile.
+    type W: Copy + Default;
+    /// An input value, decoded once for every channel.
+    type X: Copy;
+    fn start(&self, channel: usize) -> Self::Acc;
+    fn weight(&self, index: usize) -> Self::W;
+    fn input(&self, x: i32) -> Self::X;
+    fn mac(acc: &mut Self::Acc, x: Self::X, weight: Self::W);
+    /// The sum at the output scale, rounded.
+    fn scaled(&self, acc: Self::Acc, channel: usize) -> i64;
+}
+
+struct Int8Sums<'a, P> {
+    weights: &'a [i8],
+    params: P,
+}
+
+impl<P: Fn(usize) -> (i32, i32, i32)> Sums for Int8Sums<'_, P> {
+    type Acc = i64;
+    type W = i64;
+    type X = i64;
+    #[inline]
+    fn start(&self, channel: usize) -> i64 {
+        (self.params)(channel).0 as i64
+    }
+    #[inline]
+    fn weight(&self, index: usize) -> i64 {
+        self.weights[index] as i64
+    }
+    #[inline]
+    fn input(&self, x: i32) -> i64 {
+        x as i64
+    }
+    #[inline]
+    fn mac(acc: &mut i64, x: i64, weight: i64) {
+        *acc += x * weight;
+    }
+    #[inline]
+    fn scaled(&self, acc: i64, channel: usize) -> i64 {
+        let (_, m, sh) = (self.params)(channel);
+        requantize(acc, m, sh)
+    }
+}
+
+struct F16Sums<'a, P> {
+    weights: &'a [u8],
+    params: P,
+    zero_point: i32,
+}
+
+impl<P: Fn(usize) -> (i32, i32, i32)> Sums for F16Sums<'_, P> {
+    type Acc = f32;
+    type W = f32;
+    type X = f32;
+    #[inline]
+    fn start(&self, channel: usize) -> f32 {
+        f32::from_bits((self.params)(channel).0 as u32)
+    }
+    #[inline]
+    fn weight(&self, index: usize) -> f32 {
+        let bits = u16::from_le_bytes([self.weights[2 * index], self.weights[2 * index + 1]]);
+        half::f16::from_bits(bits).to_f32()
+    }
+    #[inline]
+    fn input(&self, x: i32) -> f32 {
+        (x - self.zero_point) as f32
+    }
+    #[inline]
+    fn mac(acc: &mut f32, x: f32, weight: f32) {
+        *acc += x * weight;
+    }
+    #[inline]
+    fn scaled(&self, acc: f32, channel: usize) -> i64 {
+        let v = acc * f32::from_bits((self.params)(channel).1 as u32);
+        // Half away from zero without libm; `as` saturates (and takes NaN to 0).
+        (if v >= 0.0 { v + 0.5 } else { v - 0.5 }) as i64
+    }
+}
+
 /// [`crate::scalar::requantize`] on a 64-bit accumulator: the same saturating left shift, rounding
 /// doubling high multiply and rounding right shift, each in 64 bits.
 #[inline]
@@ -164,96 +261,169 @@ pub fn conv2d(
     s: &Window,
     input: Act<'_>,
     input_zero_point: i32,
-    weights: &[i8],
+    weights: Weights<'_>,
     params: impl Fn(usize) -> (i32, i32, i32),
+    out: OutRange,
+    residual: Residual<'_>,
+    output: &mut ActMut<'_>,
+) {
+    match weights {
+        Weights::Int8(weights) => conv_body(
+            s,
+            input,
+            input_zero_point,
+            &Int8Sums { weights, params },
+            out,
+            residual,
+            output,
+        ),
+        Weights::F16(weights) => conv_body(
+            s,
+            input,
+            input_zero_point,
+            &F16Sums {
+                weights,
+                params,
+                zero_point: input_zero_point,
+            },
+            out,
+            residual,
+            output,
+        ),
+    }
+}
+
+/// Output pixels of a row computed together, so each decoded weight serves all of them.
+const TILE: usize = 8;
+/// Output channels accumulated together.
+const CHANNELS: usize = 32;
+
+/// Every output element sums its window in the order (ky, kx, ci), whatever the tiling, so
+/// f32 sums round the same way on every CPU.
+fn conv_body<S: Sums>(
+    s: &Window,
+    input: Act<'_>,
+    input_zero_point: i32,
+    sums: &S,
     out: OutRange,
     residual: Residual<'_>,
     output: &mut ActMut<'_>,
 ) {
     let [kh, kw] = s.kernel;
     let (c, oc) = (s.in_c, s.out_c);
-    let mut acc = [0i64; 64];
+    let mut acc = [[S::Acc::default(); CHANNELS]; TILE];
+    let mut w = [S::W::default(); CHANNELS];
     for oy in 0..s.out_h {
-        for ox in 0..s.out_w {
-            let base = (oy * s.out_w + ox) * oc;
-            for o0 in (0..oc).step_by(acc.len()) {
-                let n = acc.len().min(oc - o0);
-                for (j, a) in acc[..n].iter_mut().enumerate() {
-                    *a = params(o0 + j).0 as i64;
+        for ox0 in (0..s.out_w).step_by(TILE) {
+            let t = TILE.min(s.out_w - ox0);
+            for o0 in (0..oc).step_by(CHANNELS) {
+                let n = CHANNELS.min(oc - o0);
+                for a in acc[..t].iter_mut() {
+                    for (j, v) in a[..n].iter_mut().enumerate() {
+                        *v = sums.start(o0 + j);
+                    }
                 }
                 for ky in 0..kh {
                     let iy = (oy * s.stride[0] + ky) as isize - s.pads[0] as isize;
+                    let row_inside = iy >= 0 && iy < s.in_h as isize;
                     for kx in 0..kw {
-                        let ix = (ox * s.stride[1] + kx) as isize - s.pads[1] as isize;
-                        let inside =
-                            iy >= 0 && ix >= 0 && iy < s.in_h as isize && ix < s.in_w as isize;
                         let taps = (ky * kw + kx) * c * oc;
                         for ci in 0..c {
-                            // Padding reads the input zero point (real 0).
-                            let x = if inside {
-                                input.get((iy as usize * s.in_w + ix as usize) * c + ci)
-                            } else {
-                                input_zero_point
-                            } as i64;
-                            let w = &weights[taps + ci * oc + o0..][..n];
-                            for (a, &wv) in acc[..n].iter_mut().zip(w) {
-                                *a += x * wv as i64;
+                            for (j, wv) in w[..n].iter_mut().enumerate() {
+                                *wv = sums.weight(taps + ci * oc + o0 + j);
+                            }
+                            for (p, a) in acc[..t].iter_mut().enumerate() {
+                                let ix =
+                                    ((ox0 + p) * s.stride[1] + kx) as isize - s.pads[1] as isize;
+                                // Padding reads the input zero point (real 0).
+                                let x =
+                                    sums.input(if row_inside && ix >= 0 && ix < s.in_w as isize {
+                                        input.get((iy as usize * s.in_w + ix as usize) * c + ci)
+                                    } else {
+                                        input_zero_point
+                                    });
+                                for (v, &wv) in a[..n].iter_mut().zip(&w[..n]) {
+                                    S::mac(v, x, wv);
+                                }
                             }
                         }
                     }
                 }
-                for (j, &a) in acc[..n].iter().enumerate() {
-                    let idx = base + o0 + j;
-                    let (_, m, sh) = params(o0 + j);
-                    let res = residual_term(&residual, idx, output);
-                    let v = out.finish(requantize(a, m, sh), res);
-                    output.set(idx, v);
+                for (p, a) in acc[..t].iter().enumerate() {
+                    let base = (oy * s.out_w + ox0 + p) * oc + o0;
+                    for (j, &v) in a[..n].iter().enumerate() {
+                        let res = residual_term(&residual, base + j, output);
+                        output.set(base + j, out.finish(sums.scaled(v, o0 + j), res));
+                    }
                 }
             }
         }
     }
 }
 
-fn dot(input: Act<'_>, weights: &[i8]) -> i64 {
-    weights
-        .iter()
-        .enumerate()
-        .map(|(k, &w)| input.get(k) as i64 * w as i64)
-        .sum()
+/// Output channel `n` of a dense layer `[K] → [N]`, at the output scale.
+fn dense_channel<S: Sums>(input: Act<'_>, sums: &S, n: usize) -> i64 {
+    let k = input.len();
+    let mut acc = sums.start(n);
+    for i in 0..k {
+        S::mac(&mut acc, sums.input(input.get(i)), sums.weight(n * k + i));
+    }
+    sums.scaled(acc, n)
+}
+
+/// Every output of a dense layer, at the output scale, to `store(n, value)`.
+fn dense_outputs(
+    input: Act<'_>,
+    input_zero_point: i32,
+    weights: Weights<'_>,
+    params: impl Fn(usize) -> (i32, i32, i32),
+    outputs: usize,
+    mut store: impl FnMut(usize, i64),
+) {
+    match weights {
+        Weights::Int8(weights) => {
+            let sums = Int8Sums { weights, params };
+            (0..outputs).for_each(|n| store(n, dense_channel(input, &sums, n)));
+        }
+        Weights::F16(weights) => {
+            let sums = F16Sums {
+                weights,
+                params,
+                zero_point: input_zero_point,
+            };
+            (0..outputs).for_each(|n| store(n, dense_channel(input, &sums, n)));
+        }
+    }
 }
 
 /// Dense layer `[K] → [N]` onto an int8 or int16 output.
 pub fn dense(
     input: Act<'_>,
-    weights: &[i8],
+    input_zero_point: i32,
+    weights: Weights<'_>,
     params: impl Fn(usize) -> (i32, i32, i32),
     out: OutRange,
     output: &mut ActMut<'_>,
 ) {
-    let k = input.len();
-    for n in 0..output.len() {
-        let (bias, m, sh) = params(n);
-        let acc = bias as i64 + dot(input, &weights[n * k..][..k]);
-        output.set(n, out.finish(requantize(acc, m, sh), 0));
-    }
+    let outputs = output.len();
+    dense_outputs(input, input_zero_point, weights, params, outputs, |n, v| {
+        output.set(n, out.finish(v, 0))
+    });
 }
 
 /// Dense layer whose outputs are int32 at one common scale (the logits), as
 /// [`crate::scalar::dense_i32`]; values beyond `i32` saturate.
 pub fn dense_i32(
     input: Act<'_>,
-    weights: &[i8],
+    input_zero_point: i32,
+    weights: Weights<'_>,
     params: impl Fn(usize) -> (i32, i32, i32),
     outputs: usize,
     mut store: impl FnMut(usize, i32),
 ) {
-    let k = input.len();
-    for n in 0..outputs {
-        let (bias, m, sh) = params(n);
-        let acc = bias as i64 + dot(input, &weights[n * k..][..k]);
-        let v = requantize(acc, m, sh).clamp(i32::MIN as i64, i32::MAX as i64);
-        store(n, v as i32);
-    }
+    dense_outputs(input, input_zero_point, weights, params, outputs, |n, v| {
+        store(n, v.clamp(i32::MIN as i64, i32::MAX as i64) as i32)
+    });
 }
 
 /// Global average pooling `[H, W, C] → [C]`. With `params` (bias `−pixels·z_in`,
@@ -385,7 +555,8 @@ mod tests {
         unsafe { core::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()) }
     }
 
-    /// Odd shapes: channel counts off every vector width, stride 2, asymmetric padding.
+    /// Odd shapes: channel counts off every vector width and block, stride 2, asymmetric
+    /// padding.
     fn windows() -> Vec<Window> {
         let mut out = Vec::new();
         for &(h, w, c, oc, k, st, pads) in &[
@@ -393,6 +564,8 @@ mod tests {
             (6, 5, 17, 70, 3, 2, [1, 0, 1, 1]),
             (4, 4, 9, 13, 1, 1, [0, 0, 0, 0]),
             (7, 3, 33, 3, 2, 2, [0, 1, 1, 0]),
+            // Rows of several tiles and a tail, two channel blocks.
+            (3, 19, 5, 37, 3, 1, [1, 1, 1, 1]),
         ] {
             let out_h = (h + pads[0] + pads[2] - k) / st + 1;
             let out_w = (w + pads[1] + pads[3] - k) / st + 1;
@@ -469,7 +642,7 @@ mod tests {
                         wide: false,
                     },
                     zx,
-                    &weights,
+                    Weights::Int8(&weights),
                     |c| params[c],
                     OutRange::from_fields(false, zy, out.min, out.max),
                     Residual::Separate {
@@ -536,7 +709,7 @@ mod tests {
                         wide: true,
                     },
                     0,
-                    &weights,
+                    Weights::Int8(&weights),
                     |c| wide_params[c],
                     OutRange::from_fields(false, 3, i8::MIN, i8::MAX),
                     Residual::None,
@@ -557,7 +730,7 @@ mod tests {
     }
 
     /// An int16 output with the shift raised by 8 is the int8 result × 256 up to rounding:
-    /// within 128 of it, and it clamps to the int16 limits (or 0 under a ReLU).
+    /// within about half an int8 step of it, and it clamps to the int16 limits (or 0 under a ReLU).
     #[test]
     fn int16_output_refines_the_int8_one() {
         let mut rng = Rng(0xD1B5_4A32_D192_ED03);
@@ -593,7 +766,7 @@ mod tests {
                         wide: false,
                     },
                     -5,
-                    &weights,
+                    Weights::Int8(&weights),
                     |c| wide_params[c],
                     OutRange::from_fields(true, 0, if relu { 0 } else { i8::MIN }, i8::MAX),
                     Residual::None,
@@ -612,13 +785,100 @@ mod tests {
                     if relu {
                         assert!(v >= 0);
                     }
-                    // Inside int8's range the two agree to rounding; outside, int8 clamped.
+                    // Inside int8's range the two agree to within int8's rounding (which
+                    // rounds twice, so a hair past half a step); outside, int8 clamped.
                     if q > -128 && q < 127 {
-                        assert!((v - 256 * q as i32).abs() <= 128, "{s:?} {i}: {v} vs {q}");
+                        assert!((v - 256 * q as i32).abs() <= 136, "{s:?} {i}: {v} vs {q}");
                         finer += (v % 256 != 0) as usize;
                     }
                 }
                 assert!(finer > 0, "int16 outputs carry no finer steps");
+            }
+        }
+    }
+
+    /// f16 weights that are quarter-integers, and a power-of-two scale: every f32 sum is
+    /// exact, so each output is the exactly rounded real value, here computed in integers.
+    #[test]
+    fn f16_weights_give_the_exactly_rounded_sums() {
+        let mut rng = Rng(0xA076_1D64_78BD_642F);
+        for s in windows() {
+            let input: Vec<i8> = (0..s.in_h * s.in_w * s.in_c).map(|_| rng.i8()).collect();
+            let quarters: Vec<i32> = (0..s.kernel[0] * s.kernel[1] * s.in_c * s.out_c)
+                .map(|_| rng.range(-300, 300))
+                .collect();
+            let f16: Vec<u8> = quarters
+                .iter()
+                .flat_map(|&q| half::f16::from_f32(q as f32 / 4.0).to_bits().to_le_bytes())
+                .collect();
+            let biases: Vec<i32> = (0..s.out_c).map(|_| rng.range(-4000, 4000)).collect();
+            let records: Vec<(i32, i32, i32)> = biases
+                .iter()
+                .map(|&b| (b as f32).to_bits() as i32)
+                .map(|b| (b, (1.0f32 / 128.0).to_bits() as i32, 0))
+                .collect();
+            let zx = rng.range(-20, 20);
+            let n = s.out_h * s.out_w * s.out_c;
+            let mut got = vec![0u8; 2 * n];
+            conv2d(
+                &s,
+                Act {
+                    bytes: bytes(&input),
+                    wide: false,
+                },
+                zx,
+                Weights::F16(&f16),
+                |c| records[c],
+                OutRange::from_fields(true, 0, i8::MIN, i8::MAX),
+                Residual::None,
+                &mut ActMut {
+                    bytes: &mut got,
+                    wide: true,
+                },
+            );
+            let got = Act {
+                bytes: &got,
+                wide: true,
+            };
+            let [kh, kw] = s.kernel;
+            for oy in 0..s.out_h {
+                for ox in 0..s.out_w {
+                    for o in 0..s.out_c {
+                        // 4 × the real sum, in integers; the output is sum / 128 rounded.
+                        let mut sum4 = 4 * biases[o] as i64;
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * s.stride[0] + ky) as isize - s.pads[0] as isize;
+                                let ix = (ox * s.stride[1] + kx) as isize - s.pads[1] as isize;
+                                if iy < 0
+                                    || ix < 0
+                                    || iy >= s.in_h as isize
+                                    || ix >= s.in_w as isize
+                                {
+                                    continue;
+                                }
+                                for ci in 0..s.in_c {
+                                    let x =
+                                        input[(iy as usize * s.in_w + ix as usize) * s.in_c + ci];
+                                    let w = quarters[((ky * kw + kx) * s.in_c + ci) * s.out_c + o];
+                                    sum4 += (x as i64 - zx as i64) * w as i64;
+                                }
+                            }
+                        }
+                        let (d, half) = (512i64, 256i64);
+                        let expected = if sum4 >= 0 {
+                            (sum4 + half) / d
+                        } else {
+                            (sum4 - half) / d
+                        };
+                        let idx = (oy * s.out_w + ox) * s.out_c + o;
+                        assert_eq!(
+                            got.get(idx) as i64,
+                            expected.clamp(-32768, 32767),
+                            "{s:?} {idx}"
+                        );
+                    }
+                }
             }
         }
     }

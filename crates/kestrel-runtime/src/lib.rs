@@ -320,7 +320,8 @@ impl<'m, 'a> Session<'m, 'a> {
         let residual_wide = op
             .residual
             .is_some_and(|r| m.tensor(r.tensor).dtype == DType::I16);
-        if x.dtype == DType::I16 || y.dtype == DType::I16 || residual_wide {
+        let f16 = op.layout == kestrel_format::WeightLayout::F16;
+        if x.dtype == DType::I16 || y.dtype == DType::I16 || residual_wide || f16 {
             self.execute_wide(op);
             return;
         }
@@ -510,9 +511,10 @@ impl<'m, 'a> Session<'m, 'a> {
 }
 
 impl Session<'_, '_> {
-    /// An op with an int16 tensor: the 16x8 reference kernels, the same on every CPU.
+    /// An op with an int16 tensor or f16 weights: the wide reference kernels, the same on
+    /// every CPU.
     fn execute_wide(&mut self, op: &OpView) {
-        use kestrel_kernels::wide::{self, Act, ActMut, OutRange};
+        use kestrel_kernels::wide::{self, Act, ActMut, OutRange, Weights};
         let m = self.model;
         let x = m.tensor(op.input);
         let y = m.tensor(op.output);
@@ -546,6 +548,11 @@ impl Session<'_, '_> {
         };
         let out = OutRange::from_fields(output.wide, y.zero_point, op.out_min, op.out_max);
         let params = |ch: usize| op.params.get(ch);
+        let weights = if op.layout == kestrel_format::WeightLayout::F16 {
+            Weights::F16(as_u8(op.weights))
+        } else {
+            Weights::Int8(op.weights)
+        };
         match op.kind {
             OpKind::Conv => {
                 let residual = match op.residual {
@@ -572,7 +579,7 @@ impl Session<'_, '_> {
                     &win,
                     input,
                     x.zero_point,
-                    op.weights,
+                    weights,
                     params,
                     out,
                     residual,
@@ -580,11 +587,11 @@ impl Session<'_, '_> {
                 );
             }
             OpKind::Dense if y.dtype == DType::I32 => {
-                wide::dense_i32(input, op.weights, params, oc, |n, v| {
+                wide::dense_i32(input, x.zero_point, weights, params, oc, |n, v| {
                     output.bytes[4 * n..4 * n + 4].copy_from_slice(&v.to_le_bytes());
                 })
             }
-            OpKind::Dense => wide::dense(input, op.weights, params, out, &mut output),
+            OpKind::Dense => wide::dense(input, x.zero_point, weights, params, out, &mut output),
             OpKind::GlobalAvgPool => wide::global_avg_pool(
                 input,
                 c,
@@ -693,6 +700,11 @@ fn store_quantized(bytes: &mut [u8], wide: bool, i: usize, q: f32, zero_point: i
     } else {
         bytes[i] = v.clamp(-128, 127) as i8 as u8;
     }
+}
+
+fn as_u8(bytes: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size and alignment.
+    unsafe { core::slice::from_raw_parts(bytes.as_ptr() as *const u8, bytes.len()) }
 }
 
 fn as_i8_mut(bytes: &mut [u8]) -> &mut [i8] {

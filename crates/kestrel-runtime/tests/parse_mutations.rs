@@ -162,6 +162,7 @@ fn random_edits_with_valid_checksums_never_panic() {
         packed.to_bytes(),
         blocks.to_bytes(),
         common::tiny_mixed_model().to_bytes(),
+        common::tiny_f16_model().to_bytes(),
     ] {
         random_edits(&bytes);
     }

@@ -1,4 +1,4 @@
-//! Layers kept at int16 activations ("16x8") in a `.kes`: they parse, run the same on every
+//! Layers kept wider in a `.kes` (int16 activations, "16x8", and f16 weights): they parse, run the same on every
 //! kernel path, compute what the int8 file computes to within its rounding, and the new
 //! fields are checked.
 
@@ -62,6 +62,75 @@ fn mixed_file_runs_alike_on_every_path_and_near_the_int8_one() {
     }
 }
 
+/// A conv with f16 weights (the int8 weights' own integers) and f32 records gives the
+/// fixed-point conv's results to within rounding, the same bits on every path.
+#[test]
+fn f16_weights_run_alike_on_every_path_and_near_the_int8_ones() {
+    let x = image();
+    let int = logits(&common::tiny_mixed_model().to_bytes(), Isa::Scalar, &x).unwrap();
+    let bytes = common::tiny_f16_model().to_bytes();
+    let first = logits(&bytes, Isa::Scalar, &x).unwrap();
+    let cpu = CpuFeatures::detect();
+    for isa in Isa::ALL {
+        if !cpu.supports(isa) {
+            println!("skipped {isa}: this CPU lacks it");
+            continue;
+        }
+        assert_eq!(logits(&bytes, isa, &x).unwrap(), first, "{isa}");
+    }
+    for (a, b) in first.iter().zip(&int) {
+        assert!(
+            (a - b).abs() <= 0.02 * b.abs().max(1.0),
+            "{first:?} vs {int:?}"
+        );
+    }
+}
+
+#[test]
+fn f16_fields_are_checked() {
+    let refused = |edit: &dyn Fn(&mut kestrel_format::writer::KesModel)| {
+        let mut m = common::tiny_f16_model();
+        edit(&mut m);
+        Model::parse(&m.to_bytes()).unwrap_err()
+    };
+    Model::parse(&common::tiny_f16_model().to_bytes()).unwrap();
+    // An infinite weight (f16 0x7C00).
+    let e = refused(&|m| {
+        m.ops[2].weights[0] = 0x00;
+        m.ops[2].weights[1] = 0x7C;
+    });
+    assert!(
+        matches!(e, Error::Format(FormatError::BadOp { op: 2, .. })),
+        "{e:?}"
+    );
+    // A zero scale, a NaN bias, a non-zero third field.
+    for record in [
+        (0, 0, 0),
+        (f32::NAN.to_bits() as i32, 1.0f32.to_bits() as i32, 0),
+        (0, 1.0f32.to_bits() as i32, 7),
+    ] {
+        let e = refused(&|m| m.ops[2].params[1] = record);
+        assert!(
+            matches!(e, Error::Format(FormatError::BadOp { op: 2, .. })),
+            "{e:?}"
+        );
+    }
+    // f16 weights are for convs and dense layers, at twice the int8 length.
+    let e = refused(&|m| {
+        let half = m.ops[2].weights.len() / 2;
+        m.ops[2].weights.truncate(half)
+    });
+    assert!(
+        matches!(e, Error::Format(FormatError::BadOp { op: 2, .. })),
+        "{e:?}"
+    );
+    let e = refused(&|m| m.ops[3].layout = WeightLayout::F16);
+    assert!(
+        matches!(e, Error::Format(FormatError::BadOp { op: 3, .. })),
+        "{e:?}"
+    );
+}
+
 #[test]
 fn int16_fields_are_checked() {
     let refused = |edit: &dyn Fn(&mut kestrel_format::writer::KesModel)| {
@@ -112,11 +181,15 @@ fn int16_fields_are_checked() {
 }
 
 #[test]
-fn mixed_file_survives_byte_flips() {
-    let bytes = common::tiny_mixed_model().to_bytes();
-    for i in 0..bytes.len() {
-        let mut m = bytes.clone();
-        m[i] ^= 0x80;
-        assert!(Model::parse(&m).is_err(), "flip at byte {i} was accepted");
+fn mixed_files_survive_byte_flips() {
+    for bytes in [
+        common::tiny_mixed_model().to_bytes(),
+        common::tiny_f16_model().to_bytes(),
+    ] {
+        for i in 0..bytes.len() {
+            let mut m = bytes.clone();
+            m[i] ^= 0x80;
+            assert!(Model::parse(&m).is_err(), "flip at byte {i} was accepted");
+        }
     }
 }

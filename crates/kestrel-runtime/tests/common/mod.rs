@@ -143,6 +143,51 @@ pub fn tiny_mixed_model() -> KesModel {
 }
 
 #[allow(dead_code)] // used by some of the test files that include this module
+/// [`tiny_mixed_model`] with conv3's weights as f16 (the same integers, exact in f16) and
+/// its records the same requantisation in f32: `(b + z·Σw, m·2^(shift−31), 0)`.
+pub fn tiny_f16_model() -> KesModel {
+    let mut m = tiny_mixed_model();
+    let z = m.tensors[2].zero_point;
+    let op = &mut m.ops[2];
+    let oc = op.params.len();
+    op.params = (0..oc)
+        .map(|c| {
+            let (b, mu, sh) = op.params[c];
+            let wsum: i32 = op
+                .weights
+                .iter()
+                .skip(c)
+                .step_by(oc)
+                .map(|&w| w as i32)
+                .sum();
+            let bias = (b + z * wsum) as f32;
+            let scale = (mu as f64 * 2f64.powi(sh - 31)) as f32;
+            (bias.to_bits() as i32, scale.to_bits() as i32, 0)
+        })
+        .collect();
+    op.weights = op
+        .weights
+        .iter()
+        .flat_map(|&w| f16_bits(w as f32).to_le_bytes())
+        .map(|b| b as i8)
+        .collect();
+    op.layout = kestrel_format::WeightLayout::F16;
+    m
+}
+
+/// IEEE half bits of a small integer (|v| < 2048, exact), without a dependency.
+fn f16_bits(v: f32) -> u16 {
+    if v == 0.0 {
+        return 0;
+    }
+    let sign = if v < 0.0 { 0x8000 } else { 0 };
+    let a = v.abs() as u32;
+    let e = 31 - a.leading_zeros(); // a = 1.f × 2^e
+    let mantissa = (a << (10 - e)) & 0x3FF;
+    sign | ((e + 15) << 10) as u16 | mantissa as u16
+}
+
+#[allow(dead_code)] // used by some of the test files that include this module
 /// Recomputes every checksum after a deliberate edit, so the edit reaches the validators.
 pub fn fix_checksums(bytes: &mut [u8]) {
     let count = (u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize).min(7);
