@@ -65,6 +65,34 @@ fn resnet20_int8_keeps_float_accuracy_on_real_images() {
         "agreement {}",
         cmp.top1_agreement
     );
+    // compare and eval --float count the same flips on the same images.
+    let flips = 100 - (cmp.top1_agreement * 100.0).round() as usize;
+    assert_eq!(cmp.flipped.len(), flips);
+    let both = eval::evaluate_against(
+        &Loaded::open(&kes, None).unwrap(),
+        "int8",
+        Some((&Loaded::open(&onnx, None).unwrap(), "float")),
+        eval::EvalSet::ClassFolders(&dev),
+        Some(100),
+        false,
+    )
+    .unwrap();
+    let agreement = both.agreement.unwrap();
+    assert_eq!(agreement.flipped.len(), flips);
+    assert_eq!(
+        agreement
+            .flipped
+            .iter()
+            .map(|f| f.image.clone())
+            .collect::<Vec<_>>(),
+        cmp.flipped
+            .iter()
+            .map(|f| f.image.clone())
+            .collect::<Vec<_>>()
+    );
+    for f in &agreement.flipped {
+        assert_ne!(f.float_class, f.quantized_class);
+    }
     for l in &cmp.layers {
         assert!(
             l.sqnr_db > 15.0,

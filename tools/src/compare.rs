@@ -32,6 +32,8 @@ pub struct CompareReport {
     pub images: usize,
     /// Fraction of images where float and int8 pick the same class.
     pub top1_agreement: f64,
+    /// The images where they do not.
+    pub flipped: Vec<crate::eval::Flip>,
     pub layers: Vec<LayerSqnr>,
 }
 
@@ -40,6 +42,7 @@ struct Sums {
     signal: Vec<f64>,
     noise: Vec<f64>,
     agree: usize,
+    flipped: Vec<crate::eval::Flip>,
 }
 
 pub fn compare(
@@ -68,6 +71,7 @@ pub fn compare(
             signal: vec![0.0; ops],
             noise: vec![0.0; ops],
             agree: 0,
+            flipped: Vec::new(),
         };
         let mut arena = vec![0u8; model.arena_bytes()];
         for img in part {
@@ -89,7 +93,15 @@ pub fn compare(
                     sums.noise[i] += (*f as f64 - *d as f64).powi(2);
                 }
                 if i + 1 == ops {
-                    sums.agree += (argmax(float) == argmax(&q)) as usize;
+                    let (f, k) = (argmax(float), argmax(&q));
+                    sums.agree += (f == k) as usize;
+                    if f != k {
+                        sums.flipped.push(crate::eval::Flip {
+                            image: img.path.display().to_string(),
+                            float_class: f,
+                            quantized_class: k,
+                        });
+                    }
                 }
             }
         }
@@ -99,9 +111,11 @@ pub fn compare(
         signal: vec![0.0; ops],
         noise: vec![0.0; ops],
         agree: 0,
+        flipped: Vec::new(),
     };
     for p in parts {
         total.agree += p.agree;
+        total.flipped.extend(p.flipped);
         for (t, s) in total.signal.iter_mut().zip(&p.signal) {
             *t += s;
         }
@@ -145,6 +159,7 @@ pub fn compare(
         kes: kes.display().to_string(),
         images: images.len(),
         top1_agreement: total.agree as f64 / images.len().max(1) as f64,
+        flipped: total.flipped,
         layers,
     })
 }

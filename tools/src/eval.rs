@@ -126,6 +126,26 @@ pub struct EvalReport {
     pub images: usize,
     pub top1: f64,
     pub top5: f64,
+    /// Against the float model, when given one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<Agreement>,
+}
+
+/// How often a quantised model picks its float model's class, and where it does not.
+#[derive(Clone, Debug, Serialize)]
+pub struct Agreement {
+    pub float_model: String,
+    pub float_top1: f64,
+    pub top1_agreement: f64,
+    pub flipped: Vec<Flip>,
+}
+
+/// An image on which the quantised model's top class is not the float model's.
+#[derive(Clone, Debug, Serialize)]
+pub struct Flip {
+    pub image: String,
+    pub float_class: usize,
+    pub quantized_class: usize,
 }
 
 /// Indices of the `k` largest logits, largest first.
@@ -203,6 +223,19 @@ pub fn evaluate(
     limit: Option<usize>,
     progress: bool,
 ) -> anyhow::Result<EvalReport> {
+    evaluate_against(model, name, None, set, limit, progress)
+}
+
+/// [`evaluate`], and with `float` (its float model and name) also the top-1 agreement
+/// with it and the images where the two disagree.
+pub fn evaluate_against(
+    model: &Loaded,
+    name: &str,
+    float: Option<(&Loaded, &str)>,
+    set: EvalSet,
+    limit: Option<usize>,
+    progress: bool,
+) -> anyhow::Result<EvalReport> {
     let mut labelled = labelled_images(model, set)?;
     if let Some(n) = limit {
         labelled = dataset::spread(&labelled, n);
@@ -215,25 +248,57 @@ pub fn evaluate(
     } else {
         ProgressBar::hidden()
     };
+    struct Counts {
+        top1: usize,
+        top5: usize,
+        float_top1: usize,
+        flipped: Vec<Flip>,
+    }
     let counts = crate::parallel::map_chunks(&labelled, |part| {
         let mut run = model.runner()?;
-        let (mut top1, mut top5) = (0, 0);
+        let mut run_float = float.map(|(f, _)| f.runner()).transpose()?;
+        let mut c = Counts {
+            top1: 0,
+            top5: 0,
+            float_top1: 0,
+            flipped: Vec::new(),
+        };
         for (path, t) in part {
-            let logits = run(&model.preprocess.load(path)?)?;
-            let best = top_k(&logits, 5);
-            top1 += (best[0] == *t) as usize;
-            top5 += best.contains(t) as usize;
+            let x = model.preprocess.load(path)?;
+            let best = top_k(&run(&x)?, 5);
+            c.top1 += (best[0] == *t) as usize;
+            c.top5 += best.contains(t) as usize;
+            if let Some(run_float) = run_float.as_mut() {
+                let float_best = top_k(&run_float(&x)?, 1)[0];
+                c.float_top1 += (float_best == *t) as usize;
+                if float_best != best[0] {
+                    c.flipped.push(Flip {
+                        image: path.display().to_string(),
+                        float_class: float_best,
+                        quantized_class: best[0],
+                    });
+                }
+            }
             bar.inc(1);
         }
-        Ok((top1, top5))
+        Ok(c)
     })?;
     bar.finish_and_clear();
-    let (top1, top5) = counts.iter().fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
     let n = labelled.len().max(1) as f64;
+    let (top1, top5, float_top1) = counts.iter().fold((0, 0, 0), |(a, b, f), c| {
+        (a + c.top1, b + c.top5, f + c.float_top1)
+    });
+    let flipped: Vec<Flip> = counts.into_iter().flat_map(|c| c.flipped).collect();
     Ok(EvalReport {
         model: name.to_string(),
         images: labelled.len(),
         top1: top1 as f64 / n,
         top5: top5 as f64 / n,
+        agreement: float.map(|(_, float_name)| Agreement {
+            float_model: float_name.to_string(),
+            float_top1: float_top1 as f64 / n,
+            top1_agreement: 1.0 - flipped.len() as f64 / n,
+            flipped,
+        }),
     })
 }

@@ -89,6 +89,10 @@ enum Command {
         /// Int8 kernels: scalar, neon, neon-dot, avx2, avx512-vnni or auto.
         #[arg(long, default_value = "auto", value_parser = parse_kernels)]
         kernels: Kernels,
+        /// The float ONNX model the .kes was compiled from: also report how often the two
+        /// pick the same class, and the images where they do not.
+        #[arg(long)]
+        float: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -298,6 +302,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             card,
             limit,
             kernels,
+            float,
             json,
         } => {
             let card = card.as_deref().map(LoadedCard::load).transpose()?;
@@ -307,17 +312,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(file) => eval::EvalSet::LabelsFile { file, dir: &data },
                 None => eval::EvalSet::ClassFolders(&data),
             };
-            let r = eval::evaluate(&loaded, &model.display().to_string(), set, limit, !json)?;
+            let float_model = float
+                .as_deref()
+                .map(|f| Loaded::open(f, card.as_ref()))
+                .transpose()?;
+            let float_name = float.as_ref().map(|f| f.display().to_string());
+            let r = eval::evaluate_against(
+                &loaded,
+                &model.display().to_string(),
+                float_model.as_ref().zip(float_name.as_deref()),
+                set,
+                limit,
+                !json,
+            )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                println!(
-                    "{}: top-1 {:.2}%, top-5 {:.2}% on {} images",
-                    r.model,
-                    100.0 * r.top1,
-                    100.0 * r.top5,
-                    r.images
-                );
+                print_eval(&r, &loaded.labels);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -488,28 +499,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!(
-                    "{} vs {} on {} images: top-1 agreement {:.2}%",
-                    report.kes,
-                    report.model,
-                    report.images,
-                    100.0 * report.top1_agreement
-                );
-                println!(
-                    "{:<4} {:<16} {:<28} {:>18} {:>5} {:>9}",
-                    "#", "op", "float node", "shape (NCHW)", "type", "SQNR dB"
-                );
-                for l in &report.layers {
-                    println!(
-                        "{:<4} {:<16} {:<28} {:>18} {:>5} {:>9.2}",
-                        l.index,
-                        l.op,
-                        l.name,
-                        format!("{:?}", l.shape),
-                        l.precision,
-                        l.sqnr_db
-                    );
-                }
+                print_compare(&report);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -554,6 +544,81 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// The line `compile` ends with: what was written, for which target and from what scales.
+fn print_compare(report: &kestrel_tools::compare::CompareReport) {
+    println!(
+        "{} vs {} on {} images: top-1 agreement {:.2}% ({} flipped)",
+        report.kes,
+        report.model,
+        report.images,
+        100.0 * report.top1_agreement,
+        report.flipped.len()
+    );
+    println!(
+        "{:<4} {:<16} {:<28} {:>18} {:>5} {:>9}",
+        "#", "op", "float node", "shape (NCHW)", "type", "SQNR dB"
+    );
+    for l in &report.layers {
+        println!(
+            "{:<4} {:<16} {:<28} {:>18} {:>5} {:>9.2}",
+            l.index,
+            l.op,
+            l.name,
+            format!("{:?}", l.shape),
+            l.precision,
+            l.sqnr_db
+        );
+    }
+    const SHOWN: usize = 10;
+    for f in report.flipped.iter().take(SHOWN) {
+        println!(
+            "flipped: {} (float class {}, int {})",
+            f.image, f.float_class, f.quantized_class
+        );
+    }
+    if report.flipped.len() > SHOWN {
+        println!(
+            "flipped: … and {} more (--json lists all)",
+            report.flipped.len() - SHOWN
+        );
+    }
+}
+
+fn print_eval(r: &eval::EvalReport, labels: &[String]) {
+    println!(
+        "{}: top-1 {:.2}%, top-5 {:.2}% on {} images",
+        r.model,
+        100.0 * r.top1,
+        100.0 * r.top5,
+        r.images
+    );
+    let Some(a) = &r.agreement else {
+        return;
+    };
+    println!(
+        "float {}: top-1 {:.2}%; the two pick the same class on {:.2}% of images ({} flipped)",
+        a.float_model,
+        100.0 * a.float_top1,
+        100.0 * a.top1_agreement,
+        a.flipped.len()
+    );
+    let label = |i: usize| labels.get(i).cloned().unwrap_or_else(|| i.to_string());
+    const SHOWN: usize = 20;
+    for f in a.flipped.iter().take(SHOWN) {
+        println!(
+            "  {}: float {}, quantised {}",
+            f.image,
+            label(f.float_class),
+            label(f.quantized_class)
+        );
+    }
+    if a.flipped.len() > SHOWN {
+        println!(
+            "  … and {} more (--json lists all)",
+            a.flipped.len() - SHOWN
+        );
+    }
+}
+
 fn compile_summary(
     output: &std::path::Path,
     r: &compile::CompileReport,
