@@ -33,6 +33,8 @@ fn compile(onnx: &std::path::Path) -> Vec<u8> {
         keep_wide: Vec::new(),
         budget: None,
         wide_as: kestrel_tools::precision::WideKind::F16,
+        bias_correction: false,
+        equalize: false,
     };
     compile::compile(
         onnx,

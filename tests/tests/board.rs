@@ -47,6 +47,8 @@ fn resnet20_kes() -> &'static Path {
             keep_wide: Vec::new(),
             budget: None,
             wide_as: kestrel_tools::precision::WideKind::F16,
+            bias_correction: false,
+            equalize: false,
         };
         let calib = shared_dir().join("data/cifar10/calib");
         let (bytes, _) =

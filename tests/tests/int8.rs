@@ -17,6 +17,8 @@ fn compile_to(stem: &str, method: Method, calib_count: usize) -> PathBuf {
         keep_wide: Vec::new(),
         budget: None,
         wide_as: kestrel_tools::precision::WideKind::F16,
+        bias_correction: false,
+        equalize: false,
     };
     let calib = shared_dir().join("data/cifar10/calib");
     let (bytes, report) = compile::compile(&shared_model(stem), Some(&calib), None, &opts).unwrap();
@@ -168,5 +170,44 @@ fn every_calibration_method_compiles() {
     assert!(
         input_scales[1..].iter().any(|&s| s < input_scales[0]),
         "{input_scales:?}"
+    );
+}
+
+/// Bias correction folds each layer's drift from float into its bias: on the inputs it
+/// measured, the drift falls, and on dev images the file still agrees with float.
+#[test]
+fn bias_correction_reduces_the_drift_from_float() {
+    let opts = CompileOptions {
+        method: Method::Percentile(99.99),
+        calib_count: 64,
+        target: Target::Generic,
+        progress: false,
+        keep_wide: Vec::new(),
+        budget: None,
+        wide_as: kestrel_tools::precision::WideKind::F16,
+        bias_correction: true,
+        equalize: false,
+    };
+    let calib = shared_dir().join("data/cifar10/calib");
+    let onnx = shared_model("resnet8_tiny_cifar10");
+    let (bytes, report) = compile::compile(&onnx, Some(&calib), None, &opts).unwrap();
+    let b = report.bias_correction.unwrap();
+    assert!(b.layers >= 9 && b.inputs == 64, "{b:?}");
+    assert!(
+        b.mean_drift_after < 0.5 * b.mean_drift_before,
+        "drift {} → {} steps",
+        b.mean_drift_before,
+        b.mean_drift_after
+    );
+    let dir = std::env::temp_dir().join(format!("kestrel-bias-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kes = dir.join("resnet8.bc.kes");
+    std::fs::write(&kes, bytes).unwrap();
+    let dev = shared_dir().join("data/cifar10/dev");
+    let cmp = kestrel_tools::compare::compare(&onnx, &kes, &dev, 200).unwrap();
+    assert!(
+        cmp.top1_agreement >= 0.95,
+        "agreement {}",
+        cmp.top1_agreement
     );
 }

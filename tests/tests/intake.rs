@@ -80,6 +80,8 @@ fn options(target: Target) -> CompileOptions {
         keep_wide: Vec::new(),
         budget: None,
         wide_as: kestrel_tools::precision::WideKind::F16,
+        bias_correction: false,
+        equalize: false,
     }
 }
 
@@ -172,8 +174,17 @@ fn qdq_models_compile_without_calibration_and_match_onnxruntime() {
     for name in QDQ_FIXTURES {
         let path = fixture(name);
         let (inputs, expected) = reference_logits(name);
-        let (bytes, report) = compile::compile(&path, None, None, &options(Target::Rpi5)).unwrap();
+        // The defaults a user gets: equalisation and bias correction ask for nothing here
+        // (the model's own scales were chosen for its weights as they are).
+        let opts = CompileOptions {
+            equalize: true,
+            bias_correction: true,
+            ..options(Target::Rpi5)
+        };
+        let (bytes, report) = compile::compile(&path, None, None, &opts).unwrap();
         assert_eq!(report.calibration_images, 0);
+        assert_eq!(report.equalized_pairs, 0, "{name}");
+        assert!(report.bias_correction.is_none(), "{name}");
         assert!(
             report.stated_scales > 10,
             "{name}: {}",

@@ -44,6 +44,8 @@ fn compile_both(name: &str, onnx: &Path) -> Compiled {
             keep_wide: Vec::new(),
             budget: None,
             wide_as: kestrel_tools::precision::WideKind::F16,
+            bias_correction: false,
+            equalize: false,
         };
         compile::compile(onnx, Some(&calib), None, &opts).unwrap().0
     };

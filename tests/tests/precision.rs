@@ -26,6 +26,8 @@ fn compile_as(
         keep_wide,
         budget,
         wide_as,
+        bias_correction: false,
+        equalize: false,
     };
     let calib = shared_dir().join("data/cifar10/calib");
     let (bytes, report) =
@@ -163,6 +165,8 @@ fn an_unknown_layer_is_named() {
         keep_wide: vec!["layer9.conv".to_string()],
         budget: None,
         wide_as: WideKind::F16,
+        bias_correction: false,
+        equalize: false,
     };
     let calib = shared_dir().join("data/cifar10/calib");
     let e = compile::compile(&shared_model(MODEL), Some(&calib), None, &opts).unwrap_err();

@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::bias_correction;
 use crate::calibrate::{self, Method};
 use crate::card::LoadedCard;
 use crate::check::imagenet_preprocess;
@@ -84,6 +85,10 @@ pub struct CompileOptions {
     /// Keep the fewest layers wide for this top-1 agreement with float (percent) on the
     /// calibration inputs.
     pub budget: Option<f64>,
+    /// Fold each layer's mean drift from float on calibration inputs into its bias.
+    pub bias_correction: bool,
+    /// Cross-layer equalisation of conv → ReLU → conv pairs before calibrating.
+    pub equalize: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -104,6 +109,9 @@ pub struct CompileReport {
     pub wide_layers: Vec<String>,
     pub wide_as: precision::WideKind,
     pub budget: Option<crate::precision::BudgetReport>,
+    pub bias_correction: Option<crate::bias_correction::BiasReport>,
+    /// Conv pairs equalised.
+    pub equalized_pairs: usize,
 }
 
 /// A model loaded for compiling or evaluating: folded graph, preprocessing and labels.
@@ -256,8 +264,15 @@ pub fn compile(
     card: Option<&LoadedCard>,
     opts: &CompileOptions,
 ) -> anyhow::Result<(Vec<u8>, CompileReport)> {
-    let p = prepare(model, card)?;
+    let mut p = prepare(model, card)?;
     let stated_scales = p.graph.values.iter().filter(|v| v.quant.is_some()).count();
+    // Exact in float, so before the ranges are measured; never on a model whose own scales
+    // (QDQ) were chosen for its weights as they are.
+    let equalized_pairs = if opts.equalize && stated_scales == 0 {
+        crate::equalize::equalize(&mut p.graph)
+    } else {
+        0
+    };
     let calibration = match calib {
         Some(source) => {
             let input_len = p.graph.values[p.graph.input].len();
@@ -286,6 +301,10 @@ pub fn compile(
         ("source_model".to_string(), source),
         ("source_sha256".to_string(), p.sha256.clone()),
         ("calibration_method".to_string(), opts.method.name()),
+        (
+            "bias_correction".to_string(),
+            if opts.bias_correction { "on" } else { "off" }.to_string(),
+        ),
         ("calibration_images".to_string(), images.to_string()),
         ("stated_scales".to_string(), stated_scales.to_string()),
         ("target".to_string(), opts.target.name()),
@@ -317,6 +336,10 @@ pub fn compile(
         metadata,
     )?;
     let mut model = lowered.model;
+    let bias_correction = match (&calibration, opts.bias_correction) {
+        (Some((c, _)), true) => Some(bias_correction::correct(&mut model, &p.graph, &c.inputs)?),
+        _ => None,
+    };
     model.pack_convs(opts.target.weight_layout());
     let bytes = model.to_bytes();
     // What we write must be what the board accepts.
@@ -342,6 +365,8 @@ pub fn compile(
         wide_layers,
         wide_as: opts.wide_as,
         budget,
+        bias_correction,
+        equalized_pairs,
     };
     Ok((bytes, report))
 }

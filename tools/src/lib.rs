@@ -9,12 +9,14 @@
 //! packages ([`package`]).
 
 pub mod bench;
+pub mod bias_correction;
 pub mod calibrate;
 pub mod card;
 pub mod check;
 pub mod compare;
 pub mod compile;
 pub mod dataset;
+pub mod equalize;
 pub mod eval;
 pub mod graph;
 pub mod inspect;

@@ -69,6 +69,14 @@ enum Command {
         /// activations and f16 weights).
         #[arg(long, value_enum, default_value = "f16")]
         wide_as: precision::WideKind,
+        /// Leave out bias correction (by default each conv's mean drift from float, on the
+        /// calibration images, is folded into its bias).
+        #[arg(long)]
+        no_bias_correction: bool,
+        /// Leave out cross-layer equalisation (by default the weight ranges of each conv →
+        /// ReLU → conv pair are balanced, exactly in float, before calibrating).
+        #[arg(long)]
+        no_equalize: bool,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -277,6 +285,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             keep_wide,
             budget,
             wide_as,
+            no_bias_correction,
+            no_equalize,
             output,
         } => {
             let card = card.as_deref().map(LoadedCard::load).transpose()?;
@@ -288,6 +298,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 keep_wide,
                 budget,
                 wide_as,
+                bias_correction: !no_bias_correction,
+                equalize: !no_equalize,
             };
             let (bytes, report) = compile::compile(&model, calib.as_deref(), card.as_ref(), &opts)?;
             std::fs::write(&output, &bytes)
@@ -659,8 +671,19 @@ fn compile_summary(
         (None, 0) => String::new(),
         (None, n) => format!("\n{n} layers kept {}: {}", r.wide_as.name(), r.wide_layers.join(", ")),
     };
+    let equalized = match r.equalized_pairs {
+        0 => String::new(),
+        n => format!(", {n} conv pairs equalised"),
+    };
+    let bias = match &r.bias_correction {
+        Some(b) => format!(
+            "\nbias correction: {} layers on {} inputs, mean drift from float {:.3} → {:.3} output steps",
+            b.layers, b.inputs, b.mean_drift_before, b.mean_drift_after
+        ),
+        None => String::new(),
+    };
     format!(
-        "wrote {} ({} bytes), {target}: {} BatchNorm folded, {scales}{skipped}, arena {} bytes (lower bound {}){precision}",
+        "wrote {} ({} bytes), {target}: {} BatchNorm folded{equalized}, {scales}{skipped}, arena {} bytes (lower bound {}){precision}{bias}",
         output.display(),
         r.file_bytes,
         r.passes.bn_folded,

@@ -51,7 +51,7 @@ impl WideKind {
 
 /// How many calibration inputs the per-layer sensitivity pass runs (the budget check runs
 /// them all).
-const SENSITIVITY_INPUTS: usize = 128;
+const SENSITIVITY_INPUTS: usize = 64;
 
 /// Tensors that can be kept wider: the input image and the measured outputs of
 /// convolutions, dense layers and global pooling; the logits (int32 already) only for
