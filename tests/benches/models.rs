@@ -35,6 +35,7 @@ fn compile(onnx: &std::path::Path) -> Vec<u8> {
         wide_as: kestrel_tools::precision::WideKind::F16,
         bias_correction: false,
         equalize: false,
+        calib_flip: false,
     };
     compile::compile(
         onnx,

@@ -49,6 +49,7 @@ fn resnet20_kes() -> &'static Path {
             wide_as: kestrel_tools::precision::WideKind::F16,
             bias_correction: false,
             equalize: false,
+            calib_flip: false,
         };
         let calib = shared_dir().join("data/cifar10/calib");
         let (bytes, _) =

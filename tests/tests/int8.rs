@@ -19,6 +19,7 @@ fn compile_to(stem: &str, method: Method, calib_count: usize) -> PathBuf {
         wide_as: kestrel_tools::precision::WideKind::F16,
         bias_correction: false,
         equalize: false,
+        calib_flip: false,
     };
     let calib = shared_dir().join("data/cifar10/calib");
     let (bytes, report) = compile::compile(&shared_model(stem), Some(&calib), None, &opts).unwrap();
@@ -187,6 +188,7 @@ fn bias_correction_reduces_the_drift_from_float() {
         wide_as: kestrel_tools::precision::WideKind::F16,
         bias_correction: true,
         equalize: false,
+        calib_flip: false,
     };
     let calib = shared_dir().join("data/cifar10/calib");
     let onnx = shared_model("resnet8_tiny_cifar10");

@@ -82,6 +82,7 @@ fn options(target: Target) -> CompileOptions {
         wide_as: kestrel_tools::precision::WideKind::F16,
         bias_correction: false,
         equalize: false,
+        calib_flip: false,
     }
 }
 
@@ -178,6 +179,7 @@ fn qdq_models_compile_without_calibration_and_match_onnxruntime() {
         // (the model's own scales were chosen for its weights as they are).
         let opts = CompileOptions {
             equalize: true,
+            calib_flip: false,
             bias_correction: true,
             ..options(Target::Rpi5)
         };

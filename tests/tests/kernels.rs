@@ -46,6 +46,7 @@ fn compile_both(name: &str, onnx: &Path) -> Compiled {
             wide_as: kestrel_tools::precision::WideKind::F16,
             bias_correction: false,
             equalize: false,
+            calib_flip: false,
         };
         compile::compile(onnx, Some(&calib), None, &opts).unwrap().0
     };

@@ -28,6 +28,7 @@ fn compile_as(
         wide_as,
         bias_correction: false,
         equalize: false,
+        calib_flip: false,
     };
     let calib = shared_dir().join("data/cifar10/calib");
     let (bytes, report) =
@@ -167,6 +168,7 @@ fn an_unknown_layer_is_named() {
         wide_as: WideKind::F16,
         bias_correction: false,
         equalize: false,
+        calib_flip: false,
     };
     let calib = shared_dir().join("data/cifar10/calib");
     let e = compile::compile(&shared_model(MODEL), Some(&calib), None, &opts).unwrap_err();

@@ -89,6 +89,8 @@ pub struct CompileOptions {
     pub bias_correction: bool,
     /// Cross-layer equalisation of conv → ReLU → conv pairs before calibrating.
     pub equalize: bool,
+    /// Calibrate on every input and its left-right mirror image too.
+    pub calib_flip: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -222,6 +224,13 @@ pub fn load_calibration(
     Ok(Calibration { inputs, skipped })
 }
 
+/// An NCHW input mirrored left to right (rows of `width` reversed).
+fn mirror(x: &[f32], width: usize) -> Vec<f32> {
+    x.chunks(width.max(1))
+        .flat_map(|row| row.iter().rev().copied())
+        .collect()
+}
+
 fn progress_bar(show: bool, len: usize, template: &'static str) -> ProgressBar {
     if show {
         ProgressBar::new(len as u64)
@@ -276,13 +285,18 @@ pub fn compile(
     let calibration = match calib {
         Some(source) => {
             let input_len = p.graph.values[p.graph.input].len();
-            let c = load_calibration(
+            let mut c = load_calibration(
                 source,
                 opts.calib_count,
                 &p.preprocess,
                 input_len,
                 opts.progress,
             )?;
+            if opts.calib_flip {
+                let width = *p.graph.values[p.graph.input].shape.last().unwrap_or(&1);
+                let mirrored: Vec<Vec<f32>> = c.inputs.iter().map(|x| mirror(x, width)).collect();
+                c.inputs.extend(mirrored);
+            }
             let stats = calibrate::collect(&p.graph, &c.inputs, opts.progress)?;
             Some((c, stats))
         }
@@ -408,4 +422,14 @@ fn choose_precision(
         precision::choose_wide_layers(&calibrated, budget, opts.wide_as, opts.progress)?;
     wide.extend(chosen);
     Ok((wide, Some(report)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mirror_reverses_every_row() {
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(super::mirror(&x, 3), vec![3.0, 2.0, 1.0, 6.0, 5.0, 4.0]);
+        assert_eq!(super::mirror(&super::mirror(&x, 2), 2), x.to_vec());
+    }
 }

@@ -77,6 +77,9 @@ enum Command {
         /// ReLU → conv pair are balanced, exactly in float, before calibrating).
         #[arg(long)]
         no_equalize: bool,
+        /// Calibrate on each image and its left-right mirror image (twice the inputs).
+        #[arg(long)]
+        calib_flip: bool,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -287,6 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wide_as,
             no_bias_correction,
             no_equalize,
+            calib_flip,
             output,
         } => {
             let card = card.as_deref().map(LoadedCard::load).transpose()?;
@@ -300,6 +304,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 wide_as,
                 bias_correction: !no_bias_correction,
                 equalize: !no_equalize,
+                calib_flip,
             };
             let (bytes, report) = compile::compile(&model, calib.as_deref(), card.as_ref(), &opts)?;
             std::fs::write(&output, &bytes)
