@@ -174,8 +174,10 @@ fn every_calibration_method_compiles() {
     );
 }
 
-/// Bias correction folds each layer's drift from float into its bias: on the inputs it
-/// measured, the drift falls, and on dev images the file still agrees with float.
+/// The defaults: equalisation (exact in float) and bias correction, which folds each
+/// layer's drift from float into its bias: on the inputs it measured, the drift falls, and
+/// on dev images the file agrees with float, layer by layer (compare equalises its float
+/// graph as the file was).
 #[test]
 fn bias_correction_reduces_the_drift_from_float() {
     let opts = CompileOptions {
@@ -187,12 +189,16 @@ fn bias_correction_reduces_the_drift_from_float() {
         budget: None,
         wide_as: kestrel_tools::precision::WideKind::F16,
         bias_correction: true,
-        equalize: false,
+        equalize: true,
         calib_flip: false,
     };
     let calib = shared_dir().join("data/cifar10/calib");
     let onnx = shared_model("resnet8_tiny_cifar10");
     let (bytes, report) = compile::compile(&onnx, Some(&calib), None, &opts).unwrap();
+    assert_eq!(
+        report.equalized_pairs, 3,
+        "one conv → ReLU → conv pair per stack"
+    );
     let b = report.bias_correction.unwrap();
     assert!(b.layers >= 9 && b.inputs == 64, "{b:?}");
     assert!(
@@ -212,4 +218,13 @@ fn bias_correction_reduces_the_drift_from_float() {
         "agreement {}",
         cmp.top1_agreement
     );
+    for l in &cmp.layers {
+        assert!(
+            l.sqnr_db > 20.0,
+            "{} ({}): {:.1} dB",
+            l.name,
+            l.op,
+            l.sqnr_db
+        );
+    }
 }

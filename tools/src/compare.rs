@@ -56,7 +56,16 @@ pub fn compare(
     let model = kestrel_runtime::Model::parse(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", kes.display()))?;
     let pre = Preprocess::from_info(&model.file().preprocess);
-    let prepared = compile::prepare(onnx, None)?;
+    let mut prepared = compile::prepare(onnx, None)?;
+    // An equalised file's inner layers carry per-channel rescaled values (its output does
+    // not): compare them with the float graph equalised the same way.
+    let equalized = model
+        .file()
+        .metadata()
+        .any(|(k, v)| k == "equalized_pairs" && v != "0");
+    if equalized {
+        crate::equalize::equalize(&mut prepared.graph);
+    }
     let graph = &prepared.graph;
     let ops = model.file().op_count() as usize;
     anyhow::ensure!(

@@ -320,6 +320,7 @@ pub fn compile(
             if opts.bias_correction { "on" } else { "off" }.to_string(),
         ),
         ("calibration_images".to_string(), images.to_string()),
+        ("equalized_pairs".to_string(), equalized_pairs.to_string()),
         ("stated_scales".to_string(), stated_scales.to_string()),
         ("target".to_string(), opts.target.name()),
         (
