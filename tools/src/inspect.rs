@@ -133,22 +133,30 @@ pub fn print(r: &InspectReport) {
         );
     }
     println!("compute      {:.2} M MACs", r.macs as f64 / 1e6);
+    let input_type = r.ops.first().map_or("i8", |o| o.input.dtype);
     println!(
-        "input        {:?} NHWC int8, {} classes",
+        "input        {:?} NHWC {input_type}, {} classes",
         r.input_shape, r.classes
     );
     for (k, v) in &r.metadata {
         println!("{k:<12} {v}");
     }
     println!(
-        "{:<4} {:<16} {:<20} {:<20} {:>12} {:>5} {:>10}",
-        "#", "op", "in (scale, zp)", "out (scale, zp)", "shape", "relu", "MACs"
+        "{:<4} {:<16} {:<12} {:<20} {:<20} {:>12} {:>5} {:>10}",
+        "#", "op", "type", "in (scale, zp)", "out (scale, zp)", "shape", "relu", "MACs"
     );
     for (i, o) in r.ops.iter().enumerate() {
+        // The output's type, and the weights' where they are f16 (a layer kept wider).
+        let precision = if o.layout == "f16" {
+            format!("{}/f16", o.output.dtype)
+        } else {
+            o.output.dtype.to_string()
+        };
         println!(
-            "{:<4} {:<16} {:<20} {:<20} {:>12} {:>5} {:>10}{}",
+            "{:<4} {:<16} {:<12} {:<20} {:<20} {:>12} {:>5} {:>10}{}",
             i,
             o.op,
+            precision,
             format!("{:.4}, {}", o.input.scale, o.input.zero_point),
             format!("{:.4}, {}", o.output.scale, o.output.zero_point),
             format!(
