@@ -334,19 +334,8 @@ impl<'m, 'a> Session<'m, 'a> {
                 core::slice::from_raw_parts_mut(base.add(y.offset as usize), y.bytes()),
             )
         };
-        let [_, h, w, c] = x.dims.map(|d| d as usize);
-        let [_, oh, ow, oc] = y.dims.map(|d| d as usize);
-        let win = Window {
-            in_h: h,
-            in_w: w,
-            in_c: c,
-            out_h: oh,
-            out_w: ow,
-            out_c: oc,
-            kernel: op.kernel.map(|k| k as usize),
-            stride: op.stride.map(|s| s as usize),
-            pads: op.pads.map(|p| p as usize),
-        };
+        let win = window(op, &x, &y);
+        let (c, oc) = (win.in_c, win.out_c);
         let out_q = OutQuant {
             zero_point: y.zero_point,
             min: op.out_min,
@@ -533,19 +522,8 @@ impl Session<'_, '_> {
             },
             wide: y.dtype == DType::I16,
         };
-        let [_, h, w, c] = x.dims.map(|d| d as usize);
-        let [_, oh, ow, oc] = y.dims.map(|d| d as usize);
-        let win = Window {
-            in_h: h,
-            in_w: w,
-            in_c: c,
-            out_h: oh,
-            out_w: ow,
-            out_c: oc,
-            kernel: op.kernel.map(|k| k as usize),
-            stride: op.stride.map(|s| s as usize),
-            pads: op.pads.map(|p| p as usize),
-        };
+        let win = window(op, &x, &y);
+        let (c, oc) = (win.in_c, win.out_c);
         let out = OutRange::from_fields(output.wide, y.zero_point, op.out_min, op.out_max);
         let params = |ch: usize| op.params.get(ch);
         let weights = if op.layout == kestrel_format::WeightLayout::F16 {
@@ -618,6 +596,23 @@ impl Session<'_, '_> {
             // Parse refuses int16 tensors on the others; a reshape aliases its input.
             OpKind::AvgPool | OpKind::Add | OpKind::ChannelAffine | OpKind::Reshape => {}
         }
+    }
+}
+
+/// The window an op computes, from its input and output shapes.
+fn window(op: &OpView, x: &TensorInfo, y: &TensorInfo) -> Window {
+    let [_, h, w, c] = x.dims.map(|d| d as usize);
+    let [_, oh, ow, oc] = y.dims.map(|d| d as usize);
+    Window {
+        in_h: h,
+        in_w: w,
+        in_c: c,
+        out_h: oh,
+        out_w: ow,
+        out_c: oc,
+        kernel: op.kernel.map(|k| k as usize),
+        stride: op.stride.map(|s| s as usize),
+        pads: op.pads.map(|p| p as usize),
     }
 }
 
