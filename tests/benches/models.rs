@@ -25,18 +25,7 @@ fn target() -> Target {
 }
 
 fn compile(onnx: &std::path::Path) -> Vec<u8> {
-    let opts = CompileOptions {
-        method: Method::Percentile(99.99),
-        calib_count: 16,
-        target: target(),
-        progress: false,
-        keep_wide: Vec::new(),
-        budget: None,
-        wide_as: kestrel_tools::precision::WideKind::F16,
-        bias_correction: false,
-        equalize: false,
-        calib_flip: false,
-    };
+    let opts = CompileOptions::new(Method::Percentile(99.99), 16, target());
     compile::compile(
         onnx,
         Some(&shared_dir().join("data/cifar10/calib")),

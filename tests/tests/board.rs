@@ -39,18 +39,7 @@ fn temp_dir(name: &str) -> PathBuf {
 fn resnet20_kes() -> &'static Path {
     static KES: OnceLock<PathBuf> = OnceLock::new();
     KES.get_or_init(|| {
-        let opts = CompileOptions {
-            method: Method::Percentile(99.99),
-            calib_count: 100,
-            target: Target::Generic,
-            progress: false,
-            keep_wide: Vec::new(),
-            budget: None,
-            wide_as: kestrel_tools::precision::WideKind::F16,
-            bias_correction: false,
-            equalize: false,
-            calib_flip: false,
-        };
+        let opts = CompileOptions::new(Method::Percentile(99.99), 100, Target::Generic);
         let calib = shared_dir().join("data/cifar10/calib");
         let (bytes, _) =
             compile::compile(&shared_model("resnet20_cifar10"), Some(&calib), None, &opts).unwrap();

@@ -72,18 +72,7 @@ fn argmax(v: &[f32]) -> usize {
 }
 
 fn options(target: Target) -> CompileOptions {
-    CompileOptions {
-        method: Method::Percentile(99.99),
-        calib_count: 500,
-        target,
-        progress: false,
-        keep_wide: Vec::new(),
-        budget: None,
-        wide_as: kestrel_tools::precision::WideKind::F16,
-        bias_correction: false,
-        equalize: false,
-        calib_flip: false,
-    }
+    CompileOptions::new(Method::Percentile(99.99), 500, target)
 }
 
 /// Runs a compiled `.kes` on each input with the kernels this CPU picks.

@@ -36,18 +36,7 @@ fn tmp() -> PathBuf {
 fn compile_both(name: &str, onnx: &Path) -> Compiled {
     let calib = shared_dir().join("data/cifar10/calib");
     let build = |target| {
-        let opts = CompileOptions {
-            method: Method::Percentile(99.99),
-            calib_count: 20,
-            target,
-            progress: false,
-            keep_wide: Vec::new(),
-            budget: None,
-            wide_as: kestrel_tools::precision::WideKind::F16,
-            bias_correction: false,
-            equalize: false,
-            calib_flip: false,
-        };
+        let opts = CompileOptions::new(Method::Percentile(99.99), 20, target);
         compile::compile(onnx, Some(&calib), None, &opts).unwrap().0
     };
     Compiled {

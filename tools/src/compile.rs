@@ -93,6 +93,25 @@ pub struct CompileOptions {
     pub calib_flip: bool,
 }
 
+impl CompileOptions {
+    /// Plain int8: no progress bars, no layer kept wider, no equalisation, bias correction
+    /// or mirrored calibration (the CLI turns on its defaults itself).
+    pub fn new(method: Method, calib_count: usize, target: Target) -> CompileOptions {
+        CompileOptions {
+            method,
+            calib_count,
+            target,
+            progress: false,
+            keep_wide: Vec::new(),
+            budget: None,
+            wide_as: precision::WideKind::F16,
+            bias_correction: false,
+            equalize: false,
+            calib_flip: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct CompileReport {
     pub passes: PassReport,
