@@ -32,14 +32,16 @@ pub struct ResidualQuads {
     pub right_neg: i32,
 }
 
-/// gemmlowp's `RoundingDivideByPOT` on four lanes (ties away from zero), `right_neg ≤ 0`.
+/// [`crate::scalar::requantize`] on four lanes whose shifts all divide (`right_neg < 0`): a
+/// truncating high multiply, then a rounding shift, one rounding in all.
 #[inline(always)]
-unsafe fn rounding_divide_by_pot(x: int32x4_t, right_neg: int32x4_t) -> int32x4_t {
-    let fixup = vshrq_n_s32::<31>(vandq_s32(x, right_neg));
-    vrshlq_s32(vqaddq_s32(x, fixup), right_neg)
+unsafe fn requantize_right(x: int32x4_t, mult: int32x4_t, right_neg: int32x4_t) -> int32x4_t {
+    vrshlq_s32(vqdmulhq_s32(x, mult), right_neg)
 }
 
-/// `LEFT`: whether any shift is positive (without, the saturating left shift is left out).
+/// [`crate::scalar::requantize`] on four lanes with any shifts. `LEFT`: whether any shift is
+/// positive (without, the saturating left shift is left out). A lane that does not divide
+/// rounds in its high multiply instead.
 #[inline(always)]
 unsafe fn requantize<const LEFT: bool>(
     x: int32x4_t,
@@ -48,7 +50,11 @@ unsafe fn requantize<const LEFT: bool>(
     right_neg: int32x4_t,
 ) -> int32x4_t {
     let x = if LEFT { vqshlq_s32(x, left) } else { x };
-    rounding_divide_by_pot(vqrdmulhq_s32(x, mult), right_neg)
+    vbslq_s32(
+        vceqzq_s32(right_neg),
+        vqrdmulhq_s32(x, mult),
+        requantize_right(x, mult, right_neg),
+    )
 }
 
 /// Requantisation constants of four consecutive output channels, in registers.
@@ -512,8 +518,7 @@ pub unsafe fn sdot_tile_4x16(a: *const i8, w: *const i8, steps: usize, out: *mut
 
 /// Sixteen channels of one pixel: requantisation (the bias is in the sums already),
 /// residual, zero point and clamp as [`finish_rows`] does them, one 16-byte store.
-/// `RIGHT` (every channel divides): gemmlowp's rounding fix-up is `x + (x >> 31)`, one
-/// shift-and-add — `sqrdmulh` never returns `i32::MIN`, so it cannot wrap.
+/// `RIGHT` (every channel divides): two instructions per four lanes ([`requantize_right`]).
 #[inline(always)]
 unsafe fn finish_pixel16<const LEFT: bool, const RIGHT: bool>(
     acc: &[int32x4_t; 4],
@@ -525,7 +530,7 @@ unsafe fn finish_pixel16<const LEFT: bool, const RIGHT: bool>(
     let mut v: [int32x4_t; 4] = core::array::from_fn(|j| {
         let q = &quads[j];
         if RIGHT {
-            divide_right(vqrdmulhq_s32(acc[j], q.multiplier), q.right_neg)
+            requantize_right(acc[j], q.multiplier, q.right_neg)
         } else {
             requantize::<LEFT>(acc[j], q.multiplier, q.left, q.right_neg)
         }
@@ -551,10 +556,11 @@ unsafe fn finish_pixel16<const LEFT: bool, const RIGHT: bool>(
             if r.left > 0 {
                 x = vqshlq_s32(x, left);
             }
-            x = vqrdmulhq_s32(x, mult);
-            if r.right_neg < 0 {
-                x = divide_right(x, right);
-            }
+            x = if r.right_neg < 0 {
+                requantize_right(x, mult, right)
+            } else {
+                vqrdmulhq_s32(x, mult)
+            };
             *v = vqaddq_s32(*v, x);
         }
     }
@@ -568,13 +574,6 @@ unsafe fn finish_pixel16<const LEFT: bool, const RIGHT: bool>(
         vdupq_n_s8(c.out.max),
     );
     vst1q_s8(out, bytes);
-}
-
-/// gemmlowp's `RoundingDivideByPOT` when every lane divides (`right_neg < 0`), on
-/// `x` from `sqrdmulh` (never `i32::MIN`, so `x - 1` cannot wrap).
-#[inline(always)]
-unsafe fn divide_right(x: int32x4_t, right_neg: int32x4_t) -> int32x4_t {
-    vrshlq_s32(vsraq_n_s32::<31>(x, x), right_neg)
 }
 
 /// The residual operand for the tile whose first output element is `first`.

@@ -217,23 +217,15 @@ impl<P: Fn(usize) -> (i32, i32, i32)> Sums for F16Sums<'_, P> {
     }
 }
 
-/// [`crate::scalar::requantize`] on a 64-bit accumulator: the same saturating left shift, rounding
-/// doubling high multiply and rounding right shift, each in 64 bits.
+/// [`crate::scalar::requantize`] on a 64-bit accumulator: the same saturating left shift and
+/// single rounding (halves up), in 128 bits.
 #[inline]
 pub fn requantize(x: i64, multiplier: i32, shift: i32) -> i64 {
     let left = shift.max(0) as u32;
     let right = (-shift).max(0) as u32;
     let x = x.saturating_mul(1i64 << left);
-    let ab = x as i128 * multiplier as i128;
-    let nudge: i128 = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
-    let high = ((ab + nudge) / (1i128 << 31)) as i64;
-    if right == 0 {
-        return high;
-    }
-    let mask = (1i64 << right) - 1;
-    let remainder = high & mask;
-    let threshold = (mask >> 1) + (high < 0) as i64;
-    (high >> right) + (remainder > threshold) as i64
+    let total = 31 + right;
+    ((x as i128 * multiplier as i128 + (1i128 << (total - 1))) >> total) as i64
 }
 
 #[inline]

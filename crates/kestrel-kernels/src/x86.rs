@@ -266,16 +266,18 @@ struct Quant16 {
     hi: __m512i,
 }
 
-/// `requantize` on sixteen lanes: multiplier, left shift, right shift.
+/// `requantize` on sixteen lanes: multiplier, left shift, and per 64-bit product the total
+/// right shift `31 + right` with its rounding half.
 #[derive(Clone, Copy)]
 struct Requant16 {
     multiplier: __m512i,
     left: __m512i,
     any_left: bool,
-    right: __m512i,
-    /// `2^right − 1` and half of it: gemmlowp's rounding divide.
-    mask: __m512i,
-    threshold: __m512i,
+    /// Lanes 0, 2, 4, … (the low halves of the 64-bit lanes) and 1, 3, 5, ….
+    shift_even: __m512i,
+    shift_odd: __m512i,
+    half_even: __m512i,
+    half_odd: __m512i,
 }
 
 impl Requant16 {
@@ -284,21 +286,23 @@ impl Requant16 {
         let zero = _mm512_setzero_si512();
         let left = _mm512_max_epi32(shift, zero);
         let right = _mm512_sub_epi32(zero, _mm512_min_epi32(shift, zero));
-        let mask = _mm512_sub_epi32(
-            _mm512_sllv_epi32(_mm512_set1_epi32(1), right),
-            _mm512_set1_epi32(1),
-        );
+        let total = _mm512_add_epi32(right, _mm512_set1_epi32(31));
+        let shift_even = _mm512_and_si512(total, _mm512_set1_epi64(0xFFFF_FFFF));
+        let shift_odd = _mm512_srli_epi64::<32>(total);
+        let one = _mm512_set1_epi64(1);
         Requant16 {
             multiplier,
             left,
             any_left: _mm512_cmpgt_epi32_mask(left, zero) != 0,
-            right,
-            mask,
-            threshold: _mm512_srai_epi32::<1>(mask),
+            shift_even,
+            shift_odd,
+            half_even: _mm512_sllv_epi64(one, _mm512_sub_epi64(shift_even, one)),
+            half_odd: _mm512_sllv_epi64(one, _mm512_sub_epi64(shift_odd, one)),
         }
     }
 
-    /// Same as [`crate::scalar::requantize`] on every lane (multipliers are ≥ 0).
+    /// Same as [`crate::scalar::requantize`] on every lane (multipliers are ≥ 0, so the
+    /// results fit 32 bits).
     #[inline(always)]
     unsafe fn apply(&self, x: __m512i) -> __m512i {
         let x = if self.any_left {
@@ -310,26 +314,22 @@ impl Requant16 {
         } else {
             x
         };
-        // round(x · m / 2^31) with halves up: (x·m + 2^30) >> 31 on 64-bit products.
-        let nudge = _mm512_set1_epi64(1 << 30);
-        let even = _mm512_srai_epi64::<31>(_mm512_add_epi64(
-            _mm512_mul_epi32(x, self.multiplier),
-            nudge,
-        ));
-        let odd = _mm512_srai_epi64::<31>(_mm512_add_epi64(
-            _mm512_mul_epi32(
-                _mm512_srli_epi64::<32>(x),
-                _mm512_srli_epi64::<32>(self.multiplier),
+        // (x·m + 2^(total − 1)) >> total on 64-bit products: one rounding, halves up.
+        let even = _mm512_srav_epi64(
+            _mm512_add_epi64(_mm512_mul_epi32(x, self.multiplier), self.half_even),
+            self.shift_even,
+        );
+        let odd = _mm512_srav_epi64(
+            _mm512_add_epi64(
+                _mm512_mul_epi32(
+                    _mm512_srli_epi64::<32>(x),
+                    _mm512_srli_epi64::<32>(self.multiplier),
+                ),
+                self.half_odd,
             ),
-            nudge,
-        ));
-        let high = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64::<32>(odd));
-        // Divide by 2^right, ties away from zero.
-        let remainder = _mm512_and_si512(high, self.mask);
-        let threshold = _mm512_sub_epi32(self.threshold, _mm512_srai_epi32::<31>(high));
-        let q = _mm512_srav_epi32(high, self.right);
-        let up = _mm512_cmpgt_epi32_mask(remainder, threshold);
-        _mm512_mask_add_epi32(q, up, q, _mm512_set1_epi32(1))
+            self.shift_odd,
+        );
+        _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64::<32>(odd))
     }
 }
 
