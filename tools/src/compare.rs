@@ -174,7 +174,7 @@ pub fn compare(
 }
 
 /// A tensor's real values in NCHW order (the float graph's layout).
-pub(crate) fn dequantize_nchw(info: &kestrel_format::TensorInfo, raw: &[u8]) -> Vec<f32> {
+pub fn dequantize_nchw(info: &kestrel_format::TensorInfo, raw: &[u8]) -> Vec<f32> {
     let [_, h, w, c] = info.dims.map(|d| d as usize);
     let value = |i: usize| match info.dtype {
         kestrel_format::DType::I8 => (raw[i] as i8 as i32 - info.zero_point) as f32 * info.scale,
