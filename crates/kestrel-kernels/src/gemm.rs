@@ -1194,86 +1194,110 @@ pub(crate) mod tests {
             // Channels shifting right only, some shifting left (small multipliers), or
             // some not shifting at all, and the residual's shift none, right or left,
             // spread so cases with whole 16-channel blocks have each. Odd cases clamp
-            // like a fused ReLU.
+            // like a fused ReLU. Then every case again at the limits the parser accepts:
+            // shifts −31 and +30, multipliers 0, 2³⁰ and up to 2³¹ − 1, large biases.
             let mode = [0, 1, 2, 0][ci % 4];
-            let params: Vec<(i32, i32, i32)> = (0..c.oc)
-                .map(|o| {
-                    let o = o as i32;
-                    match mode {
-                        0 => (o * 977 - 3000, 1_300_000_000 + o * 7_000_000, -7 + o % 3),
-                        1 => (o * 31 - 100, 1_100_000_000 + o * 3_000_000, o % 5 - 3),
-                        _ => (o * 53 - 400, 1_200_000_000 + o * 5_000_000, -(o % 3)),
-                    }
-                })
-                .collect();
-            let out = OutQuant {
-                zero_point: -5,
-                min: if ci % 2 == 0 { -128 } else { -5 },
-                max: 127,
-            };
-            let res_data = values(oh * ow * c.oc, ci as u32 + 200);
-            for with_residual in [false, true] {
-                let residual = if with_residual {
-                    Residual::Separate {
-                        data: &res_data,
-                        zero_point: 3,
-                        multiplier: 1_500_000_000,
-                        shift: [0, -2, 1][mode],
-                    }
-                } else {
-                    Residual::None
-                };
-                let mut expect = vec![0i8; oh * ow * c.oc];
-                scalar::conv2d(
-                    &win,
-                    &input,
-                    9,
-                    &weights,
-                    |o| params[o],
-                    out,
-                    residual,
-                    &mut expect,
-                );
-                let packed = layout.pack_weights(&weights, k, c.oc);
-                assert_eq!(packed.len(), layout.packed_len(k, c.oc));
-                assert!(layout.is_consistent(&packed, k, c.oc));
-                let raw = param_bytes(&params);
-                for &isa in isas {
-                    // The whole map at once, and split in runs of pixels as threads do.
-                    let pixels = oh * ow;
-                    for parts in [1, 3] {
-                        let mut got = vec![0i8; pixels * c.oc];
-                        let mut scratch = vec![0i8; layout.scratch_len(k)];
-                        let run = pixels.div_ceil(parts);
-                        for (i, chunk) in got.chunks_mut(run * c.oc).enumerate() {
-                            let first = i * run;
-                            let part_residual = residual.part(first * c.oc, chunk.len());
-                            let conv = PackedConv {
-                                window: &win,
-                                input: &input,
-                                zero_point: 9,
-                                packed: &packed,
-                                params: &raw,
-                                out,
-                                residual: part_residual,
-                                first,
+            for extreme in [false, true] {
+                let params: Vec<(i32, i32, i32)> = (0..c.oc)
+                    .map(|o| {
+                        let o = o as i32;
+                        if extreme {
+                            let large = (o % 7 - 3) * 300_000_000;
+                            let small = (o % 7 - 3) * 1000;
+                            return match (o + 2 * ci as i32) % 6 {
+                                0 => (large, i32::MAX, -31),
+                                1 => (small, i32::MAX, 30),
+                                2 => (small, i32::MAX - o, -8),
+                                3 => (large, 1 << 30, -24),
+                                4 => (small, 0, 7),
+                                _ => (large, i32::MAX - 1, -30 + o % 3),
                             };
-                            layout.conv2d(isa, &conv, chunk, &mut scratch);
                         }
-                        assert_eq!(
+                        match mode {
+                            0 => (o * 977 - 3000, 1_300_000_000 + o * 7_000_000, -7 + o % 3),
+                            // Left shifts and shift 0 with small multipliers (a scale above one
+                            // is a small multiplier shifted left), right shifts normalised.
+                            1 if o % 5 >= 3 => (o * 31 - 100, 2_000 + o * 300, o % 5 - 3),
+                            1 => (o * 31 - 100, 1_100_000_000 + o * 3_000_000, -8 - o % 5),
+                            // Shift 0 with a multiplier far below 2³⁰ (the parser accepts any ≥ 0),
+                            // so those channels are not all clamped.
+                            _ if o % 3 == 0 => (o * 53 - 400, 40_000 + o * 1_000, 0),
+                            _ => (o * 53 - 400, 1_200_000_000 + o * 5_000_000, -9 - o % 3),
+                        }
+                    })
+                    .collect();
+                let out = OutQuant {
+                    zero_point: -5,
+                    min: if ci % 2 == 0 { -128 } else { -5 },
+                    max: 127,
+                };
+                let res_data = values(oh * ow * c.oc, ci as u32 + 200);
+                for with_residual in [false, true] {
+                    let residual = if with_residual {
+                        Residual::Separate {
+                            data: &res_data,
+                            zero_point: 3,
+                            multiplier: if extreme { i32::MAX } else { 1_500_000_000 },
+                            shift: if extreme {
+                                [30, -31][ci % 2]
+                            } else {
+                                [0, -2, 1][mode]
+                            },
+                        }
+                    } else {
+                        Residual::None
+                    };
+                    let mut expect = vec![0i8; oh * ow * c.oc];
+                    scalar::conv2d(
+                        &win,
+                        &input,
+                        9,
+                        &weights,
+                        |o| params[o],
+                        out,
+                        residual,
+                        &mut expect,
+                    );
+                    // Equal outputs prove little if every one is clamped.
+                    assert!(
+                        expect.iter().any(|&v| v > out.min && v < out.max),
+                        "case {ci} (extreme {extreme}): every reference output is clamped"
+                    );
+                    let packed = layout.pack_weights(&weights, k, c.oc);
+                    assert_eq!(packed.len(), layout.packed_len(k, c.oc));
+                    assert!(layout.is_consistent(&packed, k, c.oc));
+                    let raw = param_bytes(&params);
+                    for &isa in isas {
+                        // The whole map at once, and split in runs of pixels as threads do.
+                        let pixels = oh * ow;
+                        for parts in [1, 3] {
+                            let mut got = vec![0i8; pixels * c.oc];
+                            let mut scratch = vec![0i8; layout.scratch_len(k)];
+                            let run = pixels.div_ceil(parts);
+                            for (i, chunk) in got.chunks_mut(run * c.oc).enumerate() {
+                                let first = i * run;
+                                let part_residual = residual.part(first * c.oc, chunk.len());
+                                let conv = PackedConv {
+                                    window: &win,
+                                    input: &input,
+                                    zero_point: 9,
+                                    packed: &packed,
+                                    params: &raw,
+                                    out,
+                                    residual: part_residual,
+                                    first,
+                                };
+                                layout.conv2d(isa, &conv, chunk, &mut scratch);
+                            }
+                            assert_eq!(
                             got, expect,
-                            "{layout:?}/{isa} differs on case {ci} (residual {with_residual}, {parts} parts)"
+                            "{layout:?}/{isa} differs on case {ci} (residual {with_residual}, {parts} parts, extreme {extreme})"
                         );
+                        }
                     }
                 }
             }
-            // The portable micro-kernel is the definition: check a tile against plain sums.
-            assert!(expect_not_constant(&input));
         }
-    }
-
-    fn expect_not_constant(v: &[i8]) -> bool {
-        v.iter().any(|&x| x != v[0])
     }
 
     #[test]
