@@ -19,6 +19,7 @@ use kestrel_board::sink::JsonLines;
 use kestrel_board::source::{DirSource, FrameSource, SourceError};
 use kestrel_board::trigger::Continuous;
 use kestrel_e2e::{shared_dir, shared_model};
+use kestrel_runtime::Isa;
 use kestrel_tools::calibrate::Method;
 use kestrel_tools::compile::{self, CompileOptions, Target};
 use kestrel_tools::dataset;
@@ -351,6 +352,81 @@ fn sigterm_ends_the_service_cleanly() {
     let last = rest.last().expect("a stop event");
     assert_eq!(last["event"], "stop");
     assert_eq!(last["detail"]["reason"], "Stopped");
+}
+
+/// ResNet-8 compiled for the Pi 5 (lanes16 weights, for `sdot`).
+fn resnet8_rpi5_kes() -> &'static Path {
+    static KES: OnceLock<PathBuf> = OnceLock::new();
+    KES.get_or_init(|| {
+        let opts = CompileOptions::new(Method::Percentile(99.99), 20, Target::Rpi5);
+        let calib = shared_dir().join("data/cifar10/calib");
+        let (bytes, _) = compile::compile(
+            &shared_model("resnet8_tiny_cifar10"),
+            Some(&calib),
+            None,
+            &opts,
+        )
+        .unwrap();
+        let path = temp_dir("mismatch").join("resnet8-rpi5.kes");
+        std::fs::write(&path, bytes).unwrap();
+        path
+    })
+}
+
+#[test]
+fn a_model_packed_for_another_cpu_is_refused_by_the_board() {
+    // On the Pi 4 binary an rpi5 file would run the portable tile, several times slower.
+    let kes = resnet8_rpi5_kes();
+    let out = Command::new("qemu-aarch64")
+        .args(["-L", "/usr/aarch64-linux-gnu", "-cpu", "cortex-a72"])
+        .arg(board_binaries().join("kestrel-rpi4"))
+        .args(["--model", kes.to_str().unwrap(), "--camera", "file:/x.jpg"])
+        .args(["--trigger", "stdin"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for needle in ["lanes16", "--target rpi5", "neon kernels", "--target rpi4"] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+}
+
+#[test]
+fn which_kernels_have_a_tile_for_a_file_and_package_refuses_the_rest() {
+    let bytes = std::fs::read(resnet8_rpi5_kes()).unwrap();
+    let model = kestrel_runtime::Model::parse(&bytes).unwrap();
+    let mismatch = model
+        .kernel_mismatch(Isa::Neon)
+        .expect("lanes16 has no NEON tile");
+    assert_eq!(mismatch.target, Some("rpi5"));
+    assert!(mismatch.to_string().contains("lanes16"), "{mismatch}");
+    for isa in [Isa::NeonDot, Isa::Avx2, Isa::Avx512Vnni] {
+        assert_eq!(model.kernel_mismatch(isa), None, "{isa}");
+    }
+    assert!(model.kernel_mismatch(Isa::Scalar).is_some());
+    // A generic file is not packed: it never mismatches.
+    let generic = std::fs::read(resnet20_kes()).unwrap();
+    let generic = kestrel_runtime::Model::parse(&generic).unwrap();
+    assert!(Isa::ALL
+        .iter()
+        .all(|&i| generic.kernel_mismatch(i).is_none()));
+    // `kestrel package` refuses before building anything.
+    let err = kestrel_tools::package::package(&kestrel_tools::package::PackageOptions {
+        board: "rpi4".into(),
+        model: resnet8_rpi5_kes().to_path_buf(),
+        out_dir: temp_dir("package-mismatch"),
+        embed: false,
+        profile: "release".into(),
+        workspace: repo(),
+        target: None,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("--target rpi4") && err.contains("lanes16"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -47,6 +47,9 @@ pub struct BenchReport {
     pub arena_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<LayerTime>>,
+    /// Set when the file's convs have no micro-kernel on these kernels (portable tile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_mismatch: Option<String>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -153,6 +156,7 @@ pub fn bench(name: &str, bytes: &[u8], opts: &BenchOptions) -> anyhow::Result<Be
         gmacs_per_s: report.macs as f64 / median / 1e6,
         arena_bytes: report.arena_bytes,
         layers,
+        kernel_mismatch: model.kernel_mismatch(kernels).map(|m| m.to_string()),
     })
 }
 
@@ -193,6 +197,7 @@ pub fn bench_onnx(path: &std::path::Path, opts: &BenchOptions) -> anyhow::Result
         gmacs_per_s: macs as f64 / median / 1e6,
         arena_bytes: 0,
         layers: None,
+        kernel_mismatch: None,
     })
 }
 
@@ -201,6 +206,9 @@ pub fn print(r: &BenchReport) {
         "{}: {} kernels, {} thread(s), {} iterations",
         r.model, r.kernels, r.threads, r.iters
     );
+    if let Some(m) = &r.kernel_mismatch {
+        println!("warning      {m}");
+    }
     println!(
         "latency      median {:.3} ms, p90 {:.3} ms, min {:.3} ms",
         r.latency_ms_median, r.latency_ms_p90, r.latency_ms_min

@@ -62,6 +62,15 @@ impl Target {
             .unwrap_or_default()
     }
 
+    /// The kernels a board target's CPU runs (`None` off the boards).
+    pub fn board_kernels(self) -> Option<kestrel_runtime::Isa> {
+        match self {
+            Target::Rpi4 => Some(kestrel_runtime::Isa::Neon),
+            Target::Rpi5 | Target::JetsonOrin => Some(kestrel_runtime::Isa::NeonDot),
+            Target::Generic | Target::X86_64 => None,
+        }
+    }
+
     /// The conv weight layout this target's kernels read.
     pub fn weight_layout(self) -> WeightLayout {
         match self {

@@ -68,6 +68,22 @@ impl Loaded {
         }
     }
 
+    /// For a `.kes` packed for another CPU family than this one's best kernels (when no
+    /// kernels were asked for): what that costs, to print as a warning.
+    pub fn kernel_mismatch(&self) -> Option<String> {
+        let (Classifier::Int8 { bytes }, None) = (&self.classifier, self.kernels) else {
+            return None;
+        };
+        let model = kestrel_runtime::Model::parse(bytes).ok()?;
+        let kernels = kestrel_runtime::CpuFeatures::available().best();
+        model.kernel_mismatch(kernels).map(|m| {
+            format!(
+                "{m}; compile with --target {} for this machine",
+                compile::Target::host().name()
+            )
+        })
+    }
+
     /// Values in one preprocessed input.
     pub fn input_len(&self) -> usize {
         let s = &self.preprocess.size;

@@ -46,10 +46,16 @@ pub struct InspectReport {
     pub labels: Vec<String>,
     pub metadata: Vec<(String, String)>,
     pub ops: Vec<OpReport>,
+    /// The kernels this machine runs the file on, and what it costs when the file is
+    /// packed for another CPU family (its convs then run the portable tile).
+    pub kernels_here: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_mismatch: Option<String>,
 }
 
 pub fn inspect(bytes: &[u8]) -> Result<InspectReport, FormatError> {
     let f = KesFile::parse(bytes)?;
+    let here = kestrel_runtime::CpuFeatures::available().best();
     let tensor = |i: u32| {
         let t = f.tensor(i).expect("validated by parse");
         TensorReport {
@@ -112,6 +118,11 @@ pub fn inspect(bytes: &[u8]) -> Result<InspectReport, FormatError> {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
         ops,
+        kernels_here: here.name().to_string(),
+        kernel_mismatch: kestrel_runtime::Model::parse(bytes)
+            .ok()
+            .and_then(|m| m.kernel_mismatch(here))
+            .map(|m| m.to_string()),
     })
 }
 
@@ -120,6 +131,13 @@ pub fn print(r: &InspectReport) {
         "file         {} bytes (weights {} bytes)",
         r.file_bytes, r.weights_bytes
     );
+    match &r.kernel_mismatch {
+        Some(m) => println!(
+            "kernels      warning: on this machine ({}) {m}",
+            r.kernels_here
+        ),
+        None => println!("kernels      {} on this machine", r.kernels_here),
+    }
     println!(
         "arena        {} bytes (lower bound {}, ratio {:.3})",
         r.arena_bytes,

@@ -325,6 +325,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let card = card.as_deref().map(LoadedCard::load).transpose()?;
             let mut loaded = Loaded::open(&model, card.as_ref())?;
             loaded.kernels = kernels;
+            if let Some(warning) = loaded.kernel_mismatch() {
+                eprintln!("warning: {}: {warning}", model.display());
+            }
             let set = match &labels_file {
                 Some(file) => eval::EvalSet::LabelsFile { file, dir: &data },
                 None => eval::EvalSet::ClassFolders(&data),
@@ -362,6 +365,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let card = card.as_deref().map(LoadedCard::load).transpose()?;
             let mut loaded = Loaded::open(&model, card.as_ref())?;
             loaded.kernels = kernels;
+            if let Some(warning) = loaded.kernel_mismatch() {
+                eprintln!("warning: {}: {warning}", model.display());
+            }
             loaded.threads = threads;
             let mut run = loaded.runner()?;
             let mut results = Vec::new();

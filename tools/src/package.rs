@@ -125,8 +125,18 @@ pub fn package(opts: &PackageOptions) -> anyhow::Result<PackageReport> {
     }
     let model_bytes = fs::read(&opts.model)
         .with_context(|| format!("cannot read model {}", opts.model.display()))?;
-    kestrel_runtime::Model::parse(&model_bytes)
+    let model = kestrel_runtime::Model::parse(&model_bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", opts.model.display()))?;
+    // The board binary refuses such a model at start; refuse it here already.
+    let kernels = <crate::compile::Target as clap::ValueEnum>::from_str(board, false)
+        .ok()
+        .and_then(|t| t.board_kernels());
+    if let Some(mismatch) = kernels.and_then(|k| model.kernel_mismatch(k)) {
+        bail!(
+            "{}: {mismatch} on the {board} board: compile it with --target {board}",
+            opts.model.display()
+        );
+    }
     let manifest = opts.workspace.join("boards").join(board).join("Cargo.toml");
     if !manifest.is_file() {
         bail!(

@@ -7,13 +7,13 @@
 
 use std::process::ExitCode;
 
-use kestrel_board::BoardProfile;
+use kestrel_board::{BoardProfile, Isa};
 
 const PROFILE: BoardProfile = BoardProfile {
     name: "jetson-orin",
     description: "NVIDIA Jetson Orin (Cortex-A78AE, sdot path)",
     cpu: "Cortex-A78AE ×6 @ 1.5 GHz (Orin Nano)",
-    kernels: "neon-dot",
+    kernels: Isa::NeonDot,
     threads: 6,
     pin_threads: true,
     gpiochip: "/dev/gpiochip0",

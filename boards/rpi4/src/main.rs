@@ -3,13 +3,13 @@
 
 use std::process::ExitCode;
 
-use kestrel_board::BoardProfile;
+use kestrel_board::{BoardProfile, Isa};
 
 const PROFILE: BoardProfile = BoardProfile {
     name: "rpi4",
     description: "Raspberry Pi 4 (Cortex-A72, NEON without dot product)",
     cpu: "Cortex-A72 ×4 @ 1.8 GHz",
-    kernels: "neon",
+    kernels: Isa::Neon,
     threads: 4,
     pin_threads: true,
     gpiochip: "/dev/gpiochip0",

@@ -6,13 +6,13 @@
 
 use std::process::ExitCode;
 
-use kestrel_board::BoardProfile;
+use kestrel_board::{BoardProfile, Isa};
 
 const PROFILE: BoardProfile = BoardProfile {
     name: "rpi5",
     description: "Raspberry Pi 5 (Cortex-A76, sdot path)",
     cpu: "Cortex-A76 ×4 @ 2.4 GHz",
-    kernels: "neon-dot",
+    kernels: Isa::NeonDot,
     threads: 4,
     pin_threads: true,
     gpiochip: "/dev/gpiochip0",

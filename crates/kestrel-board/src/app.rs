@@ -51,7 +51,7 @@ fn profile_json(p: &BoardProfile) -> serde_json::Value {
         "board": p.name,
         "description": p.description,
         "cpu": p.cpu,
-        "kernels": p.kernels,
+        "kernels": p.kernels.name(),
         "threads": p.threads,
         "gpiochip": p.gpiochip,
         "trigger_line": p.trigger_line,
@@ -79,6 +79,12 @@ fn run(profile: &BoardProfile, flags: &Flags) -> Result<EndReason, String> {
             return Err("no model: pass --model PATH (this binary has none embedded)".into())
         }
     };
+    if let Some(mismatch) = classifier.model().kernel_mismatch(profile.kernels) {
+        return Err(format!(
+            "{model_name}: {mismatch}; this is the {} binary: compile the model with --target {}",
+            profile.name, profile.name
+        ));
+    }
     let trigger_spec =
         TriggerSpec::parse(&settings.trigger, (profile.gpiochip, profile.trigger_line))
             .map_err(|e| e.to_string())?;

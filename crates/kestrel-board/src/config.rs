@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use kestrel_runtime::Isa;
 use serde::Deserialize;
 
 /// What a board binary knows about its board.
@@ -11,9 +12,10 @@ pub struct BoardProfile {
     /// Short name: `rpi5`, also the binary's and the package's suffix.
     pub name: &'static str,
     pub description: &'static str,
-    /// The CPU and the kernel path the runtime takes on it.
+    /// The CPU and the kernel path the runtime takes on it: a model packed for other
+    /// kernels is refused (it would run the portable tile, several times slower).
     pub cpu: &'static str,
-    pub kernels: &'static str,
+    pub kernels: Isa,
     pub threads: usize,
     /// Keep inference thread `i` on core `i` (steady latency on a board that does
     /// little else).
@@ -225,7 +227,7 @@ mod tests {
         name: "test",
         description: "test board",
         cpu: "none",
-        kernels: "scalar",
+        kernels: Isa::Scalar,
         threads: 4,
         pin_threads: false,
         gpiochip: "/dev/gpiochip0",

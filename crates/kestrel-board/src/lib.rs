@@ -26,3 +26,4 @@ pub fn embedded_model() -> Option<&'static [u8]> {
 }
 
 pub use config::BoardProfile;
+pub use kestrel_runtime::Isa;

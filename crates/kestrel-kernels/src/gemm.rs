@@ -982,6 +982,18 @@ impl Packing {
         self.layout(k, oc).is_consistent(packed, k, oc)
     }
 
+    /// Whether `isa` has a micro-kernel for this layout. Without one, `conv2d` runs the
+    /// portable tile: the same results, several times slower (a `--target rpi5` file on a
+    /// Cortex-A72). Kept beside the two dispatches it describes.
+    pub fn has_tile(self, isa: Isa) -> bool {
+        match (self, isa) {
+            (_, Isa::Scalar) => false,
+            (Packing::Blocks4, Isa::Neon | Isa::NeonDot | Isa::Avx2 | Isa::Avx512Vnni) => true,
+            (Packing::Lanes16, Isa::NeonDot | Isa::Avx2 | Isa::Avx512Vnni) => true,
+            (Packing::Lanes16, Isa::Neon) => false,
+        }
+    }
+
     /// The conv on weights packed this way, on the best kernel of `isa` for it.
     pub fn conv2d(self, isa: Isa, c: &PackedConv<'_>, output: &mut [i8], scratch: &mut [i8]) {
         match self {

@@ -21,7 +21,7 @@ extern crate std;
 
 use core::fmt;
 
-use kestrel_format::{DType, FormatError, KesFile, OpKind, OpView, TensorInfo};
+use kestrel_format::{DType, FormatError, KesFile, OpKind, OpView, TensorInfo, WeightLayout};
 use kestrel_kernels::gemm::{PackedConv, Packing};
 use kestrel_kernels::scalar::{self, OutQuant, Residual, Window};
 
@@ -85,6 +85,32 @@ impl fmt::Display for Error {
 #[cfg(feature = "std")]
 impl std::error::Error for Error {}
 
+/// A file whose conv weights are packed for kernels other than the ones asked about: its
+/// convolutions still run, on the portable tile (same results, several times slower).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelMismatch<'a> {
+    /// The packed layout (`blocks4`, `lanes16`).
+    pub layout: WeightLayout,
+    /// The `--target` the file was compiled for, from its metadata.
+    pub target: Option<&'a str>,
+    pub kernels: Isa,
+}
+
+impl fmt::Display for KernelMismatch<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the model's weights are packed {}", self.layout.name())?;
+        if let Some(target) = self.target {
+            write!(f, " (compiled --target {target})")?;
+        }
+        write!(
+            f,
+            ", which the {} kernels have no tile for: its convolutions run the portable tile \
+             (same results, several times slower)",
+            self.kernels
+        )
+    }
+}
+
 /// A parsed model; cheap to copy, borrows the file bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct Model<'a> {
@@ -100,6 +126,26 @@ impl<'a> Model<'a> {
 
     pub fn file(&self) -> &KesFile<'a> {
         &self.file
+    }
+
+    /// Whether `kernels` lack a micro-kernel for this file's packed conv weights (a file
+    /// compiled for another CPU family). Portable (`--target generic`) and wide layers are
+    /// not packed, so never mismatch.
+    pub fn kernel_mismatch(&self, kernels: Isa) -> Option<KernelMismatch<'a>> {
+        let layout = (0..self.file.op_count())
+            .filter_map(|i| self.file.op(i))
+            .map(|op| op.layout)
+            .find(|l| l.packing().is_some_and(|p| !p.has_tile(kernels)))?;
+        let target = self
+            .file
+            .metadata()
+            .find(|(k, _)| *k == "target")
+            .map(|(_, v)| v);
+        Some(KernelMismatch {
+            layout,
+            target,
+            kernels,
+        })
     }
 
     pub fn arena_bytes(&self) -> usize {
@@ -320,7 +366,7 @@ impl<'m, 'a> Session<'m, 'a> {
         let residual_wide = op
             .residual
             .is_some_and(|r| m.tensor(r.tensor).dtype == DType::I16);
-        let f16 = op.layout == kestrel_format::WeightLayout::F16;
+        let f16 = op.layout == WeightLayout::F16;
         if x.dtype == DType::I16 || y.dtype == DType::I16 || residual_wide || f16 {
             self.execute_wide(op);
             return;
@@ -526,7 +572,7 @@ impl Session<'_, '_> {
         let (c, oc) = (win.in_c, win.out_c);
         let out = OutRange::from_fields(output.wide, y.zero_point, op.out_min, op.out_max);
         let params = |ch: usize| op.params.get(ch);
-        let weights = if op.layout == kestrel_format::WeightLayout::F16 {
+        let weights = if op.layout == WeightLayout::F16 {
             Weights::F16(as_u8(op.weights))
         } else {
             Weights::Int8(op.weights)
