@@ -4,10 +4,12 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::classifier::Classifier;
-use crate::config::{usage, BoardProfile, FileConfig, Flags, Settings};
+use crate::classifier::{Classifier, ClassifierError};
+use crate::config::{usage, BoardProfile, ConfigError, FileConfig, Flags, Settings};
 use crate::service::{Backoff, EndReason, Service};
 use crate::sink::{ClassIndicator, ClassPin, JsonLines};
+use crate::source::SourceError;
+use crate::trigger::TriggerError;
 use crate::trigger::TriggerSpec;
 
 /// Exit codes: 0 clean stop or end of input, 1 a start-up failure (bad model, camera,
@@ -46,6 +48,44 @@ pub fn main(profile: &BoardProfile) -> ExitCode {
     }
 }
 
+/// Why the board could not start (exit code 1), naming the part that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Model(ClassifierError),
+    #[error("embedded model: {0}")]
+    EmbeddedModel(ClassifierError),
+    #[error("no model: pass --model PATH (this binary has none embedded)")]
+    NoModel,
+    #[error(
+        "{model}: {mismatch}; this is the {board} binary: compile the model with --target {board}"
+    )]
+    WrongTarget {
+        model: String,
+        mismatch: String,
+        board: &'static str,
+    },
+    #[error("{0}")]
+    Trigger(#[from] TriggerError),
+    #[error("{0}")]
+    Camera(#[from] SourceError),
+    #[error("output class '{0}' is not one of the model's labels")]
+    UnknownOutputClass(String),
+    #[error("output pin: {0}")]
+    OutputPin(#[from] crate::sink::PinError),
+    #[error("cannot install the signal handler: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot start {threads} inference threads: {source}")]
+    Threads {
+        threads: usize,
+        source: std::io::Error,
+    },
+    #[error("cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
+}
+
 fn profile_json(p: &BoardProfile) -> serde_json::Value {
     serde_json::json!({
         "board": p.name,
@@ -60,48 +100,42 @@ fn profile_json(p: &BoardProfile) -> serde_json::Value {
     })
 }
 
-fn run(profile: &BoardProfile, flags: &Flags) -> Result<EndReason, String> {
+fn run(profile: &BoardProfile, flags: &Flags) -> Result<EndReason, StartError> {
     let file = match &flags.config {
-        Some(path) => FileConfig::load(path).map_err(|e| e.to_string())?,
+        Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    let settings = Settings::resolve(profile, file, flags).map_err(|e| e.to_string())?;
+    let settings = Settings::resolve(profile, file, flags)?;
     let (mut classifier, model_name) = match (&settings.model, crate::embedded_model()) {
         (Some(path), _) => (
-            Classifier::from_file(path).map_err(|e| e.to_string())?,
+            Classifier::from_file(path).map_err(StartError::Model)?,
             path.display().to_string(),
         ),
         (None, Some(bytes)) => (
-            Classifier::new(bytes).map_err(|e| format!("embedded model: {e}"))?,
+            Classifier::new(bytes).map_err(StartError::EmbeddedModel)?,
             "embedded".to_string(),
         ),
-        (None, None) => {
-            return Err("no model: pass --model PATH (this binary has none embedded)".into())
-        }
+        (None, None) => return Err(StartError::NoModel),
     };
     if let Some(mismatch) = classifier.model().kernel_mismatch(profile.kernels) {
-        return Err(format!(
-            "{model_name}: {mismatch}; this is the {} binary: compile the model with --target {}",
-            profile.name, profile.name
-        ));
+        return Err(StartError::WrongTarget {
+            model: model_name,
+            mismatch: mismatch.to_string(),
+            board: profile.name,
+        });
     }
     let trigger_spec =
-        TriggerSpec::parse(&settings.trigger, (profile.gpiochip, profile.trigger_line))
-            .map_err(|e| e.to_string())?;
-    let trigger = trigger_spec.open().map_err(|e| e.to_string())?;
-    let source =
-        crate::source::open(&settings.camera, settings.camera_size).map_err(|e| e.to_string())?;
+        TriggerSpec::parse(&settings.trigger, (profile.gpiochip, profile.trigger_line))?;
+    let trigger = trigger_spec.open()?;
+    let source = crate::source::open(&settings.camera, settings.camera_size)?;
     let indicator: Option<Box<dyn ClassIndicator>> = match &settings.output {
         None => None,
         Some(out) => {
-            let class = classifier.class_of(&out.class).ok_or_else(|| {
-                format!(
-                    "output class '{}' is not one of the model's labels",
-                    out.class
-                )
-            })?;
+            let class = classifier
+                .class_of(&out.class)
+                .ok_or_else(|| StartError::UnknownOutputClass(out.class.clone()))?;
             let chip = out.chip.as_deref().unwrap_or(profile.gpiochip);
-            let pin = crate::gpio::output_pin(chip, out.line).map_err(|e| e.to_string())?;
+            let pin = crate::gpio::output_pin(chip, out.line)?;
             let off = out.off.unwrap_or(out.on * 0.75);
             Some(Box::new(ClassPin::new(pin, class, out.on, off)?))
         }
@@ -109,12 +143,14 @@ fn run(profile: &BoardProfile, flags: &Flags) -> Result<EndReason, String> {
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, stop.clone())
-            .map_err(|e| format!("cannot install the signal handler: {e}"))?;
+        signal_hook::flag::register(signal, stop.clone()).map_err(StartError::Signals)?;
     }
     classifier
         .set_threads(settings.threads, profile.pin_threads)
-        .map_err(|e| format!("cannot start {} inference threads: {e}", settings.threads))?;
+        .map_err(|source| StartError::Threads {
+            threads: settings.threads,
+            source,
+        })?;
     let mut sink = JsonLines::new(std::io::stdout().lock());
     let model = classifier.model();
     let start = serde_json::json!({
@@ -128,7 +164,7 @@ fn run(profile: &BoardProfile, flags: &Flags) -> Result<EndReason, String> {
         "threads": settings.threads,
     });
     sink.event("start", None, None, start)
-        .map_err(|e| format!("cannot write to stdout: {e}"))?;
+        .map_err(StartError::Stdout)?;
     let mut service = Service {
         source,
         trigger,

@@ -130,9 +130,9 @@ impl<W: Write> Service<W> {
                 None => None,
                 Some(ind) => match ind.update(self.classifier.scores()) {
                     Ok(level) => Some(level),
-                    Err(msg) => {
+                    Err(e) => {
                         errors += 1;
-                        let _ = self.report("output_pin_error", &msg, None);
+                        let _ = self.report("output_pin_error", &e.to_string(), None);
                         None
                     }
                 },

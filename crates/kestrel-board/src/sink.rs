@@ -104,21 +104,30 @@ pub struct ClassPin<P> {
     high: bool,
 }
 
+/// What went wrong with the output pin.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("output thresholds must satisfy 0 ≤ off ≤ on ≤ 1 (on {on}, off {off})")]
+    Thresholds { on: f32, off: f32 },
+    /// The GPIO driver's own error, as it formats it.
+    #[error("cannot set the output line: {0}")]
+    Line(String),
+}
+
 /// What the service needs of an output pin, without knowing its type.
 pub trait ClassIndicator {
     /// Updates the line from this frame's scores; returns its level.
-    fn update(&mut self, scores: &[f32]) -> Result<bool, String>;
+    fn update(&mut self, scores: &[f32]) -> Result<bool, PinError>;
 }
 
 impl<P: OutputPin> ClassPin<P> {
     /// Drives the pin low to start from a known state.
-    pub fn new(mut pin: P, class: usize, on: f32, off: f32) -> Result<Self, String> {
+    pub fn new(mut pin: P, class: usize, on: f32, off: f32) -> Result<Self, PinError> {
         if !(0.0..=1.0).contains(&on) || !(0.0..=on).contains(&off) {
-            return Err(format!(
-                "output thresholds must satisfy 0 ≤ off ≤ on ≤ 1 (on {on}, off {off})"
-            ));
+            return Err(PinError::Thresholds { on, off });
         }
-        pin.set_low().map_err(|e| format!("{e:?}"))?;
+        pin.set_low()
+            .map_err(|e| PinError::Line(format!("{e:?}")))?;
         Ok(ClassPin {
             pin,
             class,
@@ -134,7 +143,7 @@ impl<P: OutputPin> ClassPin<P> {
 }
 
 impl<P: OutputPin> ClassIndicator for ClassPin<P> {
-    fn update(&mut self, scores: &[f32]) -> Result<bool, String> {
+    fn update(&mut self, scores: &[f32]) -> Result<bool, PinError> {
         let score = scores.get(self.class).copied().unwrap_or(0.0);
         let want = if self.high {
             score >= self.off
@@ -147,7 +156,7 @@ impl<P: OutputPin> ClassIndicator for ClassPin<P> {
             } else {
                 self.pin.set_low()
             }
-            .map_err(|e| format!("{e:?}"))?;
+            .map_err(|e| PinError::Line(format!("{e:?}")))?;
             self.high = want;
         }
         Ok(self.high)
