@@ -16,7 +16,9 @@ use kestrel_format::{DType, OpKind, Plan, Residual, WeightLayout};
 use kestrel_kernels::scalar::quantize_multiplier;
 
 use crate::calibrate::{choose_range, Method, TensorStats};
-use crate::graph::{Graph, Op, StatedQuant, ValueId};
+use crate::graph::{
+    ChannelAffine, Conv, Dense, Graph, Node, Op, Pad, Pool, Slice, StatedQuant, ValueId,
+};
 use crate::plan::{self, Buffer};
 use crate::preprocess::Preprocess;
 
@@ -96,391 +98,416 @@ pub fn lower(
     labels: Vec<String>,
     metadata: Vec<(String, String)>,
 ) -> Result<Lowered, LowerError> {
-    let unsupported = |node: &str, op: &str, reason: &str| LowerError::Unsupported {
-        node: node.to_string(),
+    let mut l = Lowering {
+        graph,
+        stats,
+        method,
+        wide,
+        last_use: graph.last_use(),
+        quant: HashMap::new(),
+        tensors: Vec::new(),
+        tensor_of_value: HashMap::new(),
+        ops: Vec::new(),
+        shares: HashMap::new(),
+    };
+    let input_q = l.own_quant(graph.input)?;
+    l.output(graph.input, l.own_dtype(graph.input), input_q);
+    for (step, node) in graph.nodes.iter().enumerate() {
+        let x = node.inputs[0];
+        let xt = l.tensor_of_value[&x];
+        let n = At {
+            node,
+            step,
+            xq: l.quant[&x],
+            xt,
+            x_dtype: l.tensors[xt as usize].dtype,
+            in_shape: &graph.values[x].shape,
+        };
+        let op =
+            match &node.op {
+                Op::Conv(c) => l.conv(&n, c)?,
+                Op::Dense(d) => l.dense(&n, d)?,
+                Op::MaxPool(p) => l.pool(&n, p, OpKind::MaxPool)?,
+                Op::AvgPool(p) => {
+                    l.int8_only(&n, "AveragePool")?;
+                    l.pool(&n, p, OpKind::AvgPool)?
+                }
+                Op::GlobalAvgPool => l.global_avg_pool(&n)?,
+                Op::Reshape => l.reshape(&n)?,
+                Op::Slice(s) => l.slice(&n, s)?,
+                Op::Pad(p) => l.pad_channels(&n, p)?,
+                Op::ChannelAffine(a) => l.channel_affine(&n, a)?,
+                Op::Add { relu } => l.add(&n, *relu)?,
+                Op::BatchNorm(_) | Op::Relu => return Err(unsupported(
+                    node,
+                    node.op.kind(),
+                    "left unfused by the graph passes; int8 runs it only fused into a convolution",
+                )),
+            };
+        l.ops.push(op);
+    }
+    Ok(l.finish(pre, labels, metadata))
+}
+
+fn unsupported(node: &Node, op: &str, reason: &str) -> LowerError {
+    LowerError::Unsupported {
+        node: node.name.clone(),
         op: op.to_string(),
         reason: reason.to_string(),
-    };
-    // A model's own scale wins over a measured one: an already-quantised model was
-    // trained or calibrated for it.
-    let own_quant = |v: ValueId| match (graph.values[v].quant, stats) {
-        (Some(q), _) => Ok(Quant::from_stated(q)),
-        // int16 has steps to spare: its range is the whole observed one, clipping nothing.
-        (None, Some(stats)) if wide.values.contains(&v) => {
-            Ok(Quant::wide_from_range(stats[v].min, stats[v].max))
+    }
+}
+
+/// What each value has become so far, and the records written.
+struct Lowering<'g> {
+    graph: &'g Graph,
+    stats: Option<&'g [TensorStats]>,
+    method: Method,
+    wide: &'g Wide,
+    last_use: Vec<Option<usize>>,
+    quant: HashMap<ValueId, Quant>,
+    tensors: Vec<TensorRecord>,
+    tensor_of_value: HashMap<ValueId, u32>,
+    ops: Vec<OpRecord>,
+    /// Storage sharing: tensor → tensor whose buffer it reuses.
+    shares: HashMap<u32, u32>,
+}
+
+/// The node being lowered, with its first input's quantisation, tensor and type.
+struct At<'n> {
+    node: &'n Node,
+    step: usize,
+    xq: Quant,
+    xt: u32,
+    x_dtype: DType,
+    in_shape: &'n [usize],
+}
+
+impl Lowering<'_> {
+    /// A model's own scale wins over a measured one: an already-quantised model was
+    /// trained or calibrated for it.
+    fn own_quant(&self, v: ValueId) -> Result<Quant, LowerError> {
+        match (self.graph.values[v].quant, self.stats) {
+            (Some(q), _) => Ok(Quant::from_stated(q)),
+            // int16 has steps to spare: its range is the whole observed one, clipping nothing.
+            (None, Some(stats)) if self.wide.values.contains(&v) => {
+                Ok(Quant::wide_from_range(stats[v].min, stats[v].max))
+            }
+            (None, Some(stats)) => {
+                let (lo, hi) = choose_range(&stats[v], self.method);
+                Ok(Quant::from_range(lo, hi))
+            }
+            (None, None) => Err(LowerError::NeedsCalibration {
+                value: self.graph.values[v].name.clone(),
+            }),
         }
-        (None, Some(stats)) => {
-            let (lo, hi) = choose_range(&stats[v], method);
-            Ok(Quant::from_range(lo, hi))
-        }
-        (None, None) => Err(LowerError::NeedsCalibration {
-            value: graph.values[v].name.clone(),
-        }),
-    };
-    let own_dtype = |v: ValueId| {
-        if wide.values.contains(&v) && graph.values[v].quant.is_none() {
+    }
+
+    fn own_dtype(&self, v: ValueId) -> DType {
+        if self.wide.values.contains(&v) && self.graph.values[v].quant.is_none() {
             DType::I16
         } else {
             DType::I8
         }
-    };
-    let mut quant: HashMap<ValueId, Quant> = HashMap::new();
-    let mut tensors: Vec<TensorRecord> = Vec::new();
-    let mut tensor_of_value: HashMap<ValueId, u32> = HashMap::new();
-    let mut ops: Vec<OpRecord> = Vec::new();
-    // Storage sharing: tensor → tensor whose buffer it reuses.
-    let mut shares: HashMap<u32, u32> = HashMap::new();
+    }
 
-    let nhwc = |shape: &[usize]| -> [u32; 4] {
-        match shape.len() {
+    /// Records value `v` as a tensor of `dtype` at `q`; its index.
+    fn output(&mut self, v: ValueId, dtype: DType, q: Quant) -> u32 {
+        let shape = &self.graph.values[v].shape;
+        let dims = match shape.len() {
             4 => [1, shape[2] as u32, shape[3] as u32, shape[1] as u32],
             2 => [1, 1, 1, shape[1] as u32],
             _ => [1, 1, 1, shape.iter().product::<usize>() as u32],
-        }
-    };
-    let add_tensor = |v: ValueId,
-                      dtype: DType,
-                      q: Quant,
-                      tensors: &mut Vec<TensorRecord>,
-                      map: &mut HashMap<ValueId, u32>| {
-        let idx = tensors.len() as u32;
-        tensors.push(TensorRecord {
+        };
+        let idx = self.tensors.len() as u32;
+        self.tensors.push(TensorRecord {
             dtype,
-            dims: nhwc(&graph.values[v].shape),
+            dims,
             scale: q.scale,
             zero_point: q.zero_point,
             offset: 0,
         });
-        map.insert(v, idx);
+        self.tensor_of_value.insert(v, idx);
+        self.quant.insert(v, q);
         idx
-    };
+    }
 
-    let input_q = own_quant(graph.input)?;
-    quant.insert(graph.input, input_q);
-    add_tensor(
-        graph.input,
-        own_dtype(graph.input),
-        input_q,
-        &mut tensors,
-        &mut tensor_of_value,
-    );
+    /// The node's output at its own quantisation and type.
+    fn own_output(&mut self, n: &At<'_>) -> Result<(u32, Quant), LowerError> {
+        let v = n.node.output;
+        let q = self.own_quant(v)?;
+        Ok((self.output(v, self.own_dtype(v), q), q))
+    }
 
-    let last_use = graph.last_use();
-    for (step, node) in graph.nodes.iter().enumerate() {
-        let x = node.inputs[0];
-        let xq = quant[&x];
-        let xt = tensor_of_value[&x];
-        let x_dtype = tensors[xt as usize].dtype;
-        let in_shape = &graph.values[x].shape;
-        let int8_only = |what: &str| {
-            let wide_operand = node
-                .inputs
+    /// The node's output at its input's quantisation and type (ops that move values).
+    fn moved_output(&mut self, n: &At<'_>) -> u32 {
+        self.output(n.node.output, n.x_dtype, n.xq)
+    }
+
+    fn int8_only(&self, n: &At<'_>, what: &str) -> Result<(), LowerError> {
+        let wide_operand = n
+            .node
+            .inputs
+            .iter()
+            .any(|i| self.tensors[self.tensor_of_value[i] as usize].dtype == DType::I16);
+        if wide_operand {
+            return Err(unsupported(
+                n.node,
+                what,
+                "int16 operand (only convs, dense layers and pooling take layers kept wider)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn conv(&mut self, n: &At<'_>, c: &Conv) -> Result<OpRecord, LowerError> {
+        if c.dilation != [1, 1] {
+            return Err(unsupported(n.node, "Conv", "dilated convolution in int8"));
+        }
+        let (xq, output) = (n.xq, n.node.output);
+        let yq = self.own_quant(output)?;
+        let [oc, _, kh, kw] = c.weight_shape;
+        let f16 = self.wide.f16_weights_for(output);
+        let (packed, params) = if f16 {
+            (
+                f16_weights(&oihw_to_hwio(&c.weight, c.weight_shape)),
+                f16_records(c.bias.as_deref(), xq, yq.scale, oc),
+            )
+        } else {
+            let (weights, scales) = quantize_weights(&c.weight, oc);
+            // The bias correction sums each channel's weights: OIHW rows are channels.
+            let params = channel_params(&weights, &scales, c.bias.as_deref(), xq, yq.scale, oc);
+            (oihw_to_hwio(&weights, c.weight_shape), params)
+        };
+        let yt = self.output(output, self.own_dtype(output), yq);
+        let residual = if c.fused_add {
+            let r = n.node.inputs[1];
+            let (rq, rt) = (self.quant[&r], self.tensor_of_value[&r]);
+            let (m, s) = quantize_multiplier(rq.scale as f64 / yq.scale as f64);
+            // The residual dies here: the output overwrites it in place.
+            let same_type = self.tensors[rt as usize].dtype == self.tensors[yt as usize].dtype;
+            let g = self.graph;
+            if same_type && self.last_use[r] == Some(n.step) && r != g.input && r != g.output {
+                self.shares.insert(yt, rt);
+            }
+            Some(Residual {
+                tensor: rt,
+                multiplier: m,
+                shift: s,
+            })
+        } else {
+            None
+        };
+        let mut op = OpRecord::plain(OpKind::Conv, n.xt, yt);
+        window(n.node, &mut op, [kh, kw], c.stride, c.pads)?;
+        op.out_min = if c.relu { yq.zero_point as i8 } else { i8::MIN };
+        op.residual = residual;
+        op.weights = packed;
+        op.params = params;
+        if f16 {
+            op.layout = WeightLayout::F16;
+        }
+        Ok(op)
+    }
+
+    fn dense(&mut self, n: &At<'_>, d: &Dense) -> Result<OpRecord, LowerError> {
+        let (xq, output) = (n.xq, n.node.output);
+        let (weights, scales) = quantize_weights(&d.weight, d.out_features);
+        let (yt, yq) = if output == self.graph.output && !d.relu {
+            // Logits: int32 at the largest channel scale, so no channel is rounded
+            // coarser (with f16 weights too: an int16 input makes it fine already).
+            let s = scales
                 .iter()
-                .any(|i| tensors[tensor_of_value[i] as usize].dtype == DType::I16);
-            if wide_operand {
-                Err(unsupported(
-                    &node.name,
-                    what,
-                    "int16 operand (only convs, dense layers and pooling take layers kept wider)",
-                ))
-            } else {
-                Ok(())
-            }
+                .map(|&w| w * xq.scale as f64)
+                .fold(0.0, f64::max)
+                .max(1e-12);
+            let q = Quant {
+                scale: s as f32,
+                zero_point: 0,
+            };
+            (self.output(output, DType::I32, q), q)
+        } else {
+            self.own_output(n)?
         };
-        let small = |v: usize| {
-            u8::try_from(v)
-                .map_err(|_| unsupported(&node.name, node.op.kind(), "window parameter above 255"))
+        let mut op = OpRecord::plain(OpKind::Dense, n.xt, yt);
+        op.out_min = if d.relu { yq.zero_point as i8 } else { i8::MIN };
+        if self.wide.f16_weights_for(output) {
+            op.weights = f16_weights(&d.weight);
+            op.params = f16_records(d.bias.as_deref(), xq, yq.scale, d.out_features);
+            op.layout = WeightLayout::F16;
+        } else {
+            let bias = d.bias.as_deref();
+            op.params = channel_params(&weights, &scales, bias, xq, yq.scale, d.out_features);
+            op.weights = weights;
+        }
+        Ok(op)
+    }
+
+    fn pool(&mut self, n: &At<'_>, p: &Pool, kind: OpKind) -> Result<OpRecord, LowerError> {
+        let yt = self.moved_output(n);
+        let mut op = OpRecord::plain(kind, n.xt, yt);
+        window(n.node, &mut op, p.kernel, p.stride, p.pads)?;
+        op.count_include_pad = p.count_include_pad;
+        Ok(op)
+    }
+
+    fn global_avg_pool(&mut self, n: &At<'_>) -> Result<OpRecord, LowerError> {
+        // The pooled tensor's own scale: the mean's range is narrower than the feature
+        // map's, so its own steps are finer (and a QDQ model rounds there).
+        let (yt, yq) = self.own_output(n)?;
+        let xq = n.xq;
+        let mut op = OpRecord::plain(OpKind::GlobalAvgPool, n.xt, yt);
+        if yq != xq || self.tensors[yt as usize].dtype != n.x_dtype {
+            let pixels = (n.in_shape[2] * n.in_shape[3]) as f64;
+            let (m, s) = quantize_multiplier(xq.scale as f64 / (pixels * yq.scale as f64));
+            let bias = -(pixels as i64 * xq.zero_point as i64) as i32;
+            op.params = vec![(bias, m, s)];
+        }
+        Ok(op)
+    }
+
+    fn reshape(&mut self, n: &At<'_>) -> Result<OpRecord, LowerError> {
+        // NHWC and NCHW orders agree only when there is one pixel.
+        if n.in_shape.len() == 4 && n.in_shape[2] * n.in_shape[3] != 1 {
+            return Err(unsupported(
+                n.node,
+                "Reshape",
+                "flattening a feature map larger than 1×1",
+            ));
+        }
+        let yt = self.moved_output(n);
+        self.shares.insert(yt, n.xt);
+        Ok(OpRecord::plain(OpKind::Reshape, n.xt, yt))
+    }
+
+    fn slice(&mut self, n: &At<'_>, s: &Slice) -> Result<OpRecord, LowerError> {
+        let in_shape = n.in_shape;
+        if in_shape.len() != 4
+            || s.start[..2] != [0, 0]
+            || s.step[..2] != [1, 1]
+            || self.graph.values[n.node.output].shape[1] != in_shape[1]
+        {
+            return Err(unsupported(
+                n.node,
+                "Slice",
+                "only strided slicing of height and width",
+            ));
+        }
+        let yt = self.moved_output(n);
+        let mut op = OpRecord::plain(OpKind::Subsample, n.xt, yt);
+        op.stride = [small(n.node, s.step[2])?, small(n.node, s.step[3])?];
+        op.aux = [s.start[2] as u16, s.start[3] as u16];
+        Ok(op)
+    }
+
+    fn pad_channels(&mut self, n: &At<'_>, p: &Pad) -> Result<OpRecord, LowerError> {
+        let only_channels = p.pads.len() == 4
+            && p.pads
+                .iter()
+                .enumerate()
+                .all(|(a, &(b, e))| a == 1 || (b, e) == (0, 0));
+        if !only_channels || p.value != 0.0 {
+            return Err(unsupported(
+                n.node,
+                "Pad",
+                "only zero padding of the channel axis",
+            ));
+        }
+        let yt = self.moved_output(n);
+        let mut op = OpRecord::plain(OpKind::PadChannels, n.xt, yt);
+        op.aux = [p.pads[1].0 as u16, p.pads[1].1 as u16];
+        Ok(op)
+    }
+
+    fn channel_affine(&mut self, n: &At<'_>, a: &ChannelAffine) -> Result<OpRecord, LowerError> {
+        self.int8_only(n, "ChannelAffine")?;
+        let yq = self.own_quant(n.node.output)?;
+        let channels = a.scale.len();
+        // One weight per channel: its own scale makes it ±127, so only the offset and the
+        // requantisation round.
+        let (weights, scales) = quantize_weights(&a.scale, channels);
+        let params = channel_params(&weights, &scales, Some(&a.offset), n.xq, yq.scale, channels);
+        let yt = self.output(n.node.output, DType::I8, yq);
+        let mut op = OpRecord::plain(OpKind::ChannelAffine, n.xt, yt);
+        op.out_min = if a.relu { yq.zero_point as i8 } else { i8::MIN };
+        op.weights = weights;
+        op.params = params;
+        Ok(op)
+    }
+
+    fn add(&mut self, n: &At<'_>, relu: bool) -> Result<OpRecord, LowerError> {
+        self.int8_only(n, "Add")?;
+        let b = n.node.inputs[1];
+        let (bq, bt) = (self.quant[&b], self.tensor_of_value[&b]);
+        let yq = self.own_quant(n.node.output)?;
+        let yt = self.output(n.node.output, DType::I8, yq);
+        let (ma, sa) = quantize_multiplier(n.xq.scale as f64 / yq.scale as f64);
+        let (mb, sb) = quantize_multiplier(bq.scale as f64 / yq.scale as f64);
+        let mut op = OpRecord::plain(OpKind::Add, n.xt, yt);
+        op.residual = Some(Residual {
+            tensor: bt,
+            multiplier: mb,
+            shift: sb,
+        });
+        op.params = vec![(0, ma, sa)];
+        op.out_min = if relu { yq.zero_point as i8 } else { i8::MIN };
+        Ok(op)
+    }
+
+    /// The memory plan, and the model.
+    fn finish(
+        mut self,
+        pre: &Preprocess,
+        labels: Vec<String>,
+        metadata: Vec<(String, String)>,
+    ) -> Lowered {
+        let input = self.tensor_of_value[&self.graph.input];
+        let placement = plan_memory(&self.tensors, &self.ops, &self.shares, input);
+        for (t, off) in self.tensors.iter_mut().zip(&placement.offsets) {
+            t.offset = *off as u32;
+        }
+        let model = KesModel {
+            tensors: self.tensors,
+            ops: self.ops,
+            input,
+            output: self.tensor_of_value[&self.graph.output],
+            plan: Plan {
+                arena_bytes: placement.arena_bytes as u64,
+                lower_bound_bytes: placement.lower_bound_bytes as u64,
+                scratch_offset: 0,
+                scratch_bytes: 0,
+            },
+            preprocess: pre.to_info(),
+            labels,
+            metadata,
         };
-        match &node.op {
-            Op::Conv(c) => {
-                if c.dilation != [1, 1] {
-                    return Err(unsupported(
-                        &node.name,
-                        "Conv",
-                        "dilated convolution in int8",
-                    ));
-                }
-                let yq = own_quant(node.output)?;
-                let [oc, _, kh, kw] = c.weight_shape;
-                let f16 = wide.f16_weights_for(node.output);
-                let (packed, params) = if f16 {
-                    (
-                        f16_weights(&oihw_to_hwio(&c.weight, c.weight_shape)),
-                        f16_records(c.bias.as_deref(), xq, yq.scale, oc),
-                    )
-                } else {
-                    let (weights, scales) = quantize_weights(&c.weight, oc);
-                    // The bias correction sums each channel's weights: OIHW rows are channels.
-                    let params =
-                        channel_params(&weights, &scales, c.bias.as_deref(), xq, yq.scale, oc);
-                    (oihw_to_hwio(&weights, c.weight_shape), params)
-                };
-                let yt = add_tensor(
-                    node.output,
-                    own_dtype(node.output),
-                    yq,
-                    &mut tensors,
-                    &mut tensor_of_value,
-                );
-                let residual = if c.fused_add {
-                    let r = node.inputs[1];
-                    let rq = quant[&r];
-                    let rt = tensor_of_value[&r];
-                    let (m, s) = quantize_multiplier(rq.scale as f64 / yq.scale as f64);
-                    // The residual dies here: the output overwrites it in place.
-                    let same_type = tensors[rt as usize].dtype == tensors[yt as usize].dtype;
-                    if same_type
-                        && last_use[r] == Some(step)
-                        && r != graph.input
-                        && r != graph.output
-                    {
-                        shares.insert(yt, rt);
-                    }
-                    Some(Residual {
-                        tensor: rt,
-                        multiplier: m,
-                        shift: s,
-                    })
-                } else {
-                    None
-                };
-                let mut op = OpRecord::plain(OpKind::Conv, xt, yt);
-                op.kernel = [small(kh)?, small(kw)?];
-                op.stride = [small(c.stride[0])?, small(c.stride[1])?];
-                op.pads = [
-                    small(c.pads[0])?,
-                    small(c.pads[1])?,
-                    small(c.pads[2])?,
-                    small(c.pads[3])?,
-                ];
-                op.out_min = if c.relu { yq.zero_point as i8 } else { i8::MIN };
-                op.residual = residual;
-                op.weights = packed;
-                op.params = params;
-                if f16 {
-                    op.layout = WeightLayout::F16;
-                }
-                quant.insert(node.output, yq);
-                ops.push(op);
-            }
-            Op::Dense(d) => {
-                let (weights, scales) = quantize_weights(&d.weight, d.out_features);
-                let is_output = node.output == graph.output;
-                let f16 = wide.f16_weights_for(node.output);
-                let (dtype, yq) = if is_output && !d.relu {
-                    // Logits: int32 at the largest channel scale, so no channel is rounded
-                    // coarser (with f16 weights too: an int16 input makes it fine already).
-                    let s = scales
-                        .iter()
-                        .map(|&w| w * xq.scale as f64)
-                        .fold(0.0, f64::max)
-                        .max(1e-12);
-                    (
-                        DType::I32,
-                        Quant {
-                            scale: s as f32,
-                            zero_point: 0,
-                        },
-                    )
-                } else {
-                    (own_dtype(node.output), own_quant(node.output)?)
-                };
-                let yt = add_tensor(node.output, dtype, yq, &mut tensors, &mut tensor_of_value);
-                let mut op = OpRecord::plain(OpKind::Dense, xt, yt);
-                op.out_min = if d.relu { yq.zero_point as i8 } else { i8::MIN };
-                if f16 {
-                    op.weights = f16_weights(&d.weight);
-                    op.params = f16_records(d.bias.as_deref(), xq, yq.scale, d.out_features);
-                    op.layout = WeightLayout::F16;
-                } else {
-                    op.params = channel_params(
-                        &weights,
-                        &scales,
-                        d.bias.as_deref(),
-                        xq,
-                        yq.scale,
-                        d.out_features,
-                    );
-                    op.weights = weights;
-                }
-                quant.insert(node.output, yq);
-                ops.push(op);
-            }
-            Op::MaxPool(p) | Op::AvgPool(p) => {
-                let kind = if matches!(node.op, Op::MaxPool(_)) {
-                    OpKind::MaxPool
-                } else {
-                    int8_only("AveragePool")?;
-                    OpKind::AvgPool
-                };
-                let yt = add_tensor(node.output, x_dtype, xq, &mut tensors, &mut tensor_of_value);
-                let mut op = OpRecord::plain(kind, xt, yt);
-                op.kernel = [small(p.kernel[0])?, small(p.kernel[1])?];
-                op.stride = [small(p.stride[0])?, small(p.stride[1])?];
-                op.pads = [
-                    small(p.pads[0])?,
-                    small(p.pads[1])?,
-                    small(p.pads[2])?,
-                    small(p.pads[3])?,
-                ];
-                op.count_include_pad = p.count_include_pad;
-                quant.insert(node.output, xq);
-                ops.push(op);
-            }
-            Op::GlobalAvgPool => {
-                // The pooled tensor's own scale: the mean's range is narrower than the
-                // feature map's, so its own steps are finer (and a QDQ model rounds there).
-                let yq = own_quant(node.output)?;
-                let yt = add_tensor(
-                    node.output,
-                    own_dtype(node.output),
-                    yq,
-                    &mut tensors,
-                    &mut tensor_of_value,
-                );
-                let mut op = OpRecord::plain(OpKind::GlobalAvgPool, xt, yt);
-                if yq != xq || tensors[yt as usize].dtype != x_dtype {
-                    let pixels = (in_shape[2] * in_shape[3]) as f64;
-                    let (m, s) = quantize_multiplier(xq.scale as f64 / (pixels * yq.scale as f64));
-                    let bias = -(pixels as i64 * xq.zero_point as i64) as i32;
-                    op.params = vec![(bias, m, s)];
-                }
-                quant.insert(node.output, yq);
-                ops.push(op);
-            }
-            Op::Reshape => {
-                // NHWC and NCHW orders agree only when there is one pixel.
-                if in_shape.len() == 4 && in_shape[2] * in_shape[3] != 1 {
-                    return Err(unsupported(
-                        &node.name,
-                        "Reshape",
-                        "flattening a feature map larger than 1×1",
-                    ));
-                }
-                let yt = add_tensor(node.output, x_dtype, xq, &mut tensors, &mut tensor_of_value);
-                shares.insert(yt, xt);
-                quant.insert(node.output, xq);
-                ops.push(OpRecord::plain(OpKind::Reshape, xt, yt));
-            }
-            Op::Slice(s) => {
-                if in_shape.len() != 4
-                    || s.start[..2] != [0, 0]
-                    || s.step[..2] != [1, 1]
-                    || graph.values[node.output].shape[1] != in_shape[1]
-                {
-                    return Err(unsupported(
-                        &node.name,
-                        "Slice",
-                        "only strided slicing of height and width",
-                    ));
-                }
-                let yt = add_tensor(node.output, x_dtype, xq, &mut tensors, &mut tensor_of_value);
-                let mut op = OpRecord::plain(OpKind::Subsample, xt, yt);
-                op.stride = [small(s.step[2])?, small(s.step[3])?];
-                op.aux = [s.start[2] as u16, s.start[3] as u16];
-                quant.insert(node.output, xq);
-                ops.push(op);
-            }
-            Op::Pad(p) => {
-                let only_channels = p.pads.len() == 4
-                    && p.pads
-                        .iter()
-                        .enumerate()
-                        .all(|(a, &(b, e))| a == 1 || (b, e) == (0, 0));
-                if !only_channels || p.value != 0.0 {
-                    return Err(unsupported(
-                        &node.name,
-                        "Pad",
-                        "only zero padding of the channel axis",
-                    ));
-                }
-                let yt = add_tensor(node.output, x_dtype, xq, &mut tensors, &mut tensor_of_value);
-                let mut op = OpRecord::plain(OpKind::PadChannels, xt, yt);
-                op.aux = [p.pads[1].0 as u16, p.pads[1].1 as u16];
-                quant.insert(node.output, xq);
-                ops.push(op);
-            }
-            Op::ChannelAffine(a) => {
-                int8_only("ChannelAffine")?;
-                let yq = own_quant(node.output)?;
-                let channels = a.scale.len();
-                // One weight per channel: its own scale makes it ±127, so only the offset
-                // and the requantisation round.
-                let (weights, scales) = quantize_weights(&a.scale, channels);
-                let params =
-                    channel_params(&weights, &scales, Some(&a.offset), xq, yq.scale, channels);
-                let yt = add_tensor(
-                    node.output,
-                    DType::I8,
-                    yq,
-                    &mut tensors,
-                    &mut tensor_of_value,
-                );
-                let mut op = OpRecord::plain(OpKind::ChannelAffine, xt, yt);
-                op.out_min = if a.relu { yq.zero_point as i8 } else { i8::MIN };
-                op.weights = weights;
-                op.params = params;
-                quant.insert(node.output, yq);
-                ops.push(op);
-            }
-            Op::Add { relu } => {
-                int8_only("Add")?;
-                let b = node.inputs[1];
-                let (bq, bt) = (quant[&b], tensor_of_value[&b]);
-                let yq = own_quant(node.output)?;
-                let yt = add_tensor(
-                    node.output,
-                    DType::I8,
-                    yq,
-                    &mut tensors,
-                    &mut tensor_of_value,
-                );
-                let (ma, sa) = quantize_multiplier(xq.scale as f64 / yq.scale as f64);
-                let (mb, sb) = quantize_multiplier(bq.scale as f64 / yq.scale as f64);
-                let mut op = OpRecord::plain(OpKind::Add, xt, yt);
-                op.residual = Some(Residual {
-                    tensor: bt,
-                    multiplier: mb,
-                    shift: sb,
-                });
-                op.params = vec![(0, ma, sa)];
-                op.out_min = if *relu { yq.zero_point as i8 } else { i8::MIN };
-                quant.insert(node.output, yq);
-                ops.push(op);
-            }
-            Op::BatchNorm(_) | Op::Relu => {
-                return Err(unsupported(
-                    &node.name,
-                    node.op.kind(),
-                    "left unfused by the graph passes; int8 runs it only fused into a convolution",
-                ))
-            }
+        Lowered {
+            model,
+            tensor_of_value: self.tensor_of_value,
         }
     }
+}
 
-    let placement = plan_memory(&tensors, &ops, &shares, tensor_of_value[&graph.input]);
-    for (t, off) in tensors.iter_mut().zip(&placement.offsets) {
-        t.offset = *off as u32;
-    }
-    let model = KesModel {
-        tensors,
-        ops,
-        input: tensor_of_value[&graph.input],
-        output: tensor_of_value[&graph.output],
-        plan: Plan {
-            arena_bytes: placement.arena_bytes as u64,
-            lower_bound_bytes: placement.lower_bound_bytes as u64,
-            scratch_offset: 0,
-            scratch_bytes: 0,
-        },
-        preprocess: pre.to_info(),
-        labels,
-        metadata,
-    };
-    Ok(Lowered {
-        model,
-        tensor_of_value,
-    })
+/// A window op's kernel, stride and pads, each of which the file holds in a byte.
+fn window(
+    node: &Node,
+    op: &mut OpRecord,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    pads: [usize; 4],
+) -> Result<(), LowerError> {
+    op.kernel = [small(node, kernel[0])?, small(node, kernel[1])?];
+    op.stride = [small(node, stride[0])?, small(node, stride[1])?];
+    op.pads = [
+        small(node, pads[0])?,
+        small(node, pads[1])?,
+        small(node, pads[2])?,
+        small(node, pads[3])?,
+    ];
+    Ok(())
+}
+
+fn small(node: &Node, v: usize) -> Result<u8, LowerError> {
+    u8::try_from(v).map_err(|_| unsupported(node, node.op.kind(), "window parameter above 255"))
 }
 
 /// Per-channel symmetric int8 weights and their scales (`[N, …]` row-major).
