@@ -142,3 +142,52 @@ pub fn argmax(v: &[f32]) -> usize {
         })
         .0
 }
+
+/// The text `kestrel check` prints.
+pub fn print(r: &CheckReport) {
+    println!("model        {}", r.model);
+    println!(
+        "input        {} {:?} (preprocessing: {})",
+        r.input, r.input_shape, r.preprocess_source
+    );
+    let ops: Vec<String> = r.ops.iter().map(|(k, v)| format!("{k}×{v}")).collect();
+    println!("onnx ops     {}", ops.join(" "));
+    let folded: Vec<String> = r
+        .folded_ops
+        .iter()
+        .map(|(k, v)| format!("{k}×{v}"))
+        .collect();
+    println!("folded ops   {}", folded.join(" "));
+    let p = &r.passes;
+    let mut extra = String::new();
+    if p.bn_affine > 0 {
+        extra += &format!(", {} BatchNorm as per-channel affine", p.bn_affine);
+    }
+    if p.pads_folded > 0 {
+        extra += &format!(", {} Pad folded into conv", p.pads_folded);
+    }
+    if p.convs_to_dense > 0 {
+        extra += &format!(", {} 1x1 conv head as dense", p.convs_to_dense);
+    }
+    println!(
+        "passes       {} BatchNorm folded ({} left), {} ReLU fused, {} residual Add fused{extra}",
+        p.bn_folded, p.bn_left, p.relu_fused, p.add_fused
+    );
+    println!(
+        "params       {} unfolded → {} folded; {:.2} M MACs",
+        r.params_unfolded,
+        r.params_folded,
+        r.macs as f64 / 1e6
+    );
+    println!(
+        "vs tract     max |diff| {:.3e} (tolerance {:.3e}, max |logit| {:.3}) → {}",
+        r.max_abs_diff,
+        r.tolerance,
+        r.max_abs_logit,
+        if r.within_tolerance { "OK" } else { "FAIL" }
+    );
+    println!(
+        "argmax       kestrel {} / tract {}",
+        r.argmax_kestrel, r.argmax_tract
+    );
+}

@@ -242,3 +242,43 @@ pub fn write_svg(report: &CompareReport, path: &Path) -> anyhow::Result<()> {
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
+
+/// The text `kestrel compare` prints.
+pub fn print(report: &CompareReport) {
+    println!(
+        "{} vs {} on {} images: top-1 agreement {:.2}% ({} flipped)",
+        report.kes,
+        report.model,
+        report.images,
+        100.0 * report.top1_agreement,
+        report.flipped.len()
+    );
+    println!(
+        "{:<4} {:<16} {:<28} {:>18} {:>5} {:>9}",
+        "#", "op", "float node", "shape (NCHW)", "type", "SQNR dB"
+    );
+    for l in &report.layers {
+        println!(
+            "{:<4} {:<16} {:<28} {:>18} {:>5} {:>9.2}",
+            l.index,
+            l.op,
+            l.name,
+            format!("{:?}", l.shape),
+            l.precision,
+            l.sqnr_db
+        );
+    }
+    const SHOWN: usize = 10;
+    for f in report.flipped.iter().take(SHOWN) {
+        println!(
+            "flipped: {} (float class {}, int {})",
+            f.image, f.float_class, f.quantized_class
+        );
+    }
+    if report.flipped.len() > SHOWN {
+        println!(
+            "flipped: … and {} more (--json lists all)",
+            report.flipped.len() - SHOWN
+        );
+    }
+}

@@ -453,6 +453,64 @@ fn choose_precision(
     Ok((wide, Some(report)))
 }
 
+/// The line `compile` ends with: what was written, for which target and from what scales.
+pub fn summary(output: &Path, r: &CompileReport, target_defaulted: bool) -> String {
+    let target = if target_defaulted {
+        format!(
+            "target {} (this machine; --target to choose)",
+            r.target.name()
+        )
+    } else {
+        format!("target {}", r.target.name())
+    };
+    let scales = match (r.calibration_images, r.stated_scales) {
+        (0, stated) => format!("the model's own scales ({stated} stated)"),
+        (n, 0) => format!("{n} calibration inputs ({})", r.method),
+        (n, stated) => format!(
+            "the model's own scales ({stated} stated), the rest from {n} calibration inputs ({})",
+            r.method
+        ),
+    };
+    let skipped = match r.calibration_skipped.len() {
+        0 => String::new(),
+        n => format!(", {n} undecodable images skipped"),
+    };
+    let precision = match (&r.budget, r.wide_layers.len()) {
+        (Some(b), n) => format!(
+            "\nbudget {}%: {n} of {} layers kept {} ({}), agreement with float on {} calibration inputs {:.2}% (all int8: {:.2}%){}",
+            b.budget,
+            b.ranking.len(),
+            r.wide_as.name(),
+            r.wide_layers.join(", "),
+            b.inputs,
+            100.0 * b.chosen_agreement,
+            100.0 * b.int8_agreement,
+            if b.unmet { " — budget not met even with every layer kept wider" } else { "" }
+        ),
+        (None, 0) => String::new(),
+        (None, n) => format!("\n{n} layers kept {}: {}", r.wide_as.name(), r.wide_layers.join(", ")),
+    };
+    let equalized = match r.equalized_pairs {
+        0 => String::new(),
+        n => format!(", {n} conv pairs equalised"),
+    };
+    let bias = match &r.bias_correction {
+        Some(b) => format!(
+            "\nbias correction: {} layers on {} inputs, mean drift from float {:.3} → {:.3} output steps",
+            b.layers, b.inputs, b.mean_drift_before, b.mean_drift_after
+        ),
+        None => String::new(),
+    };
+    format!(
+        "wrote {} ({} bytes), {target}: {} BatchNorm folded{equalized}, {scales}{skipped}, arena {} bytes (lower bound {}){precision}{bias}",
+        output.display(),
+        r.file_bytes,
+        r.passes.bn_folded,
+        r.arena_bytes,
+        r.arena_lower_bound_bytes
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

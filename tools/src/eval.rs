@@ -318,3 +318,40 @@ pub fn evaluate_against(
         }),
     })
 }
+
+/// The text `kestrel eval` prints (`labels` name the classes of flipped images).
+pub fn print(r: &EvalReport, labels: &[String]) {
+    println!(
+        "{}: top-1 {:.2}%, top-5 {:.2}% on {} images",
+        r.model,
+        100.0 * r.top1,
+        100.0 * r.top5,
+        r.images
+    );
+    let Some(a) = &r.agreement else {
+        return;
+    };
+    println!(
+        "float {}: top-1 {:.2}%; the two pick the same class on {:.2}% of images ({} flipped)",
+        a.float_model,
+        100.0 * a.float_top1,
+        100.0 * a.top1_agreement,
+        a.flipped.len()
+    );
+    let label = |i: usize| labels.get(i).cloned().unwrap_or_else(|| i.to_string());
+    const SHOWN: usize = 20;
+    for f in a.flipped.iter().take(SHOWN) {
+        println!(
+            "  {}: float {}, quantised {}",
+            f.image,
+            label(f.float_class),
+            label(f.quantized_class)
+        );
+    }
+    if a.flipped.len() > SHOWN {
+        println!(
+            "  … and {} more (--json lists all)",
+            a.flipped.len() - SHOWN
+        );
+    }
+}

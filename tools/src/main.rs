@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use kestrel_tools::bench::{self, BenchOptions};
 use kestrel_tools::calibrate::Method;
 use kestrel_tools::card::LoadedCard;
-use kestrel_tools::check::{self, CheckReport};
+use kestrel_tools::check;
 use kestrel_tools::compile::{self, CompileOptions, Target};
 use kestrel_tools::eval::{self, Loaded};
 use kestrel_tools::inspect;
@@ -269,7 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print_check(&report);
+                check::print(&report);
             }
             // A model outside tolerance is a failed check, not just a report.
             Ok(if report.within_tolerance {
@@ -309,7 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (bytes, report) = compile::compile(&model, calib.as_deref(), card.as_ref(), &opts)?;
             std::fs::write(&output, &bytes)
                 .with_context(|| format!("writing {}", output.display()))?;
-            eprintln!("{}", compile_summary(&output, &report, target.is_none()));
+            eprintln!("{}", compile::summary(&output, &report, target.is_none()));
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval {
@@ -348,7 +348,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                print_eval(&r, &loaded.labels);
+                eval::print(&r, &loaded.labels);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -475,19 +475,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!(
-                    "{} ({}, binary {} bytes{}, model {} bytes)\n{}",
-                    report.deb.display(),
-                    report.target,
-                    report.binary_bytes,
-                    if report.embedded {
-                        " with the model"
-                    } else {
-                        ""
-                    },
-                    report.model_bytes,
-                    report.tarball.display()
-                );
+                package::print(&report);
             }
             if let Some(dest) = install {
                 package::install_over_ssh(&report.deb, &dest)?;
@@ -522,7 +510,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print_compare(&report);
+                kestrel_tools::compare::print(&report);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -564,189 +552,4 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// The line `compile` ends with: what was written, for which target and from what scales.
-fn print_compare(report: &kestrel_tools::compare::CompareReport) {
-    println!(
-        "{} vs {} on {} images: top-1 agreement {:.2}% ({} flipped)",
-        report.kes,
-        report.model,
-        report.images,
-        100.0 * report.top1_agreement,
-        report.flipped.len()
-    );
-    println!(
-        "{:<4} {:<16} {:<28} {:>18} {:>5} {:>9}",
-        "#", "op", "float node", "shape (NCHW)", "type", "SQNR dB"
-    );
-    for l in &report.layers {
-        println!(
-            "{:<4} {:<16} {:<28} {:>18} {:>5} {:>9.2}",
-            l.index,
-            l.op,
-            l.name,
-            format!("{:?}", l.shape),
-            l.precision,
-            l.sqnr_db
-        );
-    }
-    const SHOWN: usize = 10;
-    for f in report.flipped.iter().take(SHOWN) {
-        println!(
-            "flipped: {} (float class {}, int {})",
-            f.image, f.float_class, f.quantized_class
-        );
-    }
-    if report.flipped.len() > SHOWN {
-        println!(
-            "flipped: … and {} more (--json lists all)",
-            report.flipped.len() - SHOWN
-        );
-    }
-}
-
-fn print_eval(r: &eval::EvalReport, labels: &[String]) {
-    println!(
-        "{}: top-1 {:.2}%, top-5 {:.2}% on {} images",
-        r.model,
-        100.0 * r.top1,
-        100.0 * r.top5,
-        r.images
-    );
-    let Some(a) = &r.agreement else {
-        return;
-    };
-    println!(
-        "float {}: top-1 {:.2}%; the two pick the same class on {:.2}% of images ({} flipped)",
-        a.float_model,
-        100.0 * a.float_top1,
-        100.0 * a.top1_agreement,
-        a.flipped.len()
-    );
-    let label = |i: usize| labels.get(i).cloned().unwrap_or_else(|| i.to_string());
-    const SHOWN: usize = 20;
-    for f in a.flipped.iter().take(SHOWN) {
-        println!(
-            "  {}: float {}, quantised {}",
-            f.image,
-            label(f.float_class),
-            label(f.quantized_class)
-        );
-    }
-    if a.flipped.len() > SHOWN {
-        println!(
-            "  … and {} more (--json lists all)",
-            a.flipped.len() - SHOWN
-        );
-    }
-}
-
-fn compile_summary(
-    output: &std::path::Path,
-    r: &compile::CompileReport,
-    target_defaulted: bool,
-) -> String {
-    let target = if target_defaulted {
-        format!(
-            "target {} (this machine; --target to choose)",
-            r.target.name()
-        )
-    } else {
-        format!("target {}", r.target.name())
-    };
-    let scales = match (r.calibration_images, r.stated_scales) {
-        (0, stated) => format!("the model's own scales ({stated} stated)"),
-        (n, 0) => format!("{n} calibration inputs ({})", r.method),
-        (n, stated) => format!(
-            "the model's own scales ({stated} stated), the rest from {n} calibration inputs ({})",
-            r.method
-        ),
-    };
-    let skipped = match r.calibration_skipped.len() {
-        0 => String::new(),
-        n => format!(", {n} undecodable images skipped"),
-    };
-    let precision = match (&r.budget, r.wide_layers.len()) {
-        (Some(b), n) => format!(
-            "\nbudget {}%: {n} of {} layers kept {} ({}), agreement with float on {} calibration inputs {:.2}% (all int8: {:.2}%){}",
-            b.budget,
-            b.ranking.len(),
-            r.wide_as.name(),
-            r.wide_layers.join(", "),
-            b.inputs,
-            100.0 * b.chosen_agreement,
-            100.0 * b.int8_agreement,
-            if b.unmet { " — budget not met even with every layer kept wider" } else { "" }
-        ),
-        (None, 0) => String::new(),
-        (None, n) => format!("\n{n} layers kept {}: {}", r.wide_as.name(), r.wide_layers.join(", ")),
-    };
-    let equalized = match r.equalized_pairs {
-        0 => String::new(),
-        n => format!(", {n} conv pairs equalised"),
-    };
-    let bias = match &r.bias_correction {
-        Some(b) => format!(
-            "\nbias correction: {} layers on {} inputs, mean drift from float {:.3} → {:.3} output steps",
-            b.layers, b.inputs, b.mean_drift_before, b.mean_drift_after
-        ),
-        None => String::new(),
-    };
-    format!(
-        "wrote {} ({} bytes), {target}: {} BatchNorm folded{equalized}, {scales}{skipped}, arena {} bytes (lower bound {}){precision}{bias}",
-        output.display(),
-        r.file_bytes,
-        r.passes.bn_folded,
-        r.arena_bytes,
-        r.arena_lower_bound_bytes
-    )
-}
-
-fn print_check(r: &CheckReport) {
-    println!("model        {}", r.model);
-    println!(
-        "input        {} {:?} (preprocessing: {})",
-        r.input, r.input_shape, r.preprocess_source
-    );
-    let ops: Vec<String> = r.ops.iter().map(|(k, v)| format!("{k}×{v}")).collect();
-    println!("onnx ops     {}", ops.join(" "));
-    let folded: Vec<String> = r
-        .folded_ops
-        .iter()
-        .map(|(k, v)| format!("{k}×{v}"))
-        .collect();
-    println!("folded ops   {}", folded.join(" "));
-    let p = &r.passes;
-    let mut extra = String::new();
-    if p.bn_affine > 0 {
-        extra += &format!(", {} BatchNorm as per-channel affine", p.bn_affine);
-    }
-    if p.pads_folded > 0 {
-        extra += &format!(", {} Pad folded into conv", p.pads_folded);
-    }
-    if p.convs_to_dense > 0 {
-        extra += &format!(", {} 1x1 conv head as dense", p.convs_to_dense);
-    }
-    println!(
-        "passes       {} BatchNorm folded ({} left), {} ReLU fused, {} residual Add fused{extra}",
-        p.bn_folded, p.bn_left, p.relu_fused, p.add_fused
-    );
-    println!(
-        "params       {} unfolded → {} folded; {:.2} M MACs",
-        r.params_unfolded,
-        r.params_folded,
-        r.macs as f64 / 1e6
-    );
-    println!(
-        "vs tract     max |diff| {:.3e} (tolerance {:.3e}, max |logit| {:.3}) → {}",
-        r.max_abs_diff,
-        r.tolerance,
-        r.max_abs_logit,
-        if r.within_tolerance { "OK" } else { "FAIL" }
-    );
-    println!(
-        "argmax       kestrel {} / tract {}",
-        r.argmax_kestrel, r.argmax_tract
-    );
 }

@@ -311,3 +311,20 @@ pub fn install_over_ssh(deb: &Path, destination: &str) -> anyhow::Result<()> {
         "ssh install",
     )
 }
+
+/// The text `kestrel package` prints: the `.deb`, what it holds, the tarball.
+pub fn print(report: &PackageReport) {
+    println!(
+        "{} ({}, binary {} bytes{}, model {} bytes)\n{}",
+        report.deb.display(),
+        report.target,
+        report.binary_bytes,
+        if report.embedded {
+            " with the model"
+        } else {
+            ""
+        },
+        report.model_bytes,
+        report.tarball.display()
+    );
+}
