@@ -37,6 +37,9 @@ pub struct LayerTime {
 pub struct BenchReport {
     pub model: String,
     pub kernels: String,
+    /// The micro-kernel the packed convs ran (`sdot_4x16c4`, …), if the file has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conv_tile: Option<String>,
     pub threads: usize,
     pub iters: usize,
     pub latency_ms_median: f64,
@@ -147,6 +150,7 @@ pub fn bench(name: &str, bytes: &[u8], opts: &BenchOptions) -> anyhow::Result<Be
     Ok(BenchReport {
         model: name.to_string(),
         kernels: kernels.name().to_string(),
+        conv_tile: model.conv_tile(kernels).map(|t| t.name().to_string()),
         threads: opts.threads,
         iters: opts.iters,
         latency_ms_median: median,
@@ -188,6 +192,7 @@ pub fn bench_onnx(path: &std::path::Path, opts: &BenchOptions) -> anyhow::Result
     Ok(BenchReport {
         model: path.display().to_string(),
         kernels: "tract-f32".into(),
+        conv_tile: None,
         threads: 1,
         iters: opts.iters,
         latency_ms_median: median,
@@ -206,6 +211,9 @@ pub fn print(r: &BenchReport) {
         "{}: {} kernels, {} thread(s), {} iterations",
         r.model, r.kernels, r.threads, r.iters
     );
+    if let Some(tile) = &r.conv_tile {
+        println!("conv tile    {tile}");
+    }
     if let Some(m) = &r.kernel_mismatch {
         println!("warning      {m}");
     }

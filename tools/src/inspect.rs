@@ -49,12 +49,16 @@ pub struct InspectReport {
     /// The kernels this machine runs the file on, and what it costs when the file is
     /// packed for another CPU family (its convs then run the portable tile).
     pub kernels_here: String,
+    /// The micro-kernel the packed convs run on them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conv_tile_here: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_mismatch: Option<String>,
 }
 
 pub fn inspect(bytes: &[u8]) -> Result<InspectReport, FormatError> {
     let f = KesFile::parse(bytes)?;
+    let model = kestrel_runtime::Model::parse(bytes).ok();
     let here = kestrel_runtime::CpuFeatures::available().best();
     let tensor = |i: u32| {
         let t = f.tensor(i).expect("validated by parse");
@@ -119,8 +123,12 @@ pub fn inspect(bytes: &[u8]) -> Result<InspectReport, FormatError> {
             .collect(),
         ops,
         kernels_here: here.name().to_string(),
-        kernel_mismatch: kestrel_runtime::Model::parse(bytes)
-            .ok()
+        conv_tile_here: model
+            .as_ref()
+            .and_then(|m| m.conv_tile(here))
+            .map(|t| t.name().to_string()),
+        kernel_mismatch: model
+            .as_ref()
             .and_then(|m| m.kernel_mismatch(here))
             .map(|m| m.to_string()),
     })
@@ -137,6 +145,9 @@ pub fn print(r: &InspectReport) {
             r.kernels_here
         ),
         None => println!("kernels      {} on this machine", r.kernels_here),
+    }
+    if let Some(tile) = &r.conv_tile_here {
+        println!("conv tile    {tile}");
     }
     println!(
         "arena        {} bytes (lower bound {}, ratio {:.3})",

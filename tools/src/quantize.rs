@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use kestrel_format::writer::{KesModel, OpRecord, TensorRecord};
 use kestrel_format::{DType, OpKind, Plan, Residual, WeightLayout};
-use kestrel_kernels::scalar::quantize_multiplier;
+use kestrel_kernels::quant::quantize_multiplier;
 
 use crate::calibrate::{choose_range, Method, TensorStats};
 use crate::graph::{

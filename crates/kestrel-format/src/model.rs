@@ -6,14 +6,14 @@
 //! input and output buffers) happens here, once, in [`KesFile::parse`].
 
 use crate::container::{parse_container, SectionKind};
-use crate::reader::{i32_at, Reader};
+use crate::reader::Reader;
 use crate::FormatError;
-use kestrel_kernels::gemm::Packing;
+use kestrel_kernels::conv::Packing;
 
 pub const TENSOR_RECORD_LEN: usize = 32;
 pub const OP_RECORD_LEN: usize = 64;
 /// Per output channel: bias (i32), requantisation multiplier (i32), shift (i32).
-pub const CHANNEL_PARAMS_LEN: usize = 12;
+pub const CHANNEL_PARAMS_LEN: usize = kestrel_kernels::conv::params::RECORD_BYTES;
 const NO_TENSOR: u32 = u32::MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,10 +132,10 @@ impl OpKind {
 pub enum WeightLayout {
     /// `[KH][KW][IC][OC]`: what the scalar reference reads (`--target generic`).
     Portable = 0,
-    /// `kestrel_kernels::gemm`'s 4-channel blocks of 16-byte reduction chunks, plus
+    /// `kestrel_kernels::conv::layout::blocks4`: 4-channel blocks of 16-byte reduction chunks, plus
     /// channel sums (`--target rpi4`: the Cortex-A72 kernel).
     Blocks4 = 1,
-    /// `kestrel_kernels::gemm16`'s 16-channel lanes of four reduction steps, plus
+    /// `kestrel_kernels::conv::layout::lanes16`: 16-channel lanes of four reduction steps, plus
     /// channel sums (`--target rpi5|jetson-orin|x86-64`: `sdot` by element, VNNI, AVX2).
     Lanes16 = 2,
     /// A layer kept wider: `[KH][KW][IC][OC]` (dense `[N][K]`) IEEE half floats, little
@@ -227,11 +227,7 @@ impl<'a> ChannelParams<'a> {
     /// `(bias, multiplier, shift)` of channel `c` (`c < len()`).
     #[inline]
     pub fn get(&self, c: usize) -> (i32, i32, i32) {
-        (
-            i32_at(self.bytes, 3 * c),
-            i32_at(self.bytes, 3 * c + 1),
-            i32_at(self.bytes, 3 * c + 2),
-        )
+        kestrel_kernels::conv::params::record(self.bytes, c)
     }
 }
 

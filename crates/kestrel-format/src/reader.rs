@@ -73,10 +73,3 @@ impl<'a> Reader<'a> {
         self.bytes.len() - self.pos
     }
 }
-
-/// Reads a little-endian `i32` at `index` of a packed array (no alignment needed).
-#[inline]
-pub(crate) fn i32_at(bytes: &[u8], index: usize) -> i32 {
-    let b = &bytes[index * 4..index * 4 + 4];
-    i32::from_le_bytes([b[0], b[1], b[2], b[3]])
-}

@@ -82,7 +82,7 @@ fn pad_to(buf: &mut Vec<u8>, align: usize) {
 
 impl KesModel {
     /// Repacks every conv's weights in `layout` for the packed-GEMM micro-kernels
-    /// (`kestrel_kernels::gemm::Packing`) and reserves their scratch (the packed input of
+    /// (`kestrel_kernels::conv::Packing`) and reserves their scratch (the packed input of
     /// the deepest conv) after the tensors in the arena.
     pub fn pack_convs(&mut self, layout: WeightLayout) {
         let Some(packing) = layout.packing() else {

@@ -6,9 +6,11 @@
 //! ```
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kestrel_kernels::gemm::{param_bytes, PackedConv, Packing};
+use kestrel_kernels::conv::params::to_bytes as param_bytes;
+use kestrel_kernels::conv::{Conv, Packing};
 use kestrel_kernels::isa::{CpuFeatures, Isa};
-use kestrel_kernels::scalar::{OutQuant, Residual, Window};
+use kestrel_kernels::quant::{OutQuant, Residual};
+use kestrel_kernels::window::Window;
 
 /// `(name, input h = w, in channels, out channels, kernel, stride, pad)`.
 const SHAPES: [(&str, usize, usize, usize, usize, usize, usize); 5] = [
@@ -61,11 +63,11 @@ fn conv(c: &mut Criterion) {
                 let id = BenchmarkId::new(format!("{packing:?}"), isa.name());
                 group.bench_function(id, |b| {
                     b.iter(|| {
-                        let conv = PackedConv {
+                        let conv = Conv {
                             window: &win,
                             input: &input,
                             zero_point: -3,
-                            packed: &packed,
+                            weights: &packed,
                             params: &params,
                             out: OutQuant {
                                 zero_point: -128,

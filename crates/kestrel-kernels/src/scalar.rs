@@ -1,378 +1,78 @@
-//! The scalar reference kernels: the definition every SIMD path must match bit for bit.
+//! The scalar reference kernels: the definition every other path matches bit for bit,
+//! one function per op, plain loops without SIMD. Each takes what the op's optimised path
+//! takes ([`crate::conv::Packing::conv2d`] adds the CPU path and its scratch).
 //!
 //! Tensors are NHWC int8 with a per-tensor zero point; conv weights are `[KH][KW][IC][OC]`
 //! int8 (symmetric, per output channel), dense weights `[N][K]`. Each output channel
-//! carries `(bias, multiplier, shift)`: the int32 bias already holds the input zero-point
-//! correction (`b − z_in·Σw`), so padded taps read the input zero point and the
-//! accumulator is `bias + Σ w·x`. Requantisation multiplies by a Q31 multiplier and a power
-//! of two and rounds once ([`requantize`]).
+//! carries `(bias, multiplier, shift)` ([`crate::quant`]).
 
 use core::ops::Range;
 
-/// Shapes of a 2-D window op (conv or pooling) on NHWC tensors with batch 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Window {
-    pub in_h: usize,
-    pub in_w: usize,
-    pub in_c: usize,
-    pub out_h: usize,
-    pub out_w: usize,
-    pub out_c: usize,
-    pub kernel: [usize; 2],
-    pub stride: [usize; 2],
-    /// `[top, left, bottom, right]`.
-    pub pads: [usize; 4],
-}
+use crate::conv::contract::Conv;
+use crate::conv::params;
+use crate::quant::{finish, requantize, residual_term, rounding_div, OutQuant};
+use crate::window::Window;
 
-/// Output quantisation of an op: zero point and clamp (a fused ReLU raises `min`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OutQuant {
-    pub zero_point: i32,
-    pub min: i8,
-    pub max: i8,
-}
-
-/// The residual operand of a fused conv (the block's Add, before its ReLU).
-#[derive(Clone, Copy, Debug)]
-pub enum Residual<'a> {
-    None,
-    /// A separate tensor shaped like the output.
-    Separate {
-        data: &'a [i8],
-        zero_point: i32,
-        multiplier: i32,
-        shift: i32,
-    },
-    /// The output buffer holds the residual on entry and is overwritten element by element.
-    InPlace {
-        zero_point: i32,
-        multiplier: i32,
-        shift: i32,
-    },
-}
-
-impl<'a> Residual<'a> {
-    /// The residual of the output elements `start .. start + len` (a run of pixels a
-    /// thread computes): a separate tensor is sliced the same way.
-    pub fn part(self, start: usize, len: usize) -> Residual<'a> {
-        match self {
-            Residual::Separate {
-                data,
-                zero_point,
-                multiplier,
-                shift,
-            } => Residual::Separate {
-                data: &data[start..][..len],
-                zero_point,
-                multiplier,
-                shift,
-            },
-            other => other,
-        }
-    }
-}
-
-/// `x · multiplier · 2^(shift − 31)` rounded once, halves up; `shift` in `[-31, 30]`,
-/// `multiplier ≥ 0` (the parser checks both). A positive shift first multiplies `x` by
-/// `2^shift`, saturating in 32 bits.
-///
-/// One rounding, not gemmlowp's two (a rounded high multiply, then a rounded shift): the
-/// second rounding of an already rounded value sends about one value in `2^right` one
-/// step up, which is what made files of ONNX Runtime's QDQ models disagree with it (it
-/// rounds `acc · scale` once). SIMD paths get the same result from a truncating high
-/// multiply followed by a rounding shift: `⌊⌊v⌋ / 2^r + ½⌋ = ⌊v / 2^r + ½⌋`.
-#[inline]
-pub fn requantize(x: i32, multiplier: i32, shift: i32) -> i32 {
-    let left = shift.max(0) as u32;
-    let right = (-shift).max(0) as u32;
-    let x = x.saturating_mul(1 << left);
-    let total = 31 + right;
-    let product = x as i64 * multiplier as i64;
-    // |product| < 2⁶², so adding 2^(total − 1) ≤ 2⁶¹ cannot overflow.
-    ((product + (1i64 << (total - 1))) >> total).clamp(i32::MIN as i64, i32::MAX as i64) as i32
-}
-
-/// `(multiplier, shift)` representing a positive real `m` for [`requantize`].
-pub fn quantize_multiplier(m: f64) -> (i32, i32) {
-    if m <= 0.0 || !m.is_finite() {
-        return (0, 0);
-    }
-    // m = q · 2^shift with q in [0.5, 1).
-    let mut shift = 0i32;
-    let mut q = m;
-    while q >= 1.0 {
-        q /= 2.0;
-        shift += 1;
-    }
-    while q < 0.5 {
-        q *= 2.0;
-        shift -= 1;
-    }
-    // q > 0, so adding one half and truncating rounds to nearest (no f64::round in core).
-    let mut fixed = (q * (1i64 << 31) as f64 + 0.5) as i64;
-    if fixed == 1i64 << 31 {
-        fixed /= 2;
-        shift += 1;
-    }
-    if shift < -31 {
-        return (0, 0);
-    }
-    (fixed as i32, shift.min(30))
-}
-
-/// Accumulation wraps on i32 overflow, as SIMD adds do, so every path agrees even on
+/// `Σ x·w`, wrapping on i32 overflow as SIMD adds do, so every path agrees even on
 /// hostile weights (a trained model stays far from the limits).
 #[inline]
-fn dot(x: &[i8], w: &[i8]) -> i32 {
-    // Whole 16-byte chunks with the baseline SIMD of the target (SSE2 on x86-64, NEON on
-    // AArch64); wrapping sums are associative, so the result is the plain sum.
-    let n = x.len().min(w.len()) / 16 * 16;
-    x[n..]
-        .iter()
-        .zip(&w[n..])
-        .fold(simd_dot16(&x[..n], &w[..n]), |acc, (&a, &b)| {
-            acc.wrapping_add(a as i32 * b as i32)
-        })
-}
-
-/// `Σ x·w` over slices of equal length, a multiple of 16.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn simd_dot16(x: &[i8], w: &[i8]) -> i32 {
-    #[cfg(feature = "std")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { dot16_avx2(x, w) };
-    }
-    dot16_sse2(x, w)
-}
-
-/// [`simd_dot16`] with AVX2: one sign extension and one multiply-add per 16 bytes.
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2")]
-unsafe fn dot16_avx2(x: &[i8], w: &[i8]) -> i32 {
-    use core::arch::x86_64::*;
-    debug_assert!(x.len() == w.len() && x.len().is_multiple_of(16));
-    let mut acc = _mm256_setzero_si256();
-    for i in (0..x.len()).step_by(16) {
-        let a = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.as_ptr().add(i) as *const __m128i));
-        let b = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.as_ptr().add(i) as *const __m128i));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
-    }
-    let mut lanes = [0i32; 8];
-    _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, acc);
-    lanes.iter().fold(0i32, |t, &v| t.wrapping_add(v))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn dot16_sse2(x: &[i8], w: &[i8]) -> i32 {
-    use core::arch::x86_64::*;
-    debug_assert!(x.len() == w.len() && x.len().is_multiple_of(16));
-    // SAFETY: SSE2 is part of x86-64; loads stay inside the slices (16 bytes at i < len).
-    unsafe {
-        let mut acc = _mm_setzero_si128();
-        for i in (0..x.len()).step_by(16) {
-            let a = _mm_loadu_si128(x.as_ptr().add(i) as *const __m128i);
-            let b = _mm_loadu_si128(w.as_ptr().add(i) as *const __m128i);
-            // Sign-extend to 16 bits: interleave with self, shift right arithmetically.
-            let (alo, ahi) = (
-                _mm_srai_epi16::<8>(_mm_unpacklo_epi8(a, a)),
-                _mm_srai_epi16::<8>(_mm_unpackhi_epi8(a, a)),
-            );
-            let (blo, bhi) = (
-                _mm_srai_epi16::<8>(_mm_unpacklo_epi8(b, b)),
-                _mm_srai_epi16::<8>(_mm_unpackhi_epi8(b, b)),
-            );
-            acc = _mm_add_epi32(acc, _mm_madd_epi16(alo, blo));
-            acc = _mm_add_epi32(acc, _mm_madd_epi16(ahi, bhi));
-        }
-        let mut lanes = [0i32; 4];
-        _mm_storeu_si128(lanes.as_mut_ptr() as *mut __m128i, acc);
-        lanes.iter().fold(0i32, |t, &v| t.wrapping_add(v))
-    }
-}
-
-/// `Σ x·w` over slices of equal length, a multiple of 16.
-#[cfg(target_arch = "aarch64")]
-#[inline]
-fn simd_dot16(x: &[i8], w: &[i8]) -> i32 {
-    use core::arch::aarch64::*;
-    debug_assert!(x.len() == w.len() && x.len().is_multiple_of(16));
-    // SAFETY: NEON is part of AArch64; loads stay inside the slices.
-    unsafe {
-        let mut acc = vdupq_n_s32(0);
-        for i in (0..x.len()).step_by(16) {
-            let a = vld1q_s8(x.as_ptr().add(i));
-            let b = vld1q_s8(w.as_ptr().add(i));
-            acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(a), vget_low_s8(b)));
-            acc = vpadalq_s16(acc, vmull_high_s8(a, b));
-        }
-        vaddvq_s32(acc)
-    }
-}
-
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-#[inline]
-fn simd_dot16(x: &[i8], w: &[i8]) -> i32 {
+pub fn dot(x: &[i8], w: &[i8]) -> i32 {
     x.iter()
         .zip(w)
         .fold(0i32, |acc, (&a, &b)| acc.wrapping_add(a as i32 * b as i32))
-}
-
-#[inline]
-pub(crate) fn finish(acc: i32, multiplier: i32, shift: i32, residual: i32, out: OutQuant) -> i8 {
-    let v = requantize(acc, multiplier, shift)
-        .saturating_add(residual)
-        .saturating_add(out.zero_point);
-    v.clamp(out.min as i32, out.max as i32) as i8
-}
-
-/// The residual's contribution to output element `idx`, at the output scale.
-#[inline]
-pub(crate) fn residual_term(residual: &Residual<'_>, idx: usize, output: &[i8]) -> i32 {
-    match *residual {
-        Residual::None => 0,
-        Residual::Separate {
-            data,
-            zero_point,
-            multiplier,
-            shift,
-        } => requantize(data[idx] as i32 - zero_point, multiplier, shift),
-        Residual::InPlace {
-            zero_point,
-            multiplier,
-            shift,
-        } => requantize(output[idx] as i32 - zero_point, multiplier, shift),
-    }
 }
 
 /// Output channels accumulated together: a block of accumulators the compiler keeps in
 /// vector registers, small enough for any stack.
 const OC_BLOCK: usize = 64;
 
-/// Convolution with bias, requantisation, optional fused residual add, and clamp.
+/// Convolution with bias, requantisation, optional fused residual add, and clamp, on the
+/// pixels of `output` (from `c.first`).
 ///
 /// Weights are `[KH][KW][IC][OC]`: for one input value the weights of consecutive output
 /// channels are adjacent, so a block of accumulators updates with one vector
-/// multiply-add. `params(c)` gives `(bias, multiplier, shift)` of output channel `c`.
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d(
-    s: &Window,
-    input: &[i8],
-    input_zero_point: i32,
-    weights: &[i8],
-    params: impl Fn(usize) -> (i32, i32, i32),
-    out: OutQuant,
-    residual: Residual<'_>,
-    output: &mut [i8],
-) {
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe {
-            conv2d_avx2(
-                s,
-                input,
-                input_zero_point,
-                weights,
-                &params,
-                out,
-                residual,
-                output,
-            )
-        };
-        return;
-    }
-    conv2d_body(
-        s,
-        input,
-        input_zero_point,
-        weights,
-        &params,
-        out,
-        residual,
-        output,
-    );
-}
-
-/// The reference body compiled with AVX2 enabled: same integer operations, so the same
-/// results, about three times faster on hosts (the calibration and accuracy runs).
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn conv2d_avx2(
-    s: &Window,
-    input: &[i8],
-    input_zero_point: i32,
-    weights: &[i8],
-    params: &impl Fn(usize) -> (i32, i32, i32),
-    out: OutQuant,
-    residual: Residual<'_>,
-    output: &mut [i8],
-) {
-    conv2d_body(
-        s,
-        input,
-        input_zero_point,
-        weights,
-        params,
-        out,
-        residual,
-        output,
-    );
-}
-
+/// multiply-add. Inlined into its callers, so [`crate::conv::unpacked`] can compile it
+/// for a wider ISA.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn conv2d_body(
-    s: &Window,
-    input: &[i8],
-    input_zero_point: i32,
-    weights: &[i8],
-    params: &impl Fn(usize) -> (i32, i32, i32),
-    out: OutQuant,
-    residual: Residual<'_>,
-    output: &mut [i8],
-) {
+pub fn conv2d(c: &Conv<'_>, output: &mut [i8]) {
+    let s = c.window;
     let [kh, kw] = s.kernel;
-    let (c, oc) = (s.in_c, s.out_c);
-    for oy in 0..s.out_h {
-        for ox in 0..s.out_w {
-            let base = (oy * s.out_w + ox) * oc;
-            for o0 in (0..oc).step_by(OC_BLOCK) {
-                let n = OC_BLOCK.min(oc - o0);
-                let mut acc = [0i32; OC_BLOCK];
-                for (j, a) in acc[..n].iter_mut().enumerate() {
-                    *a = params(o0 + j).0;
-                }
-                for ky in 0..kh {
-                    let iy = (oy * s.stride[0] + ky) as isize - s.pads[0] as isize;
-                    for kx in 0..kw {
-                        let ix = (ox * s.stride[1] + kx) as isize - s.pads[1] as isize;
-                        let inside =
-                            iy >= 0 && ix >= 0 && iy < s.in_h as isize && ix < s.in_w as isize;
-                        let taps = ((ky * kw + kx) * c) * oc;
-                        for ci in 0..c {
-                            // Padding reads the input zero point.
-                            let x = if inside {
-                                input[(iy as usize * s.in_w + ix as usize) * c + ci] as i32
-                            } else {
-                                input_zero_point
-                            };
-                            let w = &weights[taps + ci * oc + o0..][..n];
-                            for (a, &wv) in acc[..n].iter_mut().zip(w) {
-                                *a = a.wrapping_add(x * wv as i32);
-                            }
+    let (ic, oc) = (s.in_c, s.out_c);
+    let input_zero_point = c.zero_point as i32;
+    for p in 0..c.pixels(output) {
+        let (oy, ox) = ((c.first + p) / s.out_w, (c.first + p) % s.out_w);
+        let base = p * oc;
+        for o0 in (0..oc).step_by(OC_BLOCK) {
+            let n = OC_BLOCK.min(oc - o0);
+            let mut acc = [0i32; OC_BLOCK];
+            for (j, a) in acc[..n].iter_mut().enumerate() {
+                *a = params::record(c.params, o0 + j).0;
+            }
+            for ky in 0..kh {
+                let iy = (oy * s.stride[0] + ky) as isize - s.pads[0] as isize;
+                for kx in 0..kw {
+                    let ix = (ox * s.stride[1] + kx) as isize - s.pads[1] as isize;
+                    let inside = iy >= 0 && ix >= 0 && iy < s.in_h as isize && ix < s.in_w as isize;
+                    let taps = ((ky * kw + kx) * ic) * oc;
+                    for ci in 0..ic {
+                        // Padding reads the input zero point.
+                        let x = if inside {
+                            c.input[(iy as usize * s.in_w + ix as usize) * ic + ci] as i32
+                        } else {
+                            input_zero_point
+                        };
+                        let w = &c.weights[taps + ci * oc + o0..][..n];
+                        for (a, &wv) in acc[..n].iter_mut().zip(w) {
+                            *a = a.wrapping_add(x * wv as i32);
                         }
                     }
                 }
-                for (j, &a) in acc[..n].iter().enumerate() {
-                    let idx = base + o0 + j;
-                    let (_, m, sh) = params(o0 + j);
-                    let res = residual_term(&residual, idx, output);
-                    output[idx] = finish(a, m, sh, res, out);
-                }
+            }
+            for (j, &a) in acc[..n].iter().enumerate() {
+                let idx = base + o0 + j;
+                let (_, m, sh) = params::record(c.params, o0 + j);
+                let res = residual_term(&c.residual, idx, output);
+                output[idx] = finish(a, m, sh, res, c.out);
             }
         }
     }
@@ -386,17 +86,7 @@ pub fn dense(
     out: OutQuant,
     output: &mut [i8],
 ) {
-    let k = input.len();
-    for (n, o) in output.iter_mut().enumerate() {
-        let (bias, m, sh) = params(n);
-        *o = finish(
-            bias.wrapping_add(dot(input, &weights[n * k..][..k])),
-            m,
-            sh,
-            0,
-            out,
-        );
-    }
+    dense_on(dot, input, weights, params, out, output)
 }
 
 /// Dense layer `[K] → [N]` whose int32 output is requantised to one common scale
@@ -407,15 +97,44 @@ pub fn dense_i32(
     weights: &[i8],
     params: impl Fn(usize) -> (i32, i32, i32),
     outputs: usize,
+    store: impl FnMut(usize, i32),
+) {
+    dense_i32_on(dot, input, weights, params, outputs, store)
+}
+
+/// [`dense`] with the dot product `dot` (the one thing [`crate::dense`] changes).
+#[inline(always)]
+pub(crate) fn dense_on(
+    dot: impl Fn(&[i8], &[i8]) -> i32,
+    input: &[i8],
+    weights: &[i8],
+    params: impl Fn(usize) -> (i32, i32, i32),
+    out: OutQuant,
+    output: &mut [i8],
+) {
+    let k = input.len();
+    for (n, o) in output.iter_mut().enumerate() {
+        let (bias, m, sh) = params(n);
+        let acc = bias.wrapping_add(dot(input, &weights[n * k..][..k]));
+        *o = finish(acc, m, sh, 0, out);
+    }
+}
+
+/// [`dense_i32`] with the dot product `dot`.
+#[inline(always)]
+pub(crate) fn dense_i32_on(
+    dot: impl Fn(&[i8], &[i8]) -> i32,
+    input: &[i8],
+    weights: &[i8],
+    params: impl Fn(usize) -> (i32, i32, i32),
+    outputs: usize,
     mut store: impl FnMut(usize, i32),
 ) {
     let k = input.len();
     for n in 0..outputs {
         let (bias, m, sh) = params(n);
-        store(
-            n,
-            requantize(bias.wrapping_add(dot(input, &weights[n * k..][..k])), m, sh),
-        );
+        let acc = bias.wrapping_add(dot(input, &weights[n * k..][..k]));
+        store(n, requantize(acc, m, sh));
     }
 }
 
@@ -425,27 +144,10 @@ pub fn max_pool(s: &Window, input: &[i8], output: &mut [i8]) {
 }
 
 /// [`max_pool`] on output rows `rows` only, `output` holding just those rows (so threads
-/// can each take some).
-pub fn max_pool_rows(s: &Window, input: &[i8], rows: Range<usize>, output: &mut [i8]) {
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { max_pool_avx2(s, input, rows, output) };
-        return;
-    }
-    max_pool_body(s, input, rows, output);
-}
-
-/// [`max_pool_rows`] compiled with AVX2: signed byte maxima in one instruction (the
-/// x86-64 baseline has none), same results.
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2")]
-unsafe fn max_pool_avx2(s: &Window, input: &[i8], rows: Range<usize>, output: &mut [i8]) {
-    max_pool_body(s, input, rows, output);
-}
-
+/// can each take some). Inlined into its callers, so [`crate::pooling`] can compile it for a
+/// wider ISA.
 #[inline(always)]
-fn max_pool_body(s: &Window, input: &[i8], out_rows: Range<usize>, output: &mut [i8]) {
+pub fn max_pool_rows(s: &Window, input: &[i8], out_rows: Range<usize>, output: &mut [i8]) {
     // Whole channel rows at a time (NHWC), sixteen channels per step so the compiler
     // uses vector maxima. Padding is ignored, as a max over the valid cells: the valid
     // taps are worked out once per output pixel.
@@ -699,20 +401,11 @@ pub fn pad_channels(
     }
 }
 
-/// `a / b` rounded to nearest, ties away from zero (`b > 0`).
-#[inline]
-pub fn rounding_div(a: i32, b: i32) -> i32 {
-    let (a, b) = (a as i64, b as i64);
-    (if a >= 0 {
-        (a + b / 2) / b
-    } else {
-        (a - b / 2) / b
-    }) as i32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conv::params::to_bytes;
+    use crate::quant::{quantize_multiplier, Residual};
     use std::vec;
     use std::vec::Vec;
 
@@ -836,69 +529,6 @@ mod tests {
     }
 
     #[test]
-    fn simd_dot_equals_the_plain_sum_on_every_length() {
-        let x: Vec<i8> = (0..300)
-            .map(|i| ((i * 97 + 13) % 256) as u8 as i8)
-            .collect();
-        let w: Vec<i8> = (0..300)
-            .map(|i| ((i * 61 + 200) % 256) as u8 as i8)
-            .collect();
-        let extremes = [-128i8; 40];
-        for n in [0, 1, 15, 16, 17, 31, 32, 33, 64, 150, 300] {
-            let plain = x[..n]
-                .iter()
-                .zip(&w[..n])
-                .fold(0i32, |t, (&a, &b)| t.wrapping_add(a as i32 * b as i32));
-            assert_eq!(dot(&x[..n], &w[..n]), plain, "n = {n}");
-        }
-        assert_eq!(dot(&extremes, &extremes), 40 * 128 * 128);
-    }
-
-    #[test]
-    fn requantize_rounds_halves_up() {
-        // 0.5 as Q31 with shift 0: 1.5 → 2, −1.5 → −1, 2.5 → 3.
-        let (m, s) = quantize_multiplier(0.5);
-        assert_eq!((m, s), (1 << 30, 0));
-        assert_eq!(requantize(3, m, s), 2);
-        assert_eq!(requantize(-3, m, s), -1);
-        assert_eq!(requantize(5, m, s), 3);
-        // 0.25 needs a right shift; its halves go up as well (not away from zero).
-        let (m, s) = quantize_multiplier(0.25);
-        assert_eq!(s, -1);
-        assert_eq!(requantize(6, m, s), 2);
-        assert_eq!(requantize(-6, m, s), -1);
-        assert_eq!(requantize(-2, m, s), 0);
-        assert_eq!(requantize(2, m, s), 1);
-        // Multipliers above one shift left.
-        let (m, s) = quantize_multiplier(3.0);
-        assert_eq!(requantize(7, m, s), 21);
-    }
-
-    #[test]
-    fn requantize_rounds_once() {
-        // From the first conv of ONNX Runtime's QDQ ResNet-20: 18875 · m · 2⁻³⁹ = 59.4985.
-        // Rounding the high multiply first (15231.6 → 15232 = 59.5 · 2⁸) and then the shift
-        // gave 60; ONNX Runtime and the real product say 59.
-        assert_eq!(requantize(18_875, 1_732_961_865, -8), 59);
-    }
-
-    #[test]
-    fn requantize_is_the_real_product_rounded() {
-        for &real in &[0.0123, 0.37, 0.999_999, 1.7, 0.000_31, 0.003_152_3] {
-            let (m, s) = quantize_multiplier(real);
-            for x in [-100_000, -18_875, -777, -1, 0, 1, 555, 18_875, 98_765] {
-                let want = x as f64 * real;
-                let got = requantize(x, m, s) as f64;
-                // Half a step, and the Q31 multiplier's own error (relative 2⁻³¹).
-                assert!(
-                    (got - want).abs() <= 0.5 + 1e-4,
-                    "{x} × {real}: {got} vs {want}"
-                );
-            }
-        }
-    }
-
-    #[test]
     fn padded_taps_read_the_input_zero_point() {
         // 1×1 input of value z with a 3×3 kernel and padding 1: every tap sees z.
         let s = Window {
@@ -924,16 +554,18 @@ mod tests {
             min: -128,
             max: 127,
         };
-        conv2d(
-            &s,
-            &[z as i8, z as i8],
-            z,
-            &weights,
-            |_| (bias, m, sh),
-            oq,
-            Residual::None,
-            &mut out,
-        );
+        let params = to_bytes(&[(bias, m, sh)]);
+        let conv = Conv {
+            window: &s,
+            input: &[z as i8, z as i8],
+            zero_point: z as i8,
+            weights: &weights,
+            params: &params,
+            out: oq,
+            residual: Residual::None,
+            first: 0,
+        };
+        conv2d(&conv, &mut out);
         assert_eq!(out[0], 3);
     }
 
@@ -960,38 +592,42 @@ mod tests {
             min: -128,
             max: 127,
         };
-        let params = |c: usize| (c as i32 * 10 - 5, m, sh);
+        let params = to_bytes(&(0..2).map(|c| (c * 10 - 5, m, sh)).collect::<Vec<_>>());
+        let conv = |residual| Conv {
+            window: &s,
+            input: &input,
+            zero_point: 1,
+            weights: &weights,
+            params: &params,
+            out: oq,
+            residual,
+            first: 0,
+        };
         let mut separate = vec![0i8; 18];
-        conv2d(
-            &s,
-            &input,
-            1,
-            &weights,
-            params,
-            oq,
-            Residual::Separate {
-                data: &residual,
-                zero_point: 2,
-                multiplier: rm,
-                shift: rs,
-            },
-            &mut separate,
-        );
+        let apart = Residual::Separate {
+            data: &residual,
+            zero_point: 2,
+            multiplier: rm,
+            shift: rs,
+        };
+        conv2d(&conv(apart), &mut separate);
         let mut in_place = residual.clone();
-        conv2d(
-            &s,
-            &input,
-            1,
-            &weights,
-            params,
-            oq,
-            Residual::InPlace {
-                zero_point: 2,
-                multiplier: rm,
-                shift: rs,
-            },
-            &mut in_place,
-        );
+        let inside = Residual::InPlace {
+            zero_point: 2,
+            multiplier: rm,
+            shift: rs,
+        };
+        conv2d(&conv(inside), &mut in_place);
+        // Pixel by pixel from `first`, as threads split it: the same bytes.
+        let mut parts = vec![0i8; 18];
+        for (p, part) in parts.chunks_mut(2).enumerate() {
+            let one = Conv {
+                first: p,
+                ..conv(apart.part(2 * p, 2))
+            };
+            conv2d(&one, part);
+        }
+        assert_eq!(parts, separate);
         assert_eq!(separate, in_place);
         assert!(
             separate.iter().any(|&v| v != -128),

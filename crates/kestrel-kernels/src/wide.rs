@@ -3,7 +3,7 @@
 //! int16 runs here, on every CPU, so results are the same on every path by construction.
 //!
 //! Accumulators are `i64` (an int16 × int8 dot product of a 3×3×512 window can pass
-//! `i32`), and requantisation is [`crate::scalar::requantize`]'s arithmetic carried out in 64 bits:
+//! `i32`), and requantisation is [`crate::quant::requantize`]'s arithmetic carried out in 64 bits:
 //! on int8 tensors whose sums fit `i32` these kernels give exactly what [`crate::scalar`] gives.
 //! Tensors are byte slices (little-endian int16), so the arena needs no alignment.
 //!
@@ -12,7 +12,7 @@
 //! too give the same bits on every CPU. f16 is storage here: FP16 arithmetic (Cortex-A76
 //! `FEAT_FP16`) would round differently and is not used.
 
-use crate::scalar::Window;
+use crate::window::Window;
 
 /// An activation tensor: int8 or little-endian int16 values.
 #[derive(Clone, Copy, Debug)]
@@ -217,7 +217,7 @@ impl<P: Fn(usize) -> (i32, i32, i32)> Sums for F16Sums<'_, P> {
     }
 }
 
-/// [`crate::scalar::requantize`] on a 64-bit accumulator: the same saturating left shift and
+/// [`crate::quant::requantize`] on a 64-bit accumulator: the same saturating left shift and
 /// single rounding (halves up), in 128 bits.
 #[inline]
 pub fn requantize(x: i64, multiplier: i32, shift: i32) -> i64 {
@@ -515,11 +515,40 @@ pub fn pad_channels(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scalar::{self, OutQuant};
+    use crate::conv::contract::Conv;
+    use crate::conv::params::to_bytes;
+    use crate::quant::{self, OutQuant};
+    use crate::scalar;
     use std::vec;
     use std::vec::Vec;
 
     /// A small deterministic generator (xorshift), so the tests need no crate.
+    /// [`scalar::conv2d`] on tuples, as these tests hold the parameters.
+    #[allow(clippy::too_many_arguments)]
+    fn reference_conv(
+        s: &Window,
+        input: &[i8],
+        zero_point: i32,
+        weights: &[i8],
+        params: &[(i32, i32, i32)],
+        out: OutQuant,
+        residual: quant::Residual<'_>,
+        output: &mut [i8],
+    ) {
+        let raw = to_bytes(params);
+        let conv = Conv {
+            window: s,
+            input,
+            zero_point: zero_point as i8,
+            weights,
+            params: &raw,
+            out,
+            residual,
+            first: 0,
+        };
+        scalar::conv2d(&conv, output);
+    }
+
     struct Rng(u64);
     impl Rng {
         fn next(&mut self) -> u64 {
@@ -611,14 +640,14 @@ mod tests {
                     max: i8::MAX,
                 };
                 let mut expected = vec![0i8; residual.len()];
-                scalar::conv2d(
+                reference_conv(
                     &s,
                     &input,
                     zx,
                     &weights,
-                    |c| params[c],
+                    &params,
                     out,
-                    scalar::Residual::Separate {
+                    quant::Residual::Separate {
                         data: &residual,
                         zero_point: zr,
                         multiplier: rm,
@@ -676,14 +705,14 @@ mod tests {
             };
             let n = s.out_h * s.out_w * s.out_c;
             let mut expected = vec![0i8; n];
-            scalar::conv2d(
+            reference_conv(
                 &s,
                 &input,
                 0,
                 &weights,
-                |c| params[c],
+                &params,
                 out,
-                scalar::Residual::None,
+                quant::Residual::None,
                 &mut expected,
             );
             for factor in [1, 256] {
@@ -736,18 +765,18 @@ mod tests {
             let n = s.out_h * s.out_w * s.out_c;
             for relu in [false, true] {
                 let mut narrow = vec![0i8; n];
-                scalar::conv2d(
+                reference_conv(
                     &s,
                     &input,
                     -5,
                     &weights,
-                    |c| params[c],
+                    &params,
                     OutQuant {
                         zero_point: 0,
                         min: if relu { 0 } else { -128 },
                         max: 127,
                     },
-                    scalar::Residual::None,
+                    quant::Residual::None,
                     &mut narrow,
                 );
                 let mut got = vec![0u8; 2 * n];
@@ -882,7 +911,7 @@ mod tests {
             let x = rng.next() as i32 >> rng.range(0, 24);
             let m = rng.range(1 << 30, i32::MAX);
             let sh = rng.range(-31, 30);
-            let narrow = scalar::requantize(x, m, sh) as i64;
+            let narrow = quant::requantize(x, m, sh) as i64;
             let wide = requantize(x as i64, m, sh);
             // The 32-bit one saturates the shifted value; clamped outputs agree.
             let fits = (x as i64) << sh.max(0) == ((x as i64) << sh.max(0)) as i32 as i64;

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use kestrel_kernels::gemm::Packing;
+use kestrel_kernels::conv::Packing;
 
 /// `(K, OC)`: K = KH·KW·IC.
 const CONVS: [(usize, usize); 2] = [(27, 20), (144, 5)];

@@ -161,8 +161,9 @@ fn run() -> Result<(), String> {
     session.logits(&mut logits).map_err(|e| e.to_string())?;
     let list: Vec<String> = logits.iter().map(|v| format!("{v:?}")).collect();
     println!(
-        "{{\"kernels\":\"{}\",\"threads\":{},\"iters\":{},\"ms_per_inference\":{ms:.3},\"logits\":[{}]}}",
+        "{{\"kernels\":\"{}\",\"conv_tile\":\"{}\",\"threads\":{},\"iters\":{},\"ms_per_inference\":{ms:.3},\"logits\":[{}]}}",
         session.kernels(),
+        model.conv_tile(session.kernels()).map_or("none", |t| t.name()),
         session.threads(),
         args.iters,
         list.join(",")

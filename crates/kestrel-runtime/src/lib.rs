@@ -22,8 +22,10 @@ extern crate std;
 use core::fmt;
 
 use kestrel_format::{DType, FormatError, KesFile, OpKind, OpView, TensorInfo, WeightLayout};
-use kestrel_kernels::gemm::{PackedConv, Packing};
-use kestrel_kernels::scalar::{self, OutQuant, Residual, Window};
+use kestrel_kernels::conv::{self, Conv, Packing};
+use kestrel_kernels::quant::{OutQuant, Residual};
+use kestrel_kernels::window::Window;
+use kestrel_kernels::{dense, pooling, scalar};
 
 pub use kestrel_format;
 pub use kestrel_kernels::isa::{CpuFeatures, Isa};
@@ -146,6 +148,15 @@ impl<'a> Model<'a> {
             target,
             kernels,
         })
+    }
+
+    /// The micro-kernel the file's packed convs run on `kernels` (`None` for a file
+    /// without packed convs): what a benchmark says ran.
+    pub fn conv_tile(&self, kernels: Isa) -> Option<conv::Tile> {
+        (0..self.file.op_count())
+            .filter_map(|i| self.file.op(i))
+            .find_map(|op| op.layout.packing())
+            .map(|p| p.tile(kernels))
     }
 
     pub fn arena_bytes(&self) -> usize {
@@ -417,28 +428,19 @@ impl<'m, 'a> Session<'m, 'a> {
                         }
                     }
                 };
+                let conv = Conv {
+                    window: &win,
+                    input,
+                    zero_point: x.zero_point as i8,
+                    weights: op.weights,
+                    params: op.params.as_bytes(),
+                    out: out_q,
+                    residual,
+                    first: 0,
+                };
                 match op.layout.packing() {
-                    None => scalar::conv2d(
-                        &win,
-                        input,
-                        x.zero_point,
-                        op.weights,
-                        params,
-                        out_q,
-                        residual,
-                        as_i8_mut(output),
-                    ),
+                    None => conv::unpacked::conv2d(&conv, as_i8_mut(output)),
                     Some(packing) => {
-                        let conv = PackedConv {
-                            window: &win,
-                            input,
-                            zero_point: x.zero_point as i8,
-                            packed: op.weights,
-                            params: op.params.as_bytes(),
-                            out: out_q,
-                            residual,
-                            first: 0,
-                        };
                         let output = as_i8_mut(output);
                         match self.parallel {
                             Some(parallel) if parallel.threads() > 1 => {
@@ -461,8 +463,8 @@ impl<'m, 'a> Session<'m, 'a> {
                 }
             }
             OpKind::Dense => match y.dtype {
-                DType::I8 => scalar::dense(input, op.weights, params, out_q, as_i8_mut(output)),
-                DType::I32 => scalar::dense_i32(input, op.weights, params, oc, |n, v| {
+                DType::I8 => dense::dense(input, op.weights, params, out_q, as_i8_mut(output)),
+                DType::I32 => dense::dense_i32(input, op.weights, params, oc, |n, v| {
                     output[4 * n..4 * n + 4].copy_from_slice(&v.to_le_bytes());
                 }),
                 DType::I16 => {} // `execute_wide`'s
@@ -473,7 +475,7 @@ impl<'m, 'a> Session<'m, 'a> {
                     Some(parallel) if parallel.threads() > 1 => {
                         max_pool_parallel(&win, input, output, parallel)
                     }
-                    _ => scalar::max_pool(&win, input, output),
+                    _ => pooling::max_pool(&win, input, output),
                 }
             }
             OpKind::AvgPool => scalar::avg_pool(
@@ -683,7 +685,7 @@ impl SharedOutput {
 fn conv_parallel(
     isa: Isa,
     packing: Packing,
-    conv: &PackedConv<'_>,
+    conv: &Conv<'_>,
     output: &mut [i8],
     parallel: &dyn Parallel,
 ) {
@@ -701,7 +703,7 @@ fn conv_parallel(
         // SAFETY: task t owns pixels first .. first + run, disjoint from every other
         // task's and inside the output (`first < pixels`).
         let part = unsafe { shared.part(first * oc, len) };
-        let task = PackedConv {
+        let task = Conv {
             residual: conv.residual.part(first * oc, len),
             first,
             ..*conv
@@ -721,7 +723,7 @@ fn max_pool_parallel(win: &Window, input: &[i8], output: &mut [i8], parallel: &d
         // SAFETY: task t owns output rows t·run .. (t+1)·run, disjoint from every other
         // task's and inside the output (`t · run < out_h`).
         let part = unsafe { shared.part(rows.start * row, rows.len() * row) };
-        scalar::max_pool_rows(win, input, rows, part);
+        pooling::max_pool_rows(win, input, rows, part);
     });
 }
 

@@ -1,0 +1,8 @@
+//! AArch64 micro-kernels, one file per tile: `neon_4x4c16` (`smlal_4x4c16` for the
+//! Cortex-A72, `sdot_4x4c16`) and `sdot_4x16c4` (A76/A78), with the vector epilogue and
+//! loads they share.
+
+pub(crate) mod epilogue;
+pub mod neon_4x4c16;
+pub mod sdot_4x16c4;
+pub(crate) mod vector;

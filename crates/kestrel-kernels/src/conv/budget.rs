@@ -1,0 +1,121 @@
+//! How much the conv paths hold at once, and every tuning constant with it: the panel of
+//! packed input in the scratch, the bands the direct path reads in place, and the stack
+//! buffers of input packing. The file writer reserves [`Packing::scratch_len`] bytes of
+//! scratch per conv, so these sizes are part of what a `.kes` plans for.
+
+use crate::conv::contract::{round_up, Packing, KC};
+use crate::window::Window;
+
+/// A panel holds about this many bytes of packed input (L2-sized on every target).
+const PANEL_BYTES: usize = 256 * 1024;
+/// Panels hold a multiple of every tile height (4 and 8 pixels), so tiles never cross
+/// the panel's end.
+const PANEL_STEP: usize = 24;
+/// At least this many pixels, so the deepest convs (ResNet's last stage: 7×7 maps,
+/// `K` = 4608) read their weights once per map, not once per few pixels.
+const PANEL_MIN: usize = 72;
+const PANEL_MAX: usize = 192;
+
+/// Pixels per panel for a conv with reduction depth `k`.
+pub const fn panel_slots(k: usize) -> usize {
+    let fit = PANEL_BYTES / round_up(k, KC) / PANEL_STEP * PANEL_STEP;
+    if fit < PANEL_MIN {
+        PANEL_MIN
+    } else if fit > PANEL_MAX {
+        PANEL_MAX
+    } else {
+        fit
+    }
+}
+
+/// Scratch bytes a conv with reduction depth `k` needs: one panel (both layouts).
+pub const fn scratch_len(k: usize) -> usize {
+    panel_slots(k) * round_up(k, KC)
+}
+
+impl Packing {
+    /// Scratch bytes the conv paths of this layout need for reduction depth `k`.
+    pub const fn scratch_len(self, k: usize) -> usize {
+        match self {
+            Packing::Blocks4 | Packing::Lanes16 => scratch_len(k),
+        }
+    }
+}
+
+// ---- The direct path: the input read in place, from a band with its padding written out ----
+
+/// Kernels with at most this many taps read in place (3×3, 5×5; a 7×7 stem on RGB packs).
+pub const DIRECT_TAPS: usize = 25;
+/// Deeper inputs pack: their packing is shared by many channel blocks, so costs less
+/// than the tiles' own per-tap work of reading in place.
+pub const DIRECT_MAX_C: usize = 64;
+/// Pixels whose offsets are worked out together: a block of channels reads its weights
+/// once per this many.
+pub const DIRECT_PIXELS: usize = 128;
+
+/// Output rows per band when the padded input's rows must fit in `budget` bytes, or 0
+/// where the direct path does not apply (channels off the chunk, large kernels, rows too
+/// wide for even one output row).
+pub fn band_rows(s: &Window, budget: usize) -> usize {
+    let (kh, taps) = (s.kernel[0], s.kernel[0] * s.kernel[1]);
+    if !s.in_c.is_multiple_of(KC) || taps > DIRECT_TAPS || s.in_c == 0 || s.in_c > DIRECT_MAX_C {
+        return 0;
+    }
+    let fit = budget / s.padded_row();
+    if fit < kh {
+        return 0;
+    }
+    (fit - kh) / s.stride[0] + 1
+}
+
+// ---- Input packing's stack buffers ----
+
+/// Deepest im2col row built on the stack (a 7×7 stem on RGB is 147).
+pub const ROW_MAX: usize = 1024;
+/// Bytes of the padded kernel rows built on the stack for shallow inputs (a 7×7 stem on
+/// 224 RGB columns needs 7 · 690).
+pub const PADDED_ROWS: usize = 8192;
+/// Chunks of an im2col row planned at once for shallow inputs (a 7×7 stem on RGB has 10).
+pub const PADDED_CHUNKS: usize = 16;
+/// Bytes of the padded kernel rows the AArch64 table gather builds on the stack.
+pub const GATHER_ROWS: usize = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bands_fit_the_scratch_and_apply_to_whole_chunks_only() {
+        let window = |in_w, in_c, kernel, stride| Window {
+            in_h: 6,
+            in_w,
+            in_c,
+            out_h: 6 / stride,
+            out_w: in_w / stride,
+            out_c: 16,
+            kernel: [kernel; 2],
+            stride: [stride; 2],
+            pads: [kernel / 2; 4],
+        };
+        // The unit tests' wide case: 402 padded columns of 16 bytes, four rows fit.
+        let wide = window(400, 16, 3, 1);
+        assert_eq!(band_rows(&wide, scratch_len(144)), 2);
+        assert_eq!(band_rows(&window(400, 16, 3, 2), scratch_len(144)), 1);
+        assert_eq!(band_rows(&window(8, 16, 3, 1), 3 * 10 * 16), 1);
+        assert_eq!(band_rows(&window(8, 16, 3, 1), 3 * 10 * 16 - 1), 0);
+        // Shallow inputs and large kernels pack.
+        assert_eq!(band_rows(&window(8, 3, 3, 1), 1 << 20), 0);
+        assert_eq!(band_rows(&window(8, 24, 3, 1), 1 << 20), 0);
+        assert_eq!(band_rows(&window(8, 16, 7, 1), 1 << 20), 0);
+    }
+
+    #[test]
+    fn panels_hold_whole_tiles_and_fit_the_budget() {
+        for k in [1, 27, 147, 576, 1152, 2304, 4608, 100_000] {
+            let slots = panel_slots(k);
+            assert_eq!(slots % 8, 0, "k = {k}");
+            assert!((PANEL_MIN..=PANEL_MAX).contains(&slots));
+            assert!(scratch_len(k) <= PANEL_BYTES.max(PANEL_MIN * round_up(k, KC)));
+        }
+    }
+}

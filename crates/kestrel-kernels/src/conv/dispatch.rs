@@ -1,0 +1,231 @@
+//! Which micro-kernel runs a packed conv: one table of every (layout, ISA) pair, the tile
+//! that runs it and the CPU feature it needs. A pair with no tile of its own runs its
+//! layout's portable tile, said in the table (and by [`Packing::has_tile`], which the
+//! runtime uses to warn and the board binaries to refuse). The table is the same on every
+//! build, so a host can say what a board will run; only the kernels themselves are
+//! compiled for their architecture.
+
+use crate::conv::contract::{Conv, Packing};
+use crate::conv::drive;
+use crate::conv::input::InputFormat;
+use crate::conv::kernel::MicroKernel;
+use crate::isa::Isa;
+
+/// A micro-kernel, named by instruction, tile (pixels × channels) and bytes per lane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tile {
+    Scalar4x4c16,
+    Smlal4x4c16,
+    Sdot4x4c16,
+    Avx2_4x4c16,
+    Vnni4x4c16,
+    Scalar4x16c4,
+    Sdot4x16c4,
+    Avx2_4x16c4,
+    Vnni8x32c4,
+}
+
+/// One row of the table: on `packing`, CPU path `isa` runs `tile`.
+#[derive(Clone, Copy, Debug)]
+pub struct Row {
+    pub packing: Packing,
+    pub isa: Isa,
+    pub tile: Tile,
+}
+
+const fn row(packing: Packing, isa: Isa, tile: Tile) -> Row {
+    Row { packing, isa, tile }
+}
+
+/// Every (layout, ISA) pair. `Lanes16` on the Cortex-A72 has no tile of its own (its
+/// kernels want the dot product): it falls back to the portable one.
+pub const TABLE: [Row; 10] = [
+    row(Packing::Blocks4, Isa::Scalar, Tile::Scalar4x4c16),
+    row(Packing::Blocks4, Isa::Neon, Tile::Smlal4x4c16),
+    row(Packing::Blocks4, Isa::NeonDot, Tile::Sdot4x4c16),
+    row(Packing::Blocks4, Isa::Avx2, Tile::Avx2_4x4c16),
+    row(Packing::Blocks4, Isa::Avx512Vnni, Tile::Vnni4x4c16),
+    row(Packing::Lanes16, Isa::Scalar, Tile::Scalar4x16c4),
+    row(Packing::Lanes16, Isa::Neon, Tile::Scalar4x16c4),
+    row(Packing::Lanes16, Isa::NeonDot, Tile::Sdot4x16c4),
+    row(Packing::Lanes16, Isa::Avx2, Tile::Avx2_4x16c4),
+    row(Packing::Lanes16, Isa::Avx512Vnni, Tile::Vnni8x32c4),
+];
+
+impl Tile {
+    /// The name the kernel's file and function carry.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Tile::Scalar4x4c16 => "scalar_4x4c16",
+            Tile::Smlal4x4c16 => "smlal_4x4c16",
+            Tile::Sdot4x4c16 => "sdot_4x4c16",
+            Tile::Avx2_4x4c16 => "avx2_4x4c16",
+            Tile::Vnni4x4c16 => "vnni_4x4c16",
+            Tile::Scalar4x16c4 => "scalar_4x16c4",
+            Tile::Sdot4x16c4 => "sdot_4x16c4",
+            Tile::Avx2_4x16c4 => "avx2_4x16c4",
+            Tile::Vnni8x32c4 => "vnni_8x32c4",
+        }
+    }
+
+    /// The CPU path the tile needs: its CPU check (the session runs only paths
+    /// [`crate::isa::CpuFeatures::supports`]).
+    pub const fn isa(self) -> Isa {
+        match self {
+            Tile::Scalar4x4c16 | Tile::Scalar4x16c4 => Isa::Scalar,
+            Tile::Smlal4x4c16 => Isa::Neon,
+            Tile::Sdot4x4c16 | Tile::Sdot4x16c4 => Isa::NeonDot,
+            Tile::Avx2_4x4c16 | Tile::Avx2_4x16c4 => Isa::Avx2,
+            Tile::Vnni4x4c16 | Tile::Vnni8x32c4 => Isa::Avx512Vnni,
+        }
+    }
+
+    /// The portable tile of `packing`: what runs where a pair has no tile of its own.
+    pub const fn portable(packing: Packing) -> Tile {
+        match packing {
+            Packing::Blocks4 => Tile::Scalar4x4c16,
+            Packing::Lanes16 => Tile::Scalar4x16c4,
+        }
+    }
+
+    /// The kernel as the driver runs it. A tile of another architecture than this
+    /// build's is never asked for (its ISA fails the CPU check); the portable tile of
+    /// its layout stands in.
+    fn kernel(self, packing: Packing) -> MicroKernel {
+        use crate::arch::portable;
+        let plain = |group| InputFormat {
+            group,
+            flip: false,
+            wide_chunks: false,
+        };
+        match self {
+            #[cfg(target_arch = "aarch64")]
+            Tile::Smlal4x4c16 => MicroKernel {
+                input: plain(4),
+                panel: crate::arch::aarch64::neon_4x4c16::smlal_4x4c16,
+                direct: None,
+            },
+            #[cfg(target_arch = "aarch64")]
+            Tile::Sdot4x4c16 => MicroKernel {
+                input: plain(4),
+                panel: crate::arch::aarch64::neon_4x4c16::sdot_4x4c16,
+                direct: None,
+            },
+            #[cfg(target_arch = "aarch64")]
+            Tile::Sdot4x16c4 => MicroKernel {
+                input: plain(4),
+                panel: crate::arch::aarch64::sdot_4x16c4::sdot_4x16c4,
+                direct: Some(crate::arch::aarch64::sdot_4x16c4::sdot_4x16c4_direct),
+            },
+            #[cfg(target_arch = "x86_64")]
+            Tile::Avx2_4x4c16 => MicroKernel {
+                input: plain(4),
+                panel: crate::arch::x86_64::avx2_4x4c16::avx2_4x4c16,
+                direct: None,
+            },
+            #[cfg(target_arch = "x86_64")]
+            Tile::Vnni4x4c16 => MicroKernel {
+                input: InputFormat {
+                    group: 4,
+                    flip: true,
+                    wide_chunks: false,
+                },
+                panel: crate::arch::x86_64::vnni_4x4c16::vnni_4x4c16,
+                direct: None,
+            },
+            #[cfg(target_arch = "x86_64")]
+            Tile::Avx2_4x16c4 => MicroKernel {
+                input: plain(4),
+                panel: crate::arch::x86_64::avx2_4x16c4::avx2_4x16c4,
+                direct: None,
+            },
+            #[cfg(target_arch = "x86_64")]
+            Tile::Vnni8x32c4 => MicroKernel {
+                input: InputFormat {
+                    group: crate::arch::x86_64::vnni_8x32c4::MR,
+                    flip: true,
+                    wide_chunks: true,
+                },
+                panel: crate::arch::x86_64::vnni_8x32c4::vnni_8x32c4,
+                direct: None,
+            },
+            Tile::Scalar4x4c16 => MicroKernel {
+                input: plain(portable::MR),
+                panel: portable::scalar_4x4c16,
+                direct: None,
+            },
+            Tile::Scalar4x16c4 => MicroKernel {
+                input: plain(portable::MR),
+                panel: portable::scalar_4x16c4,
+                direct: None,
+            },
+            #[allow(unreachable_patterns)] // another architecture's tiles
+            _ => Tile::portable(packing).kernel(packing),
+        }
+    }
+}
+
+impl Packing {
+    /// The tile the table gives this layout on `isa`.
+    pub fn tile(self, isa: Isa) -> Tile {
+        TABLE
+            .iter()
+            .find(|r| r.packing == self && r.isa == isa)
+            .map_or(Tile::portable(self), |r| r.tile)
+    }
+
+    /// Whether `isa` has a micro-kernel of its own for this layout. Without one, `conv2d`
+    /// runs the portable tile: the same results, several times slower (a `--target rpi5`
+    /// file on a Cortex-A72).
+    pub fn has_tile(self, isa: Isa) -> bool {
+        isa != Isa::Scalar && self.tile(isa).isa() == isa
+    }
+
+    /// The conv on weights packed this way, on the tile the table gives `isa`: same
+    /// results as [`crate::scalar::conv2d`] on the pixels of `output`. `scratch` holds at
+    /// least [`Packing::scratch_len`] bytes. The caller checked that the CPU runs `isa`
+    /// (the runtime's session does, once).
+    pub fn conv2d(self, isa: Isa, c: &Conv<'_>, output: &mut [i8], scratch: &mut [i8]) {
+        let kernel = self.tile(isa).kernel(self);
+        // SAFETY: the CPU runs `isa` (the caller's check) and so the tile's ISA (the table
+        // gives each ISA a tile of its own ISA or the portable one); the parser checked
+        // the shapes and that the weights are packed this way.
+        unsafe { drive::conv2d(&kernel, c, output, scratch) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_lists_every_pair_once_with_a_tile_of_its_layout_and_isa() {
+        for packing in [Packing::Blocks4, Packing::Lanes16] {
+            for isa in Isa::ALL {
+                let rows: std::vec::Vec<&Row> = TABLE
+                    .iter()
+                    .filter(|r| r.packing == packing && r.isa == isa)
+                    .collect();
+                assert_eq!(rows.len(), 1, "{packing:?}/{isa}");
+                let tile = rows[0].tile;
+                // Its own ISA's tile, or the portable one: never one needing more.
+                assert!(
+                    tile.isa() == isa || tile == Tile::portable(packing),
+                    "{packing:?}/{isa}"
+                );
+                // Each tile reads one layout.
+                let layout_of = |t: Tile| {
+                    TABLE
+                        .iter()
+                        .filter(|r| r.tile == t)
+                        .all(|r| r.packing == packing)
+                };
+                assert!(layout_of(tile), "{} is listed on two layouts", tile.name());
+            }
+        }
+        assert!(!Packing::Lanes16.has_tile(Isa::Neon));
+        assert!(Packing::Lanes16.has_tile(Isa::NeonDot));
+        assert!(Packing::Blocks4.has_tile(Isa::Neon));
+        assert!(!Packing::Blocks4.has_tile(Isa::Scalar));
+    }
+}

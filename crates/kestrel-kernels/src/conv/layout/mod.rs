@@ -1,0 +1,197 @@
+//! Where each packed weight lives: one module per layout ([`blocks4`], [`lanes16`]) holds
+//! its byte positions, and [`Shape`] everything they share — the padded sizes, where a
+//! block of channels starts, and the channel-sum trailer: after the weights, one
+//! little-endian `i32` per (padded) channel, the sum of its weights, which VNNI needs to
+//! undo its `+128` input offset. These bytes are the file format: the golden tests pin
+//! them (`tests/golden_packing.rs`).
+
+pub mod blocks4;
+pub mod lanes16;
+
+use crate::conv::contract::{round_up, Packing, KC};
+
+/// The padded shape of one conv's packed weights.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub packing: Packing,
+    /// `K` padded to a multiple of [`KC`].
+    pub k_pad: usize,
+    /// `OC` padded to whole blocks of channels.
+    pub oc_pad: usize,
+}
+
+impl Shape {
+    pub const fn of(packing: Packing, k: usize, oc: usize) -> Shape {
+        Shape {
+            packing,
+            k_pad: round_up(k, KC),
+            oc_pad: round_up(oc, packing.block_channels()),
+        }
+    }
+
+    /// Bytes of weights and channel sums.
+    pub const fn bytes(&self) -> usize {
+        self.sums_at() + 4 * self.oc_pad
+    }
+
+    /// Where the channel sums start.
+    pub const fn sums_at(&self) -> usize {
+        self.oc_pad * self.k_pad
+    }
+
+    /// Where block `b` of channels starts: its weights are the next
+    /// `block_channels · k_pad` bytes.
+    #[inline]
+    pub const fn block_at(&self, b: usize) -> usize {
+        match self.packing {
+            Packing::Blocks4 => blocks4::block_at(self.k_pad, b),
+            Packing::Lanes16 => lanes16::block_at(self.k_pad, b),
+        }
+    }
+
+    /// Where weight `(kk, o)` lives.
+    #[inline]
+    pub const fn weight_at(&self, kk: usize, o: usize) -> usize {
+        match self.packing {
+            Packing::Blocks4 => blocks4::at(self.k_pad, kk, o),
+            Packing::Lanes16 => lanes16::at(self.k_pad, kk, o),
+        }
+    }
+
+    /// The stored sum of channel `o`'s weights.
+    #[inline]
+    pub fn channel_sum(&self, packed: &[i8], o: usize) -> i32 {
+        let b = &packed[self.sums_at() + 4 * o..][..4];
+        i32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+    }
+
+    /// Packs `[K][OC]` weights (the portable `[KH][KW][IC][OC]` layout), then the sums.
+    #[cfg(feature = "std")]
+    fn pack(&self, weights: &[i8], k: usize, oc: usize) -> std::vec::Vec<i8> {
+        assert_eq!(weights.len(), k * oc, "weights are K × OC");
+        let mut out = std::vec![0i8; self.bytes()];
+        let mut sums = std::vec![0i32; self.oc_pad];
+        for kk in 0..k {
+            for o in 0..oc {
+                let w = weights[kk * oc + o];
+                out[self.weight_at(kk, o)] = w;
+                sums[o] = sums[o].wrapping_add(w as i32);
+            }
+        }
+        let base = self.sums_at();
+        for (o, s) in sums.iter().enumerate() {
+            for (j, b) in s.to_le_bytes().iter().enumerate() {
+                out[base + 4 * o + j] = *b as i8;
+            }
+        }
+        out
+    }
+
+    /// Whether packed weights can be trusted by every micro-kernel: no `-128` (the A72
+    /// kernel's int16 pair sums need |w| ≤ 127; one rule for every layout), zero
+    /// padding, and the stored channel sums equal to the weights' (VNNI relies on them).
+    fn is_consistent(&self, packed: &[i8], k: usize, oc: usize) -> bool {
+        if packed.len() != self.bytes() {
+            return false;
+        }
+        (0..self.oc_pad).all(|o| {
+            let mut sum = 0i32;
+            for kk in 0..self.k_pad {
+                let w = packed[self.weight_at(kk, o)];
+                let real = o < oc && kk < k;
+                if (real && w == -128) || (!real && w != 0) {
+                    return false;
+                }
+                sum = sum.wrapping_add(w as i32);
+            }
+            self.channel_sum(packed, o) == sum
+        })
+    }
+}
+
+impl Packing {
+    /// Output channels per block of this layout.
+    pub const fn block_channels(self) -> usize {
+        match self {
+            Packing::Blocks4 => blocks4::CHANNELS,
+            Packing::Lanes16 => lanes16::CHANNELS,
+        }
+    }
+
+    /// Bytes of packed weights (and channel sums) for a `K × OC` conv.
+    pub const fn packed_len(self, k: usize, oc: usize) -> usize {
+        Shape::of(self, k, oc).bytes()
+    }
+
+    /// Packs `[K][OC]` weights (the portable `[KH][KW][IC][OC]` layout) this way.
+    #[cfg(feature = "std")]
+    pub fn pack_weights(self, weights: &[i8], k: usize, oc: usize) -> std::vec::Vec<i8> {
+        Shape::of(self, k, oc).pack(weights, k, oc)
+    }
+
+    /// What the file parser checks of packed weights: see [`Shape`]'s consistency rule
+    /// (no `-128`, zero padding, true channel sums).
+    pub fn is_consistent(self, packed: &[i8], k: usize, oc: usize) -> bool {
+        Shape::of(self, k, oc).is_consistent(packed, k, oc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    fn values(n: usize) -> Vec<i8> {
+        (0..n)
+            .map(|i| ((i * 37 + 5) % 255) as i8)
+            .map(|v| v.max(-127))
+            .collect()
+    }
+
+    #[test]
+    fn packed_weights_are_checked() {
+        let w = values(27 * 5);
+        for packing in [Packing::Blocks4, Packing::Lanes16] {
+            let shape = Shape::of(packing, 27, 5);
+            let good = packing.pack_weights(&w, 27, 5);
+            assert!(packing.is_consistent(&good, 27, 5));
+            // A -128, a non-zero padded k, a non-zero padded channel, a wrong sum, a
+            // wrong length: each refused.
+            let mut bad = good.clone();
+            bad[shape.weight_at(0, 0)] = -128;
+            assert!(!packing.is_consistent(&bad, 27, 5));
+            let mut bad = good.clone();
+            bad[shape.weight_at(27, 0)] = 1;
+            assert!(!packing.is_consistent(&bad, 27, 5));
+            let mut bad = good.clone();
+            bad[shape.weight_at(3, 5)] = 1;
+            assert!(!packing.is_consistent(&bad, 27, 5));
+            let mut bad = good.clone();
+            let last = bad.len() - 1;
+            bad[last] ^= 1;
+            assert!(!packing.is_consistent(&bad, 27, 5));
+            assert!(!packing.is_consistent(&good[1..], 27, 5));
+            assert_eq!(good.len(), packing.packed_len(27, 5));
+        }
+    }
+
+    #[test]
+    fn every_weight_has_its_own_byte_inside_its_block() {
+        for packing in [Packing::Blocks4, Packing::Lanes16] {
+            let (k, oc) = (40, 21);
+            let shape = Shape::of(packing, k, oc);
+            let mut seen = std::vec![false; shape.sums_at()];
+            for o in 0..shape.oc_pad {
+                let block = o / packing.block_channels();
+                let range = shape.block_at(block)..shape.block_at(block + 1);
+                for kk in 0..shape.k_pad {
+                    let at = shape.weight_at(kk, o);
+                    assert!(range.contains(&at), "{packing:?} ({kk}, {o})");
+                    assert!(!seen[at], "{packing:?} ({kk}, {o}) shares byte {at}");
+                    seen[at] = true;
+                }
+            }
+            assert!(seen.iter().all(|&s| s));
+        }
+    }
+}
