@@ -367,6 +367,8 @@ impl<'m, 'a> Session<'m, 'a> {
         Ok(())
     }
 
+    /// Runs one op: the int16/f16 ones on the wide reference kernels, the int8 ones here,
+    /// each kind on its kernel.
     fn execute(&mut self, op: &OpView) {
         let m = self.model;
         let x = m.tensor(op.input);
@@ -382,15 +384,11 @@ impl<'m, 'a> Session<'m, 'a> {
             self.execute_wide(op);
             return;
         }
+        // Every slice of this op derives from this one pointer.
         let base = self.arena.as_mut_ptr();
         // SAFETY: parse checked that both ranges lie inside the arena (arena_bytes ≤ its
         // length, checked in `new`) and that input and output ranges are disjoint.
-        let (input, output) = unsafe {
-            (
-                core::slice::from_raw_parts(base.add(x.offset as usize) as *const i8, x.bytes()),
-                core::slice::from_raw_parts_mut(base.add(y.offset as usize), y.bytes()),
-            )
-        };
+        let (input, output) = unsafe { (tensor_data(base, x), tensor_data_mut(base, y)) };
         let win = window(op, &x, &y);
         let (c, oc) = (win.in_c, win.out_c);
         let out_q = OutQuant {
@@ -400,68 +398,7 @@ impl<'m, 'a> Session<'m, 'a> {
         };
         let params = |ch: usize| op.params.get(ch);
         match op.kind {
-            OpKind::Conv => {
-                let residual = match op.residual {
-                    None => Residual::None,
-                    Some(r) => {
-                        let rt = m.tensor(r.tensor);
-                        if rt.offset == y.offset {
-                            Residual::InPlace {
-                                zero_point: rt.zero_point,
-                                multiplier: r.multiplier,
-                                shift: r.shift,
-                            }
-                        } else {
-                            // SAFETY: in range, and disjoint from the output (checked at parse).
-                            let data = unsafe {
-                                core::slice::from_raw_parts(
-                                    base.add(rt.offset as usize) as *const i8,
-                                    rt.bytes(),
-                                )
-                            };
-                            Residual::Separate {
-                                data,
-                                zero_point: rt.zero_point,
-                                multiplier: r.multiplier,
-                                shift: r.shift,
-                            }
-                        }
-                    }
-                };
-                let conv = Conv {
-                    window: &win,
-                    input,
-                    zero_point: x.zero_point as i8,
-                    weights: op.weights,
-                    params: op.params.as_bytes(),
-                    out: out_q,
-                    residual,
-                    first: 0,
-                };
-                match op.layout.packing() {
-                    None => conv::unpacked::conv2d(&conv, as_i8_mut(output)),
-                    Some(packing) => {
-                        let output = as_i8_mut(output);
-                        match self.parallel {
-                            Some(parallel) if parallel.threads() > 1 => {
-                                conv_parallel(self.kernels, packing, &conv, output, parallel)
-                            }
-                            _ => {
-                                let plan = m.file.plan;
-                                // SAFETY: parse checked that the scratch lies in the arena,
-                                // apart from every tensor, and holds this conv's packed input.
-                                let scratch = unsafe {
-                                    core::slice::from_raw_parts_mut(
-                                        base.add(plan.scratch_offset as usize) as *mut i8,
-                                        plan.scratch_bytes as usize,
-                                    )
-                                };
-                                packing.conv2d(self.kernels, &conv, output, scratch);
-                            }
-                        }
-                    }
-                }
-            }
+            OpKind::Conv => self.conv(base, op, &win, input, out_q, as_i8_mut(output)),
             OpKind::Dense => match y.dtype {
                 DType::I8 => dense::dense(input, op.weights, params, out_q, as_i8_mut(output)),
                 DType::I32 => dense::dense_i32(input, op.weights, params, oc, |n, v| {
@@ -469,15 +406,12 @@ impl<'m, 'a> Session<'m, 'a> {
                 }),
                 DType::I16 => {} // `execute_wide`'s
             },
-            OpKind::MaxPool => {
-                let output = as_i8_mut(output);
-                match self.parallel {
-                    Some(parallel) if parallel.threads() > 1 => {
-                        max_pool_parallel(&win, input, output, parallel)
-                    }
-                    _ => pooling::max_pool(&win, input, output),
+            OpKind::MaxPool => match self.parallel {
+                Some(parallel) if parallel.threads() > 1 => {
+                    max_pool_parallel(&win, input, as_i8_mut(output), parallel)
                 }
-            }
+                _ => pooling::max_pool(&win, input, as_i8_mut(output)),
+            },
             OpKind::AvgPool => scalar::avg_pool(
                 &win,
                 input,
@@ -509,40 +443,85 @@ impl<'m, 'a> Session<'m, 'a> {
                 x.zero_point,
                 as_i8_mut(output),
             ),
-            OpKind::Add => {
-                let Some(r) = op.residual else {
-                    return; // parse refuses an add without its second operand
-                };
-                let rt = m.tensor(r.tensor);
-                // SAFETY: in range and apart from the output (checked at parse).
-                let second = unsafe {
-                    core::slice::from_raw_parts(
-                        base.add(rt.offset as usize) as *const i8,
-                        rt.bytes(),
-                    )
-                };
-                let (_, multiplier, shift) = op.params.get(0);
-                scalar::add(
-                    scalar::AddOperand {
-                        data: input,
-                        zero_point: x.zero_point,
-                        multiplier,
-                        shift,
-                    },
-                    scalar::AddOperand {
-                        data: second,
-                        zero_point: rt.zero_point,
-                        multiplier: r.multiplier,
-                        shift: r.shift,
-                    },
-                    out_q,
-                    as_i8_mut(output),
-                )
-            }
+            OpKind::Add => add(
+                self.model,
+                base,
+                op,
+                input,
+                x.zero_point,
+                out_q,
+                as_i8_mut(output),
+            ),
             OpKind::ChannelAffine => {
                 scalar::channel_affine(input, op.weights, params, out_q, as_i8_mut(output))
             }
             OpKind::Reshape => {}
+        }
+    }
+
+    /// A conv with its fused residual, on the packed kernels (split over the pool's
+    /// threads when there is one) or, for unpacked weights, the reference.
+    fn conv(
+        &self,
+        base: *mut u8,
+        op: &OpView,
+        win: &Window,
+        input: &[i8],
+        out_q: OutQuant,
+        output: &mut [i8],
+    ) {
+        let m = self.model;
+        let y = m.tensor(op.output);
+        let residual = match op.residual {
+            None => Residual::None,
+            Some(r) => {
+                let rt = m.tensor(r.tensor);
+                if rt.offset == y.offset {
+                    Residual::InPlace {
+                        zero_point: rt.zero_point,
+                        multiplier: r.multiplier,
+                        shift: r.shift,
+                    }
+                } else {
+                    Residual::Separate {
+                        // SAFETY: in range, and disjoint from the output (checked at parse).
+                        data: unsafe { tensor_data(base, rt) },
+                        zero_point: rt.zero_point,
+                        multiplier: r.multiplier,
+                        shift: r.shift,
+                    }
+                }
+            }
+        };
+        let conv = Conv {
+            window: win,
+            input,
+            zero_point: m.tensor(op.input).zero_point as i8,
+            weights: op.weights,
+            params: op.params.as_bytes(),
+            out: out_q,
+            residual,
+            first: 0,
+        };
+        let Some(packing) = op.layout.packing() else {
+            return conv::unpacked::conv2d(&conv, output);
+        };
+        match self.parallel {
+            Some(parallel) if parallel.threads() > 1 => {
+                conv_parallel(self.kernels, packing, &conv, output, parallel)
+            }
+            _ => {
+                let plan = m.file.plan;
+                // SAFETY: parse checked that the scratch lies in the arena, apart from every
+                // tensor, and holds this conv's packed input.
+                let scratch = unsafe {
+                    core::slice::from_raw_parts_mut(
+                        base.add(plan.scratch_offset as usize) as *mut i8,
+                        plan.scratch_bytes as usize,
+                    )
+                };
+                packing.conv2d(self.kernels, &conv, output, scratch);
+            }
         }
     }
 }
@@ -662,6 +641,55 @@ fn window(op: &OpView, x: &TensorInfo, y: &TensorInfo) -> Window {
         stride: op.stride.map(|s| s as usize),
         pads: op.pads.map(|p| p as usize),
     }
+}
+
+/// An elementwise add of `input` and the op's second operand, each onto the output
+/// scale, rounded once.
+fn add(
+    model: &Model<'_>,
+    base: *mut u8,
+    op: &OpView,
+    input: &[i8],
+    zero_point: i32,
+    out_q: OutQuant,
+    output: &mut [i8],
+) {
+    let Some(r) = op.residual else {
+        return; // parse refuses an add without its second operand
+    };
+    let rt = model.tensor(r.tensor);
+    let (_, multiplier, shift) = op.params.get(0);
+    let first = scalar::AddOperand {
+        data: input,
+        zero_point,
+        multiplier,
+        shift,
+    };
+    let second = scalar::AddOperand {
+        // SAFETY: in range and apart from the output (checked at parse).
+        data: unsafe { tensor_data(base, rt) },
+        zero_point: rt.zero_point,
+        multiplier: r.multiplier,
+        shift: r.shift,
+    };
+    scalar::add(first, second, out_q, output)
+}
+
+/// Tensor `t`'s bytes in the arena at `base`, as int8.
+///
+/// # Safety
+/// `t` lies inside the arena (the parser checked every tensor), and no live mutable
+/// slice overlaps it.
+unsafe fn tensor_data<'s>(base: *mut u8, t: TensorInfo) -> &'s [i8] {
+    core::slice::from_raw_parts(base.add(t.offset as usize) as *const i8, t.bytes())
+}
+
+/// Tensor `t`'s bytes in the arena at `base`, for writing.
+///
+/// # Safety
+/// As [`tensor_data`], and no other live slice overlaps it.
+unsafe fn tensor_data_mut<'s>(base: *mut u8, t: TensorInfo) -> &'s mut [u8] {
+    core::slice::from_raw_parts_mut(base.add(t.offset as usize), t.bytes())
 }
 
 /// The output pointer of a conv shared by its tasks, each of which takes its own
