@@ -112,7 +112,7 @@ pub fn pack_input(
     }
     // Padded k (and rows past the last pixel) multiply zero weights: any value will do,
     // zero keeps the tile deterministic.
-    a[..round_up(count, group) * k_pad].fill(x);
+    a[..Slots::new(group, k_pad).bytes(count)].fill(x);
     let kw = s.kernel[1];
     let at = Slots::new(group, k_pad);
     for m in 0..count {
@@ -146,7 +146,7 @@ fn pack_input_rows<const FLIP: bool>(
     group: usize,
 ) {
     let k_pad = round_up(s.kernel[0] * s.kernel[1] * s.in_c, KC);
-    assert!(a.len() >= round_up(count, group) * k_pad);
+    assert!(a.len() >= Slots::new(group, k_pad).bytes(count));
     #[cfg(target_arch = "aarch64")]
     if !FLIP {
         if let Some(gather) = gather::RowGather::new(s) {
@@ -208,7 +208,7 @@ fn pack_input_rows_padded<const FLIP: bool>(
     let width = s.padded_row();
     let x = if FLIP { i8::MIN } else { 0 };
     assert!(run >= KC && kh * width <= PADDED_ROWS && k_pad / KC <= PADDED_CHUNKS);
-    assert!(a.len() >= round_up(count, group) * k_pad);
+    assert!(a.len() >= Slots::new(group, k_pad).bytes(count));
     // Chunk c: bytes from `first[c]` (offsets from a pixel's start in the rows), the
     // ones at and past `split[c]` from `second[c]`, loaded so they land in place.
     let (mut first, mut second, mut split) = (
@@ -252,7 +252,7 @@ fn pack_input_rows_padded<const FLIP: bool>(
                         from.add(first[c]),
                         from.add(second[c]),
                         split[c],
-                        to.add(c * group * KC),
+                        to.add(c * at.chunk_step()),
                     );
                 }
             }
@@ -274,7 +274,7 @@ fn pack_input_rows_on_stack<const FLIP: bool>(
     group: usize,
 ) {
     let k_pad = round_up(s.kernel[0] * s.kernel[1] * s.in_c, KC);
-    assert!(a.len() >= round_up(count, group) * k_pad);
+    assert!(a.len() >= Slots::new(group, k_pad).bytes(count));
     let mut row = [0i8; ROW_MAX + KC];
     let row = &mut row[..k_pad + KC];
     for m in 0..count {
@@ -285,14 +285,15 @@ fn pack_input_rows_on_stack<const FLIP: bool>(
             [(p0 + m) / s.out_w, (p0 + m) % s.out_w],
             row,
         );
-        // Chunk c of pixel m at base + c · group · KC (the division once per pixel).
-        let base = Slots::new(group, k_pad).slot(m, 0);
+        // Chunk c of pixel m at base + c · chunk step (the division once per pixel).
+        let at = Slots::new(group, k_pad);
+        let base = at.slot(m, 0);
         // SAFETY: chunk c of the row is inside it (c < k_pad / KC); its slot is inside
         // `a` (asserted above: the group of pixel m < count holds k_pad bytes per pixel).
         unsafe {
             let dst = a.as_mut_ptr().add(base);
             for c in 0..k_pad / KC {
-                chunk::copy::<FLIP>(row.as_ptr().add(c * KC), dst.add(c * group * KC));
+                chunk::copy::<FLIP>(row.as_ptr().add(c * KC), dst.add(c * at.chunk_step()));
             }
         }
     }
