@@ -709,7 +709,7 @@ impl SharedOutput {
     }
 }
 
-/// Splits a packed conv's output pixels in runs, one task each, over `parallel`.
+/// Splits a packed conv's output pixels in equal runs, one per thread, over `parallel`.
 fn conv_parallel(
     isa: Isa,
     packing: Packing,
@@ -719,17 +719,16 @@ fn conv_parallel(
 ) {
     let oc = conv.window.out_c;
     let pixels = output.len() / oc;
-    // Runs of at least a few tiles; one per thread, or two where maps are large, so a
-    // thread that starts late still finds work.
-    let tasks = parallel.threads() * if pixels >= 256 { 2 } else { 1 };
-    let run = pixels.div_ceil(tasks).max(8);
-    let tasks = pixels.div_ceil(run);
+    // One run per thread (the pool gives each thread a fixed share), of equal pixel
+    // counts, at least a few tiles each.
+    let tasks = parallel.threads().min(pixels.div_ceil(8)).max(1);
+    let start = |t: usize| pixels * t / tasks;
     let shared = SharedOutput(output.as_mut_ptr(), output.len());
     parallel.run(tasks, &|t, scratch| {
-        let first = t * run;
-        let len = run.min(pixels - first) * oc;
-        // SAFETY: task t owns pixels first .. first + run, disjoint from every other
-        // task's and inside the output (`first < pixels`).
+        let (first, end) = (start(t), start(t + 1));
+        let len = (end - first) * oc;
+        // SAFETY: task t owns pixels first .. end, disjoint from every other task's and
+        // inside the output (`end ≤ pixels`).
         let part = unsafe { shared.part(first * oc, len) };
         let task = Conv {
             residual: conv.residual.part(first * oc, len),

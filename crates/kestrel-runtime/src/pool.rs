@@ -1,10 +1,14 @@
 //! A persistent worker pool (`std` feature) for [`crate::Session::set_parallel`].
 //!
-//! Threads are started once and wait between jobs: a job is a set of numbered tasks that
-//! the caller's thread and the workers take in turn from one counter. Each thread owns
-//! a scratch buffer sized for the model, allocated when the pool starts, so running a
-//! model allocates nothing. Results never depend on which thread ran which task: tasks
-//! write disjoint parts of the output with the same arithmetic.
+//! Threads are started once and wait between jobs: a job is a set of numbered tasks, and
+//! thread `i` of `n` (the caller's is 0) runs tasks `i, i + n, i + 2n, …` — a fixed share,
+//! so which thread does which work depends on the job's shape and the thread count
+//! only, and per-thread work reproduces run to run. Between jobs a thread spins briefly,
+//! then sleeps on a condition variable; the caller, done with its share, does the same
+//! until the last worker is done. Each thread owns a scratch buffer sized for the model,
+//! allocated when the pool starts, so running a model allocates nothing. Results never
+//! depend on the thread count: tasks write disjoint parts of the output with the same
+//! arithmetic.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -31,11 +35,14 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+    /// Signalled (under `state`) when the last worker leaves a job.
+    done: Condvar,
     /// `state.generation`, readable without the lock while workers spin.
     generation: AtomicU64,
-    next: AtomicUsize,
     /// Workers still inside the current job.
     busy: AtomicUsize,
+    /// Threads in all, the caller's included: the stride of each one's tasks.
+    threads: usize,
 }
 
 /// `threads` threads in all: the caller's and `threads − 1` workers.
@@ -45,9 +52,10 @@ pub struct ThreadPool {
     scratch: Mutex<Vec<i8>>,
 }
 
-/// How long a worker spins for the next job before it sleeps: a model's convolutions
-/// follow each other within microseconds.
-const SPIN: u32 = 20_000;
+/// How long a worker spins for the next job, and the caller for the last worker, before
+/// sleeping: a model's parallel ops follow each other within microseconds, and shares
+/// are equal, so most waits end while spinning; longer ones cost a wake-up, not a core.
+const SPIN: u32 = 4_000;
 
 impl ThreadPool {
     /// Starts `threads − 1` workers, each with `scratch_bytes` of scratch (a model's
@@ -63,9 +71,10 @@ impl ThreadPool {
                 stop: false,
             }),
             wake: Condvar::new(),
+            done: Condvar::new(),
             generation: AtomicU64::new(0),
-            next: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
+            threads,
         });
         if pin {
             pin_to_core(0);
@@ -80,7 +89,7 @@ impl ThreadPool {
                         if pin {
                             pin_to_core(i);
                         }
-                        worker(&shared, std::vec![0i8; scratch_bytes]);
+                        worker(&shared, i, std::vec![0i8; scratch_bytes]);
                     })?,
             );
         }
@@ -92,7 +101,7 @@ impl ThreadPool {
     }
 }
 
-fn worker(shared: &Shared, mut scratch: Vec<i8>) {
+fn worker(shared: &Shared, index: usize, mut scratch: Vec<i8>) {
     let mut seen = 0u64;
     loop {
         let mut spins = 0;
@@ -113,20 +122,22 @@ fn worker(shared: &Shared, mut scratch: Vec<i8>) {
             (state.job, state.tasks)
         };
         if let Some(job) = job {
-            take_tasks(shared, job, tasks, &mut scratch);
+            run_share(shared, job, index, tasks, &mut scratch);
         }
-        shared.busy.fetch_sub(1, Ordering::AcqRel);
+        if shared.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last one out: wake the caller if it went to sleep. Under the lock, so
+            // the wake-up cannot fall between its check and its wait.
+            let _state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            shared.done.notify_one();
+        }
     }
 }
 
-fn take_tasks(shared: &Shared, job: JobPtr, tasks: usize, scratch: &mut [i8]) {
+/// Thread `index`'s share of a job: tasks `index, index + threads, …`.
+fn run_share(shared: &Shared, job: JobPtr, index: usize, tasks: usize, scratch: &mut [i8]) {
     // SAFETY: `run` keeps the job alive until `busy` drops to zero, after this returns.
     let job = unsafe { &*job.0 };
-    loop {
-        let task = shared.next.fetch_add(1, Ordering::AcqRel);
-        if task >= tasks {
-            return;
-        }
+    for task in (index..tasks).step_by(shared.threads) {
         job(task, scratch);
     }
 }
@@ -154,7 +165,6 @@ impl Parallel for ThreadPool {
         });
         {
             let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            shared.next.store(0, Ordering::Release);
             shared.busy.store(self.workers.len(), Ordering::Release);
             state.job = Some(ptr);
             state.tasks = tasks;
@@ -162,12 +172,19 @@ impl Parallel for ThreadPool {
             shared.generation.store(state.generation, Ordering::Release);
         }
         shared.wake.notify_all();
-        take_tasks(shared, ptr, tasks, &mut scratch);
+        run_share(shared, ptr, 0, tasks, &mut scratch);
         // Every worker has left the job before it may be dropped.
-        while shared.busy.load(Ordering::Acquire) != 0 {
+        let mut spins = 0;
+        while spins < SPIN && shared.busy.load(Ordering::Acquire) != 0 {
+            spins += 1;
             std::hint::spin_loop();
         }
-        shared.state.lock().unwrap_or_else(|e| e.into_inner()).job = None;
+        let state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = shared
+            .done
+            .wait_while(state, |_| shared.busy.load(Ordering::Acquire) != 0)
+            .unwrap_or_else(|e| e.into_inner());
+        state.job = None;
     }
 }
 
