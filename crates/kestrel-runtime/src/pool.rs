@@ -243,4 +243,26 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn each_thread_runs_a_fixed_share_and_the_caller_runs_share_zero() {
+        let pool = ThreadPool::new(4, 8, false).unwrap();
+        let caller = std::thread::current().id();
+        for _ in 0..50 {
+            let ran: Vec<Mutex<Option<std::thread::ThreadId>>> =
+                (0..11).map(|_| Mutex::new(None)).collect();
+            pool.run(11, &|t, _| {
+                *ran[t].lock().unwrap() = Some(std::thread::current().id());
+            });
+            let who: Vec<_> = ran.iter().map(|m| m.lock().unwrap().unwrap()).collect();
+            for t in 0..11 {
+                // Task t runs where task t mod 4 runs, and nowhere else does.
+                assert_eq!(who[t], who[t % 4], "task {t}");
+                for u in 0..4 {
+                    assert_eq!(who[t] == who[u], t % 4 == u, "tasks {t} and {u}");
+                }
+            }
+            assert_eq!(who[0], caller);
+        }
+    }
 }
