@@ -546,234 +546,375 @@ impl<'a> KesFile<'a> {
         t == self.input || (0..before).any(|j| self.decode_op(j).is_ok_and(|op| op.output == t))
     }
 
+    /// Op `i` against the file, one concern at a time. The order is the order the checks
+    /// have always fired in: an op wrong in two ways is named by the first.
     fn check_op(&self, i: u32, op: &OpView) -> Result<(), FormatError> {
+        let check = OpCheck::operands(self, i, op)?;
+        check.types_allowed()?;
+        check.input_apart_from_output()?;
+        check.carried_allowed()?;
+        match op.kind {
+            OpKind::Conv | OpKind::Dense => check.conv_or_dense()?,
+            OpKind::ChannelAffine => check.channel_affine()?,
+            OpKind::Add => check.add()?,
+            OpKind::MaxPool | OpKind::AvgPool => check.pool()?,
+            OpKind::GlobalAvgPool => check.global_pool()?,
+            OpKind::Subsample => check.subsample()?,
+            OpKind::PadChannels => check.pad_channels()?,
+            OpKind::Reshape => check.reshape()?,
+        }
+        check.quantisation_kept()
+    }
+}
+
+/// One op under `KesFile::check_op`: its index (every error names it), its record, and
+/// its input and output tensors, looked up once.
+struct OpCheck<'c> {
+    file: &'c KesFile<'c>,
+    i: u32,
+    op: &'c OpView<'c>,
+    x: TensorInfo,
+    y: TensorInfo,
+}
+
+impl<'c> OpCheck<'c> {
+    /// The operands: both indices in range, the input the graph input or an earlier op's
+    /// output, the output written by no other op, the input int8 or int16.
+    fn operands(file: &'c KesFile<'c>, i: u32, op: &'c OpView<'c>) -> Result<Self, FormatError> {
         let bad = |reason| FormatError::BadOp { op: i, reason };
-        let x = self
+        let x = file
             .tensor(op.input)
             .ok_or(bad("input tensor index out of range"))?;
-        let y = self
+        let y = file
             .tensor(op.output)
             .ok_or(bad("output tensor index out of range"))?;
-        if !self.defined_before(op.input, i) {
+        if !file.defined_before(op.input, i) {
             return Err(bad("reads a tensor no earlier op writes"));
         }
-        if op.output == self.input
-            || (0..i).any(|j| self.decode_op(j).is_ok_and(|o| o.output == op.output))
+        if op.output == file.input
+            || (0..i).any(|j| file.decode_op(j).is_ok_and(|o| o.output == op.output))
         {
             return Err(bad("writes a tensor that is already written"));
         }
         if !x.dtype.is_activation() {
             return Err(bad("input is not int8 or int16"));
         }
+        Ok(OpCheck { file, i, op, x, y })
+    }
+
+    fn bad(&self, reason: &'static str) -> FormatError {
+        FormatError::BadOp { op: self.i, reason }
+    }
+
+    /// What the op kind allows of its tensors' types and its weights' layout (int16, f16,
+    /// an int32 output), and a clamp that lets some value through.
+    fn types_allowed(&self) -> Result<(), FormatError> {
+        let op = self.op;
         // int16 activations: the ops the 16x8 reference kernels cover, unpacked weights.
-        let wide = x.dtype == DType::I16 || y.dtype == DType::I16;
+        let wide = self.x.dtype == DType::I16 || self.y.dtype == DType::I16;
         if wide
             && (matches!(
                 op.kind,
                 OpKind::AvgPool | OpKind::Add | OpKind::ChannelAffine
             ) || op.layout.packing().is_some())
         {
-            return Err(bad(
+            return Err(self.bad(
                 "int16 tensors only go through conv, dense, max and global pooling, subsample, channel padding and reshape, with unpacked weights",
             ));
         }
         if op.layout == WeightLayout::F16 && !matches!(op.kind, OpKind::Conv | OpKind::Dense) {
-            return Err(bad("only convolutions and dense layers take f16 weights"));
+            return Err(self.bad("only convolutions and dense layers take f16 weights"));
         }
         if op.out_min > op.out_max {
-            return Err(bad("output clamp is empty"));
+            return Err(self.bad("output clamp is empty"));
         }
-        if y.dtype == DType::I32 && op.kind != OpKind::Dense {
-            return Err(bad("only dense layers give int32 outputs"));
-        }
-        let overlaps = |a: (usize, usize), b: (usize, usize)| a.0 < b.1 && b.0 < a.1;
-        if op.kind != OpKind::Reshape && overlaps(x.range(), y.range()) {
-            return Err(bad("input and output share arena bytes"));
-        }
-        let [_, h, w, c] = x.dims.map(|d| d as usize);
-        let [_, oh, ow, oc] = y.dims.map(|d| d as usize);
-        let window = |k: [u8; 2], s: [u8; 2]| -> Result<(usize, usize), FormatError> {
-            if k.contains(&0) || s.contains(&0) {
-                return Err(bad("zero kernel or stride"));
-            }
-            let ph = h + op.pads[0] as usize + op.pads[2] as usize;
-            let pw = w + op.pads[1] as usize + op.pads[3] as usize;
-            if ph < k[0] as usize || pw < k[1] as usize {
-                return Err(bad("window larger than the padded input"));
-            }
-            Ok((
-                (ph - k[0] as usize) / s[0] as usize + 1,
-                (pw - k[1] as usize) / s[1] as usize + 1,
-            ))
-        };
-        let needs_weights = matches!(
-            op.kind,
-            OpKind::Conv | OpKind::Dense | OpKind::ChannelAffine
-        );
-        // Global pooling may carry one parameter record (its requantisation to a scale of its
-        // own), an Add must (its input's requantisation).
-        let requantized_pool = op.kind == OpKind::GlobalAvgPool && op.params.len() == 1;
-        let one_record = requantized_pool || op.kind == OpKind::Add;
-        if !needs_weights && (!op.weights.is_empty() || !op.params.is_empty() && !one_record) {
-            return Err(bad("op carries weights it does not use"));
-        }
-        if op.kind != OpKind::Conv && op.layout.packing().is_some() {
-            return Err(bad("only convolutions take packed weights"));
-        }
-        if !matches!(op.kind, OpKind::Conv | OpKind::Add) && op.residual.is_some() {
-            return Err(bad("only convolutions and adds take a residual"));
-        }
-        match op.kind {
-            OpKind::Conv | OpKind::Dense => {
-                let (kh, kw) = if op.kind == OpKind::Conv {
-                    if window(op.kernel, op.stride)? != (oh, ow) {
-                        return Err(bad(
-                            "output size does not follow from kernel, stride and padding",
-                        ));
-                    }
-                    (op.kernel[0] as usize, op.kernel[1] as usize)
-                } else {
-                    if (h, w, oh, ow) != (1, 1, 1, 1) {
-                        return Err(bad("dense takes and gives vectors"));
-                    }
-                    (1, 1)
-                };
-                let k = kh * kw * c;
-                let weights_len = match op.layout.packing() {
-                    None if op.layout == WeightLayout::F16 => 2 * oc * k,
-                    None => oc * k,
-                    Some(packing) => packing.packed_len(k, oc),
-                };
-                if op.weights.len() != weights_len || op.params.len() != oc {
-                    return Err(bad("weight or parameter size does not match the shapes"));
-                }
-                if let Some(packing) = op.layout.packing() {
-                    if (self.plan.scratch_bytes as usize) < packing.scratch_len(k) {
-                        return Err(bad("the plan's scratch is too small for this packed conv"));
-                    }
-                    if !packing.is_consistent(op.weights, k, oc) {
-                        return Err(bad(
-                            "packed weights hold -128, padding that is not zero, or wrong channel sums",
-                        ));
-                    }
-                }
-                if op.layout == WeightLayout::F16 {
-                    let finite = op
-                        .weights
-                        .chunks_exact(2)
-                        .all(|h| (u16::from_le_bytes([h[0] as u8, h[1] as u8]) & 0x7C00) != 0x7C00);
-                    if !finite {
-                        return Err(bad("f16 weights hold an infinity or NaN"));
-                    }
-                    check_float_records(&op.params).map_err(bad)?;
-                } else {
-                    check_requantisation(&op.params).map_err(bad)?;
-                }
-                if let Some(res) = op.residual {
-                    let r = self
-                        .tensor(res.tensor)
-                        .ok_or(bad("residual tensor index out of range"))?;
-                    if !self.defined_before(res.tensor, i)
-                        || !r.dtype.is_activation()
-                        || r.dims != y.dims
-                        || y.dtype == DType::I32
-                    {
-                        return Err(bad(
-                            "residual must be an earlier int8 or int16 tensor shaped like the output",
-                        ));
-                    }
-                    if r.range() == y.range() && r.dtype != y.dtype {
-                        return Err(bad("an in-place residual must have the output's type"));
-                    }
-                    // In place (the output overwrites the residual element by element) or apart.
-                    if r.range() != y.range() && overlaps(r.range(), y.range())
-                        || overlaps(r.range(), x.range())
-                    {
-                        return Err(bad("residual partially overlaps another operand"));
-                    }
-                    if res.multiplier < 0 || !(-31..=30).contains(&res.shift) {
-                        return Err(bad("residual multiplier or shift out of range"));
-                    }
-                }
-            }
-            OpKind::ChannelAffine => {
-                if (oh, ow, oc) != (h, w, c) || y.dtype != DType::I8 {
-                    return Err(bad("channel affine keeps the int8 input's shape"));
-                }
-                if op.weights.len() != c || op.params.len() != c {
-                    return Err(bad("weight or parameter size does not match the channels"));
-                }
-                check_requantisation(&op.params).map_err(bad)?;
-            }
-            OpKind::Add => {
-                let res = op.residual.ok_or(bad("an add needs its second operand"))?;
-                let r = self
-                    .tensor(res.tensor)
-                    .ok_or(bad("residual tensor index out of range"))?;
-                if !self.defined_before(res.tensor, i)
-                    || r.dtype != DType::I8
-                    || r.dims != x.dims
-                    || y.dims != x.dims
-                    || y.dtype != DType::I8
-                {
-                    return Err(bad(
-                        "add takes two earlier int8 tensors of the output's shape",
-                    ));
-                }
-                if overlaps(r.range(), y.range()) {
-                    return Err(bad("add's second operand overlaps its output"));
-                }
-                if op.params.len() != 1 || res.multiplier < 0 || !(-31..=30).contains(&res.shift) {
-                    return Err(bad(
-                        "add needs one parameter record and a valid residual scale",
-                    ));
-                }
-                check_requantisation(&op.params).map_err(bad)?;
-            }
-            OpKind::MaxPool | OpKind::AvgPool => {
-                if window(op.kernel, op.stride)? != (oh, ow) || oc != c {
-                    return Err(bad("output shape does not follow from the window"));
-                }
-            }
-            OpKind::GlobalAvgPool => {
-                if (oh, ow, oc) != (1, 1, c) {
-                    return Err(bad("global pooling gives [1, 1, 1, C]"));
-                }
-                check_requantisation(&op.params).map_err(bad)?;
-            }
-            OpKind::Subsample => {
-                let (sh, sw) = (op.stride[0] as usize, op.stride[1] as usize);
-                let (r0, c0) = (op.aux[0] as usize, op.aux[1] as usize);
-                if sh == 0
-                    || sw == 0
-                    || r0 >= h
-                    || c0 >= w
-                    || oc != c
-                    || oh != (h - r0).div_ceil(sh)
-                    || ow != (w - c0).div_ceil(sw)
-                {
-                    return Err(bad("subsample shape is inconsistent"));
-                }
-            }
-            OpKind::PadChannels => {
-                if (oh, ow) != (h, w) || oc != c + op.aux[0] as usize + op.aux[1] as usize {
-                    return Err(bad("channel padding shape is inconsistent"));
-                }
-            }
-            OpKind::Reshape => {
-                if x.elements() != y.elements() || x.offset != y.offset {
-                    return Err(bad(
-                        "reshape must alias its input with the same element count",
-                    ));
-                }
-            }
-        }
-        // Ops without requantisation keep the input's quantisation and type.
-        if !needs_weights && !one_record && (!x.same_quant(&y) || x.dtype != y.dtype) {
-            return Err(bad("output quantisation differs from the input's"));
+        if self.y.dtype == DType::I32 && op.kind != OpKind::Dense {
+            return Err(self.bad("only dense layers give int32 outputs"));
         }
         Ok(())
     }
+
+    /// The runtime makes the input and output slices from the arena on the strength of
+    /// this (they share no byte); a reshape's output is its input under another shape.
+    fn input_apart_from_output(&self) -> Result<(), FormatError> {
+        if self.op.kind != OpKind::Reshape && overlaps(self.x.range(), self.y.range()) {
+            return Err(self.bad("input and output share arena bytes"));
+        }
+        Ok(())
+    }
+
+    /// What the op kind allows the record to carry: weights and parameters, packed weights,
+    /// a residual.
+    fn carried_allowed(&self) -> Result<(), FormatError> {
+        let op = self.op;
+        if !self.needs_weights()
+            && (!op.weights.is_empty() || !op.params.is_empty() && !self.one_record())
+        {
+            return Err(self.bad("op carries weights it does not use"));
+        }
+        if op.kind != OpKind::Conv && op.layout.packing().is_some() {
+            return Err(self.bad("only convolutions take packed weights"));
+        }
+        if !matches!(op.kind, OpKind::Conv | OpKind::Add) && op.residual.is_some() {
+            return Err(self.bad("only convolutions and adds take a residual"));
+        }
+        Ok(())
+    }
+
+    /// The ops with weights and one parameter record per output channel.
+    fn needs_weights(&self) -> bool {
+        matches!(
+            self.op.kind,
+            OpKind::Conv | OpKind::Dense | OpKind::ChannelAffine
+        )
+    }
+
+    /// Global pooling may carry one parameter record (its requantisation to a scale of its
+    /// own), an Add must (its input's requantisation).
+    fn one_record(&self) -> bool {
+        let requantized_pool = self.op.kind == OpKind::GlobalAvgPool && self.op.params.len() == 1;
+        requantized_pool || self.op.kind == OpKind::Add
+    }
+
+    /// The output height and width the op's kernel and stride give over its padded input.
+    fn window(&self) -> Result<(usize, usize), FormatError> {
+        let (k, s, pads) = (self.op.kernel, self.op.stride, self.op.pads);
+        if k.contains(&0) || s.contains(&0) {
+            return Err(self.bad("zero kernel or stride"));
+        }
+        let [_, h, w, _] = shape(&self.x);
+        let ph = h + pads[0] as usize + pads[2] as usize;
+        let pw = w + pads[1] as usize + pads[3] as usize;
+        if ph < k[0] as usize || pw < k[1] as usize {
+            return Err(self.bad("window larger than the padded input"));
+        }
+        Ok((
+            (ph - k[0] as usize) / s[0] as usize + 1,
+            (pw - k[1] as usize) / s[1] as usize + 1,
+        ))
+    }
+
+    /// Conv and dense: the output shape, then the weight and record sizes the shapes give,
+    /// then packed weights, the weights' and records' values and a fused residual.
+    fn conv_or_dense(&self) -> Result<(), FormatError> {
+        let op = self.op;
+        let [_, h, w, c] = shape(&self.x);
+        let [_, oh, ow, oc] = shape(&self.y);
+        let (kh, kw) = if op.kind == OpKind::Conv {
+            if self.window()? != (oh, ow) {
+                return Err(self.bad("output size does not follow from kernel, stride and padding"));
+            }
+            (op.kernel[0] as usize, op.kernel[1] as usize)
+        } else {
+            if (h, w, oh, ow) != (1, 1, 1, 1) {
+                return Err(self.bad("dense takes and gives vectors"));
+            }
+            (1, 1)
+        };
+        let k = kh * kw * c;
+        let weights_len = match op.layout.packing() {
+            None if op.layout == WeightLayout::F16 => 2 * oc * k,
+            None => oc * k,
+            Some(packing) => packing.packed_len(k, oc),
+        };
+        if op.weights.len() != weights_len || op.params.len() != oc {
+            return Err(self.bad("weight or parameter size does not match the shapes"));
+        }
+        if let Some(packing) = op.layout.packing() {
+            self.packed_weights(packing, k, oc)?;
+        }
+        self.weight_values()?;
+        if let Some(res) = op.residual {
+            self.fused_residual(res)?;
+        }
+        Ok(())
+    }
+
+    /// Packed weights (`k` reduction steps, `oc` channels): the plan reserves the scratch
+    /// the kernels pack the input into, and the blocks hold what the kernels assume.
+    fn packed_weights(&self, packing: Packing, k: usize, oc: usize) -> Result<(), FormatError> {
+        if (self.file.plan.scratch_bytes as usize) < packing.scratch_len(k) {
+            return Err(self.bad("the plan's scratch is too small for this packed conv"));
+        }
+        if !packing.is_consistent(self.op.weights, k, oc) {
+            return Err(self
+                .bad("packed weights hold -128, padding that is not zero, or wrong channel sums"));
+        }
+        Ok(())
+    }
+
+    /// f16 weights are finite and come with float records; the others with fixed point.
+    fn weight_values(&self) -> Result<(), FormatError> {
+        let op = self.op;
+        if op.layout == WeightLayout::F16 {
+            let finite = op
+                .weights
+                .chunks_exact(2)
+                .all(|h| (u16::from_le_bytes([h[0] as u8, h[1] as u8]) & 0x7C00) != 0x7C00);
+            if !finite {
+                return Err(self.bad("f16 weights hold an infinity or NaN"));
+            }
+            check_float_records(&op.params).map_err(|reason| self.bad(reason))
+        } else {
+            check_requantisation(&op.params).map_err(|reason| self.bad(reason))
+        }
+    }
+
+    /// A conv's fused Add: an earlier activation shaped like the output, either the output's
+    /// own bytes (overwritten element by element) or apart from both operands.
+    fn fused_residual(&self, res: Residual) -> Result<(), FormatError> {
+        let (x, y) = (&self.x, &self.y);
+        let r = self.residual_tensor(res)?;
+        if !self.file.defined_before(res.tensor, self.i)
+            || !r.dtype.is_activation()
+            || r.dims != y.dims
+            || y.dtype == DType::I32
+        {
+            return Err(
+                self.bad("residual must be an earlier int8 or int16 tensor shaped like the output")
+            );
+        }
+        if r.range() == y.range() && r.dtype != y.dtype {
+            return Err(self.bad("an in-place residual must have the output's type"));
+        }
+        if r.range() != y.range() && overlaps(r.range(), y.range())
+            || overlaps(r.range(), x.range())
+        {
+            return Err(self.bad("residual partially overlaps another operand"));
+        }
+        if !fixed_point_in_range(res.multiplier, res.shift) {
+            return Err(self.bad("residual multiplier or shift out of range"));
+        }
+        Ok(())
+    }
+
+    /// The residual's tensor record.
+    fn residual_tensor(&self, res: Residual) -> Result<TensorInfo, FormatError> {
+        self.file
+            .tensor(res.tensor)
+            .ok_or(self.bad("residual tensor index out of range"))
+    }
+
+    /// Per-channel multiply-add: the int8 input's shape, one weight and record per channel.
+    fn channel_affine(&self) -> Result<(), FormatError> {
+        let [_, h, w, c] = shape(&self.x);
+        let [_, oh, ow, oc] = shape(&self.y);
+        if (oh, ow, oc) != (h, w, c) || self.y.dtype != DType::I8 {
+            return Err(self.bad("channel affine keeps the int8 input's shape"));
+        }
+        if self.op.weights.len() != c || self.op.params.len() != c {
+            return Err(self.bad("weight or parameter size does not match the channels"));
+        }
+        check_requantisation(&self.op.params).map_err(|reason| self.bad(reason))
+    }
+
+    /// Add: two earlier int8 tensors of the output's shape, the second apart from the
+    /// output, and each operand's requantisation.
+    fn add(&self) -> Result<(), FormatError> {
+        let (op, x, y) = (self.op, &self.x, &self.y);
+        let res = op
+            .residual
+            .ok_or(self.bad("an add needs its second operand"))?;
+        let r = self.residual_tensor(res)?;
+        if !self.file.defined_before(res.tensor, self.i)
+            || r.dtype != DType::I8
+            || r.dims != x.dims
+            || y.dims != x.dims
+            || y.dtype != DType::I8
+        {
+            return Err(self.bad("add takes two earlier int8 tensors of the output's shape"));
+        }
+        if overlaps(r.range(), y.range()) {
+            return Err(self.bad("add's second operand overlaps its output"));
+        }
+        if op.params.len() != 1 || !fixed_point_in_range(res.multiplier, res.shift) {
+            return Err(self.bad("add needs one parameter record and a valid residual scale"));
+        }
+        check_requantisation(&op.params).map_err(|reason| self.bad(reason))
+    }
+
+    /// Max and average pooling: the window gives the output's height and width, channels
+    /// pass through.
+    fn pool(&self) -> Result<(), FormatError> {
+        let [_, _, _, c] = shape(&self.x);
+        let [_, oh, ow, oc] = shape(&self.y);
+        if self.window()? != (oh, ow) || oc != c {
+            return Err(self.bad("output shape does not follow from the window"));
+        }
+        Ok(())
+    }
+
+    /// Global pooling: one value per channel, and its optional requantisation record.
+    fn global_pool(&self) -> Result<(), FormatError> {
+        let [_, _, _, c] = shape(&self.x);
+        let [_, oh, ow, oc] = shape(&self.y);
+        if (oh, ow, oc) != (1, 1, c) {
+            return Err(self.bad("global pooling gives [1, 1, 1, C]"));
+        }
+        check_requantisation(&self.op.params).map_err(|reason| self.bad(reason))
+    }
+
+    /// Subsample: every stride-th row and column from a start inside the input.
+    fn subsample(&self) -> Result<(), FormatError> {
+        let [_, h, w, c] = shape(&self.x);
+        let [_, oh, ow, oc] = shape(&self.y);
+        let (sh, sw) = (self.op.stride[0] as usize, self.op.stride[1] as usize);
+        let (r0, c0) = (self.op.aux[0] as usize, self.op.aux[1] as usize);
+        if sh == 0
+            || sw == 0
+            || r0 >= h
+            || c0 >= w
+            || oc != c
+            || oh != (h - r0).div_ceil(sh)
+            || ow != (w - c0).div_ceil(sw)
+        {
+            return Err(self.bad("subsample shape is inconsistent"));
+        }
+        Ok(())
+    }
+
+    /// Channel padding: the same rows and columns, the channels plus those before and after.
+    fn pad_channels(&self) -> Result<(), FormatError> {
+        let [_, h, w, c] = shape(&self.x);
+        let [_, oh, ow, oc] = shape(&self.y);
+        if (oh, ow) != (h, w) || oc != c + self.op.aux[0] as usize + self.op.aux[1] as usize {
+            return Err(self.bad("channel padding shape is inconsistent"));
+        }
+        Ok(())
+    }
+
+    /// Reshape writes nothing: its output is its input's bytes under another shape.
+    fn reshape(&self) -> Result<(), FormatError> {
+        if self.x.elements() != self.y.elements() || self.x.offset != self.y.offset {
+            return Err(self.bad("reshape must alias its input with the same element count"));
+        }
+        Ok(())
+    }
+
+    /// Ops without requantisation keep the input's quantisation and type.
+    fn quantisation_kept(&self) -> Result<(), FormatError> {
+        let (x, y) = (&self.x, &self.y);
+        if !self.needs_weights() && !self.one_record() && (!x.same_quant(y) || x.dtype != y.dtype) {
+            return Err(self.bad("output quantisation differs from the input's"));
+        }
+        Ok(())
+    }
+}
+
+/// A tensor's `[N, H, W, C]` as sizes.
+fn shape(t: &TensorInfo) -> [usize; 4] {
+    t.dims.map(|d| d as usize)
+}
+
+/// Do the byte ranges `[start, end)` `a` and `b` share a byte?
+fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+/// A multiplier and shift the kernels' fixed point takes: the multiplier non-negative, the
+/// shift in `[-31, 30]`.
+fn fixed_point_in_range(multiplier: i32, shift: i32) -> bool {
+    multiplier >= 0 && (-31..=30).contains(&shift)
 }
 
 /// f16-weight records: a finite f32 bias, a positive finite f32 scale, a zero third field.
@@ -793,7 +934,7 @@ fn check_float_records(params: &ChannelParams) -> Result<(), &'static str> {
 fn check_requantisation(params: &ChannelParams) -> Result<(), &'static str> {
     for ch in 0..params.len() {
         let (_, m, s) = params.get(ch);
-        if m < 0 || !(-31..=30).contains(&s) {
+        if !fixed_point_in_range(m, s) {
             return Err("requantisation multiplier or shift out of range");
         }
     }
