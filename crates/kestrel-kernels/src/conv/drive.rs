@@ -20,14 +20,8 @@ pub unsafe fn conv2d(kernel: &MicroKernel, c: &Conv<'_>, output: &mut [i8], scra
     if let Some(direct) = kernel.direct {
         let rows = band_rows(c.window, scratch_len(k));
         if rows > 0 {
-            return bands(
-                direct,
-                c,
-                output,
-                &mut scratch[..scratch_len(k)],
-                rows,
-                shifts,
-            );
+            let band = &mut scratch[..scratch_len(k)];
+            return bands(direct, kernel.input.group, c, output, band, rows, shifts);
         }
     }
     let slots = panel_slots(k);
@@ -50,20 +44,21 @@ pub unsafe fn conv2d(kernel: &MicroKernel, c: &Conv<'_>, output: &mut [i8], scra
 }
 
 /// The conv by bands of `rows_per_band` output rows: each band's padded input copied to
-/// `scratch` once, then read in place by the kernel, [`DIRECT_PIXELS`] pixels at a time.
+/// `scratch` once, then read in place by the kernel, [`DIRECT_PIXELS`] pixels at a time
+/// in tiles of `tile` pixels.
 ///
 /// # Safety
 /// As [`conv2d`].
+#[allow(clippy::too_many_arguments)]
 unsafe fn bands(
     direct: DirectKernel,
+    tile: usize,
     c: &Conv<'_>,
     output: &mut [i8],
     scratch: &mut [i8],
     rows_per_band: usize,
     shifts: ShiftForm,
 ) {
-    // The direct kernels' tiles are 4 pixels high.
-    const MR: usize = 4;
     let s = c.window;
     let row = s.padded_row();
     let (kh, kw, ic) = (s.kernel[0], s.kernel[1], s.in_c);
@@ -85,7 +80,7 @@ unsafe fn bands(
         while q < band_end {
             let count = DIRECT_PIXELS.min(band_end - q);
             let mut offsets = [0u32; DIRECT_PIXELS];
-            let slots = round_up(count, MR);
+            let slots = round_up(count, tile);
             // A run of pixels per output row: one step apart.
             let (mut y, mut x) = (q / s.out_w, q % s.out_w);
             let col_step = (s.stride[1] * ic) as u32;
