@@ -9,6 +9,7 @@ pub mod classifier;
 pub mod config;
 pub mod frame;
 pub mod gpio;
+pub mod health;
 pub mod service;
 pub mod sink;
 pub mod source;
