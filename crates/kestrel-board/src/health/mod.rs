@@ -11,6 +11,8 @@
 //! - [`Counters`] are the loop's lock-free counters, shown in the status line and by
 //!   [`MetricsServer`] as a Prometheus text endpoint.
 
+mod counters;
 mod notify;
 
+pub use counters::{open_fds, resident_memory_bytes, Counter, Counters};
 pub use notify::{parse_watchdog, watchdog_interval, Notifier};
