@@ -13,6 +13,8 @@
 
 mod counters;
 mod notify;
+mod watchdog;
 
 pub use counters::{open_fds, resident_memory_bytes, Counter, Counters};
 pub use notify::{parse_watchdog, watchdog_interval, Notifier};
+pub use watchdog::{Liveness, Watchdog};
