@@ -12,6 +12,7 @@ pub mod gpio;
 pub mod health;
 pub mod service;
 pub mod sink;
+pub mod snapshot;
 pub mod source;
 pub mod trigger;
 #[cfg(feature = "v4l2")]
