@@ -7,7 +7,9 @@
 pub mod app;
 pub mod classifier;
 pub mod config;
+pub mod delivery;
 pub mod frame;
+pub mod frame_counter;
 pub mod gpio;
 pub mod health;
 pub mod service;
