@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use kestrel_board::classifier::Classifier;
 use kestrel_board::frame::Frame;
-use kestrel_board::service::{Backoff, EndReason, Service};
+use kestrel_board::service::{Backoff, EndReason, Field, Service};
 use kestrel_board::sink::JsonLines;
 use kestrel_board::source::{DirSource, FrameSource, SourceError};
 use kestrel_board::trigger::Continuous;
@@ -160,6 +160,7 @@ fn the_service_survives_a_camera_that_fails_every_few_frames() {
             first: Duration::from_millis(1),
             max: Duration::from_millis(4),
         },
+        field: Field::local("bench-cam"),
     };
     let summary = service.run(&AtomicBool::new(false));
     let Service { sink, .. } = service;

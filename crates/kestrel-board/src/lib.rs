@@ -12,6 +12,7 @@ pub mod frame;
 pub mod frame_counter;
 pub mod gpio;
 pub mod health;
+pub mod model_update;
 pub mod service;
 pub mod sink;
 pub mod snapshot;

@@ -1,14 +1,23 @@
 //! The board's loop: wait for the trigger, grab a frame, classify it, emit the result.
 //! Camera faults are reported and retried with backoff; only a stop request, the end of
-//! a replay or of the trigger's input ends it.
+//! a replay or of the trigger's input ends it. Between frames it takes up a replaced
+//! model file.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kestrel_runtime::Isa;
+
 use crate::classifier::Classifier;
-use crate::frame::RgbConverter;
+use crate::delivery::Outbox;
+use crate::frame::{Frame, RgbConverter, RgbImage};
+use crate::frame_counter::FrameCounter;
+use crate::health::{Counters, Liveness};
+use crate::model_update::{self, ModelWatch};
 use crate::sink::{now_ms, ClassIndicator, Classification, JsonLines, StageTimes};
+use crate::snapshot::Snapshots;
 use crate::source::{FrameSource, SourceError};
 use crate::trigger::{sleep_until, Trigger, Wait};
 
@@ -50,6 +59,41 @@ pub enum EndReason {
     OutputClosed,
 }
 
+/// Where a model comes from when it is replaced while running.
+pub struct ModelSource {
+    pub watch: ModelWatch,
+    /// Set by SIGHUP: re-read the file even if it looks unchanged.
+    pub reload: Arc<AtomicBool>,
+    /// The kernels of this board: a file packed for others is refused.
+    pub kernels: Isa,
+}
+
+/// What the results carry and where they go besides the journal.
+pub struct Field {
+    pub device: String,
+    pub counter: FrameCounter,
+    pub outbox: Option<Outbox>,
+    pub snapshots: Option<Snapshots>,
+    pub model_source: Option<ModelSource>,
+    pub counters: Arc<Counters>,
+    pub liveness: Arc<Liveness>,
+}
+
+impl Field {
+    /// Stdout only, frame numbers from 0, no model watching.
+    pub fn local(device: &str) -> Self {
+        Field {
+            device: device.to_string(),
+            counter: FrameCounter::in_memory(),
+            outbox: None,
+            snapshots: None,
+            model_source: None,
+            counters: Arc::new(Counters::default()),
+            liveness: Arc::new(Liveness::new()),
+        }
+    }
+}
+
 pub struct Service<W: Write> {
     pub source: Box<dyn FrameSource>,
     pub trigger: Box<dyn Trigger>,
@@ -58,23 +102,42 @@ pub struct Service<W: Write> {
     pub indicator: Option<Box<dyn ClassIndicator>>,
     pub top_k: usize,
     pub backoff: Backoff,
+    pub field: Field,
+}
+
+/// The loop's tallies for one run.
+struct Tally {
+    frames: u64,
+    errors: u64,
+}
+
+impl Tally {
+    fn end(&self, reason: EndReason) -> Summary {
+        Summary {
+            frames: self.frames,
+            errors: self.errors,
+            reason,
+        }
+    }
 }
 
 impl<W: Write> Service<W> {
     pub fn run(&mut self, stop: &AtomicBool) -> Summary {
         let mut converter = RgbConverter::default();
-        let mut frames = 0u64;
-        let mut errors = 0u64;
-        let end = |reason, frames, errors| Summary {
-            frames,
-            errors,
-            reason,
+        let mut tally = Tally {
+            frames: 0,
+            errors: 0,
         };
+        self.field
+            .counters
+            .set_model_sha256(self.classifier.sha256());
+        self.field.counters.set_device(&self.field.device);
         loop {
+            self.field.liveness.idle();
             match self.trigger.wait(stop) {
                 Ok(Wait::Fire) => {}
-                Ok(Wait::Stop) => return end(EndReason::Stopped, frames, errors),
-                Ok(Wait::End) => return end(EndReason::TriggerEnded, frames, errors),
+                Ok(Wait::Stop) => return tally.end(EndReason::Stopped),
+                Ok(Wait::End) => return tally.end(EndReason::TriggerEnded),
                 Err(e) => {
                     let _ = self.sink.event(
                         "trigger_error",
@@ -82,65 +145,90 @@ impl<W: Write> Service<W> {
                         None,
                         serde_json::Value::Null,
                     );
-                    return end(EndReason::TriggerFailed, frames, errors + 1);
+                    tally.errors += 1;
+                    self.field.counters.errors.inc();
+                    return tally.end(EndReason::TriggerFailed);
                 }
+            }
+            self.field.liveness.busy();
+            if self.update_model().is_err() {
+                return tally.end(EndReason::OutputClosed);
             }
             let t0 = Instant::now();
             let frame = match self.source.grab() {
                 Ok(frame) => frame,
                 Err(SourceError::Exhausted { .. }) => {
-                    return end(EndReason::SourceExhausted, frames, errors)
+                    return tally.end(EndReason::SourceExhausted)
                 }
                 Err(e @ SourceError::BadFrame { .. }) => {
-                    errors += 1;
+                    tally.errors += 1;
+                    self.field.counters.errors.inc();
+                    self.field.counters.bad_frames.inc();
                     let msg = e.to_string();
-                    if self.report("bad_frame", &msg, None).is_err() {
-                        return end(EndReason::OutputClosed, frames, errors);
+                    if report(&mut self.sink, "bad_frame", &msg, None).is_err() {
+                        return tally.end(EndReason::OutputClosed);
                     }
                     continue;
                 }
                 Err(e) => {
-                    errors += 1;
                     let msg = e.to_string();
-                    match self.reconnect(&msg, stop, &mut errors) {
+                    match self.reconnect(&msg, stop, &mut tally.errors) {
                         Ok(true) => continue,
-                        Ok(false) => return end(EndReason::Stopped, frames, errors),
-                        Err(()) => return end(EndReason::OutputClosed, frames, errors),
+                        Ok(false) => return tally.end(EndReason::Stopped),
+                        Err(()) => return tally.end(EndReason::OutputClosed),
                     }
                 }
             };
             let t1 = Instant::now();
             let origin = frame.origin.to_string();
-            let timing = converter
+            let classified = converter
                 .convert(&frame)
                 .map_err(|e| e.to_string())
-                .and_then(|rgb| self.classifier.classify(&rgb).map_err(|e| e.to_string()));
-            let timing = match timing {
+                .and_then(|rgb| {
+                    let timing = self.classifier.classify(&rgb).map_err(|e| e.to_string())?;
+                    Ok((rgb, timing))
+                });
+            let (rgb, timing) = match classified {
                 Ok(t) => t,
                 Err(msg) => {
-                    errors += 1;
+                    tally.errors += 1;
+                    self.field.counters.errors.inc();
+                    self.field.counters.bad_frames.inc();
                     let msg = format!("frame from {origin}: {msg}");
-                    if self.report("bad_frame", &msg, None).is_err() {
-                        return end(EndReason::OutputClosed, frames, errors);
+                    if report(&mut self.sink, "bad_frame", &msg, None).is_err() {
+                        return tally.end(EndReason::OutputClosed);
                     }
                     continue;
                 }
             };
+            self.field.counters.frames.inc();
+            self.field.counters.record_inference(timing.inference_ms);
             let output_pin = match self.indicator.as_mut() {
                 None => None,
                 Some(ind) => match ind.update(self.classifier.scores()) {
                     Ok(level) => Some(level),
                     Err(e) => {
-                        errors += 1;
-                        let _ = self.report("output_pin_error", &e.to_string(), None);
+                        tally.errors += 1;
+                        self.field.counters.errors.inc();
+                        let _ = report(&mut self.sink, "output_pin_error", &e.to_string(), None);
                         None
                     }
                 },
             };
+            let frame_id = self.field.counter.take();
+            if let Some(e) = self.field.counter.take_error() {
+                let msg = format!("frame counter: {e}");
+                let _ = report(&mut self.sink, "state_error", &msg, None);
+            }
+            let snapshot = match self.field.snapshots.as_mut() {
+                Some(snaps) => snapshot(snaps, &self.classifier, &mut self.sink, &frame, &rgb, frame_id),
+                None => None,
+            };
             let top = self.classifier.top(self.top_k);
             let record = Classification {
                 ts_ms: now_ms(),
-                frame: frames,
+                device: &self.field.device,
+                frame: frame_id,
                 source: &origin,
                 top: &top,
                 times_ms: StageTimes {
@@ -148,22 +236,95 @@ impl<W: Write> Service<W> {
                     preprocess: micros(timing.preprocess_ms),
                     inference: micros(timing.inference_ms),
                 },
+                model_sha256: self.classifier.sha256(),
+                snapshot: snapshot.as_deref(),
                 output_pin,
             };
-            if self.sink.write(&record).is_err() {
-                return end(EndReason::OutputClosed, frames, errors);
+            let Ok(line) = serde_json::to_vec(&record) else {
+                return tally.end(EndReason::OutputClosed);
+            };
+            if self.sink.write_line(&line).is_err() {
+                return tally.end(EndReason::OutputClosed);
             }
-            frames += 1;
+            self.spool(&line);
+            self.field.counters.results.inc();
+            tally.frames += 1;
         }
     }
 
-    fn report(&mut self, event: &str, msg: &str, retry: Option<Duration>) -> std::io::Result<()> {
-        self.sink.event(
-            event,
-            Some(msg),
-            retry.map(|d| d.as_millis() as u64),
-            serde_json::Value::Null,
-        )
+    /// Queues the result for the remote sinks; a full spool's drops are events.
+    fn spool(&mut self, line: &[u8]) {
+        let Some(outbox) = &self.field.outbox else {
+            return;
+        };
+        for pushed in outbox.push(line) {
+            if pushed.dropped > 0 {
+                let _ = self.sink.event(
+                    "spool_dropped",
+                    Some("spool full: oldest results dropped"),
+                    None,
+                    serde_json::json!({ "sink": pushed.sink, "dropped": pushed.dropped, "dropped_total": outbox.dropped() }),
+                );
+            }
+            if let Some(e) = pushed.error {
+                self.field.counters.errors.inc();
+                let _ = self.sink.event(
+                    "spool_error",
+                    Some(&e.to_string()),
+                    None,
+                    serde_json::json!({ "sink": pushed.sink }),
+                );
+            }
+        }
+        self.field.counters.spool_depth.set(outbox.depth());
+        self.field.counters.spool_dropped.set(outbox.dropped());
+    }
+
+    /// Takes up a replaced model file, or refuses it with an event. Err: output closed.
+    fn update_model(&mut self) -> std::io::Result<()> {
+        let Some(src) = self.field.model_source.as_mut() else {
+            return Ok(());
+        };
+        let forced = src.reload.swap(false, Ordering::Relaxed);
+        if !src.watch.changed() && !forced {
+            return Ok(());
+        }
+        let path = src.watch.path().to_path_buf();
+        match model_update::load_successor(&self.classifier, &path, src.kernels) {
+            Ok(next) => {
+                let previous = self.classifier.sha256().to_string();
+                if next.sha256() == previous {
+                    return Ok(());
+                }
+                self.classifier = next;
+                self.field.counters.model_swaps.inc();
+                self.field
+                    .counters
+                    .set_model_sha256(self.classifier.sha256());
+                self.sink.event(
+                    "model_swapped",
+                    None,
+                    None,
+                    serde_json::json!({
+                        "model": path.display().to_string(),
+                        "model_sha256": self.classifier.sha256(),
+                        "previous_sha256": previous,
+                    }),
+                )
+            }
+            Err(refusal) => {
+                self.field.counters.model_refused.inc();
+                self.sink.event(
+                    "model_refused",
+                    Some(&refusal.to_string()),
+                    None,
+                    serde_json::json!({
+                        "model": path.display().to_string(),
+                        "running_sha256": self.classifier.sha256(),
+                    }),
+                )
+            }
+        }
     }
 
     /// Re-opens the camera until it works (true) or a stop is requested (false).
@@ -171,21 +332,62 @@ impl<W: Write> Service<W> {
         let mut delay = self.backoff.first;
         let mut msg = first.to_string();
         loop {
-            self.report("camera_error", &msg, Some(delay))
-                .map_err(|_| ())?;
+            *errors += 1;
+            self.field.counters.errors.inc();
+            self.field.counters.camera_errors.inc();
+            report(&mut self.sink, "camera_error", &msg, Some(delay)).map_err(|_| ())?;
+            // Waiting out a backoff is not a hang.
+            self.field.liveness.idle();
             if !sleep_until(Instant::now() + delay, stop) || stop.load(Ordering::Relaxed) {
                 return Ok(false);
             }
+            self.field.liveness.busy();
             match self.source.reopen() {
                 Ok(()) => return Ok(true),
                 Err(e) => {
-                    *errors += 1;
                     msg = e.to_string();
                     delay = (delay * 2).min(self.backoff.max);
                 }
             }
         }
     }
+}
+
+/// Saves the frame when the snapshot filter wants it; its path for the result.
+fn snapshot<W: Write>(
+    snaps: &mut Snapshots,
+    classifier: &Classifier,
+    sink: &mut JsonLines<W>,
+    frame: &Frame<'_>,
+    rgb: &RgbImage<'_>,
+    id: u64,
+) -> Option<String> {
+    let best = classifier.top(1);
+    let best = best.first()?;
+    if !snaps.wanted(best.label, best.score) {
+        return None;
+    }
+    match snaps.save(frame, rgb, id) {
+        Ok(path) => Some(path.display().to_string()),
+        Err(e) => {
+            let _ = report(sink, "snapshot_error", &e.to_string(), None);
+            None
+        }
+    }
+}
+
+fn report<W: Write>(
+    sink: &mut JsonLines<W>,
+    event: &str,
+    msg: &str,
+    retry: Option<Duration>,
+) -> std::io::Result<()> {
+    sink.event(
+        event,
+        Some(msg),
+        retry.map(|d| d.as_millis() as u64),
+        serde_json::Value::Null,
+    )
 }
 
 /// Milliseconds rounded to the microsecond: the clock is not finer than that.

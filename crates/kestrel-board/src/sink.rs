@@ -28,10 +28,17 @@ pub struct StageTimes {
 pub struct Classification<'a> {
     /// Unix time in milliseconds.
     pub ts_ms: u64,
+    pub device: &'a str,
+    /// Increases across restarts: (device, frame) names a result once.
     pub frame: u64,
     pub source: &'a str,
     pub top: &'a [Ranked<'a>],
     pub times_ms: StageTimes,
+    /// The model file that made it.
+    pub model_sha256: &'a str,
+    /// The saved frame, when snapshots are on and this one was kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_pin: Option<bool>,
 }
@@ -57,6 +64,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// Writes one JSON object per line and flushes it, so a reader sees each result at once.
+/// Each line goes out in one write, so lines from several threads on stdout do not mix.
 pub struct JsonLines<W: Write> {
     out: W,
 }
@@ -67,8 +75,15 @@ impl<W: Write> JsonLines<W> {
     }
 
     pub fn write(&mut self, value: &impl Serialize) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.out, value)?;
-        self.out.write_all(b"\n")?;
+        self.write_line(&serde_json::to_vec(value)?)
+    }
+
+    /// Writes one serialised object and its newline.
+    pub fn write_line(&mut self, json: &[u8]) -> std::io::Result<()> {
+        let mut line = Vec::with_capacity(json.len() + 1);
+        line.extend_from_slice(json);
+        line.push(b'\n');
+        self.out.write_all(&line)?;
         self.out.flush()
     }
 
@@ -212,10 +227,13 @@ mod tests {
         }];
         sink.write(&Classification {
             ts_ms: 1,
+            device: "cam",
             frame: 7,
             source: "dir:x",
             top: &top,
             times_ms: StageTimes::default(),
+            model_sha256: "ab",
+            snapshot: None,
             output_pin: None,
         })
         .unwrap();
