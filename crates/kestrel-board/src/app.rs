@@ -11,7 +11,7 @@ use crate::config::{usage, BoardProfile, ConfigError, FileConfig, Flags, HostFac
 use crate::delivery::{http::HttpSink, mqtt::MqttSink, Outbox, Report, Sink, SinkError};
 use crate::frame_counter::FrameCounter;
 use crate::health::{watchdog_interval, Counters, Liveness, MetricsServer, Notifier, Watchdog};
-use crate::model_update::ModelWatch;
+use crate::model_update::{target_mismatch, ModelWatch};
 use crate::service::{Backoff, EndReason, Field, ModelSource, Service};
 use crate::sink::{ClassIndicator, ClassPin, JsonLines};
 use crate::snapshot::{SnapshotError, Snapshots};
@@ -140,10 +140,10 @@ fn run(profile: &BoardProfile, flags: &Flags) -> Result<EndReason, StartError> {
         ),
         (None, None) => return Err(StartError::NoModel),
     };
-    if let Some(mismatch) = classifier.model().kernel_mismatch(profile.kernels) {
+    if let Some(mismatch) = target_mismatch(&classifier, profile.kernels) {
         return Err(StartError::WrongTarget {
             model: model_name,
-            mismatch: mismatch.to_string(),
+            mismatch,
             board: profile.name,
         });
     }
@@ -183,11 +183,9 @@ fn run(profile: &BoardProfile, flags: &Flags) -> Result<EndReason, StartError> {
     let counters = field.counters.clone();
     let metrics = match &settings.metrics {
         Some(addr) => Some(
-            MetricsServer::start(addr, counters.clone()).map_err(|source| {
-                StartError::Metrics {
-                    addr: addr.clone(),
-                    source,
-                }
+            MetricsServer::start(addr, counters.clone()).map_err(|source| StartError::Metrics {
+                addr: addr.clone(),
+                source,
             })?,
         ),
         None => None,
@@ -288,7 +286,7 @@ fn open_field(
         field.counter = FrameCounter::open(&dir.join("frame-counter")).map_err(state_err)?;
         let mut sinks = Vec::new();
         if let Some(m) = &settings.mqtt {
-            sinks.push(Sink::Mqtt(MqttSink::new(m, &settings.device)?));
+            sinks.push(Sink::Mqtt(Box::new(MqttSink::new(m, &settings.device)?)));
         }
         if let Some(h) = &settings.http {
             sinks.push(Sink::Http(HttpSink::new(h)?));

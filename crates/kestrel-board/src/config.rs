@@ -277,7 +277,11 @@ impl HostFacts {
             .unwrap_or_default();
         // systemd joins several directories with ':'; the first is ours.
         let state_directory = std::env::var_os("STATE_DIRECTORY")
-            .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).map(PathBuf::from))
+            .and_then(|v| {
+                v.to_str()
+                    .and_then(|s| s.split(':').next())
+                    .map(PathBuf::from)
+            })
             .filter(|p| !p.as_os_str().is_empty());
         HostFacts {
             hostname: if hostname.is_empty() {
@@ -463,10 +467,13 @@ mod tests {
             hostname: "pi-7".into(),
             state_directory: None,
         };
-        let s = Settings::resolve(&PROFILE, FileConfig::default(), &Flags::default(), &host)
-            .unwrap();
+        let s =
+            Settings::resolve(&PROFILE, FileConfig::default(), &Flags::default(), &host).unwrap();
         assert_eq!((s.threads, s.trigger.as_str()), (4, "gpio"));
-        assert_eq!((s.device.as_str(), &s.spool, &s.mqtt), ("pi-7", &None, &None));
+        assert_eq!(
+            (s.device.as_str(), &s.spool, &s.mqtt),
+            ("pi-7", &None, &None)
+        );
     }
 
     #[test]
@@ -503,7 +510,10 @@ mod tests {
         .unwrap();
         let s = Settings::resolve(&PROFILE, file, &flags, &host).unwrap();
         let m = s.mqtt.unwrap();
-        assert_eq!((m.url.as_str(), m.qos, m.retain), ("mqtt://127.0.0.1:1884", 0, true));
+        assert_eq!(
+            (m.url.as_str(), m.qos, m.retain),
+            ("mqtt://127.0.0.1:1884", 0, true)
+        );
         assert_eq!(m.topic, "site/{device}/{class}");
         assert_eq!(s.device, "cam-07");
         assert_eq!(s.spool.unwrap(), PathBuf::from("/var/lib/kestrel-test"));

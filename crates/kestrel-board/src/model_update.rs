@@ -103,11 +103,8 @@ pub fn load_successor(
         path: p.clone(),
         reason: e.to_string(),
     })?;
-    if let Some(m) = next.model().kernel_mismatch(kernels) {
-        return Err(Refusal::WrongTarget {
-            path: p,
-            mismatch: m.to_string(),
-        });
+    if let Some(mismatch) = target_mismatch(&next, kernels) {
+        return Err(Refusal::WrongTarget { path: p, mismatch });
     }
     let (old, new) = (running.model().input().dims, next.model().input().dims);
     if old != new {
@@ -146,6 +143,41 @@ pub fn load_successor(
             reason: format!("cannot start {threads} threads: {e}"),
         })?;
     Ok(next)
+}
+
+/// The CPU family a `--target` compiles for (`None`: any).
+fn target_family(target: &str) -> Option<&'static str> {
+    match target {
+        "rpi4" | "rpi5" | "jetson-orin" => Some("aarch64"),
+        "x86-64" => Some("x86-64"),
+        _ => None,
+    }
+}
+
+/// Why a model does not belong on a board with `kernels`: its weights have no tile there,
+/// or it was compiled for another CPU family (an x86-64 file on a Pi runs, but was tuned
+/// and measured for another machine: a deployment mistake to stop, not to run).
+pub fn target_mismatch(c: &Classifier, kernels: Isa) -> Option<String> {
+    if let Some(m) = c.model().kernel_mismatch(kernels) {
+        return Some(m.to_string());
+    }
+    let board = match kernels {
+        Isa::Neon | Isa::NeonDot => "aarch64",
+        Isa::Avx2 | Isa::Avx512Vnni => "x86-64",
+        Isa::Scalar => return None,
+    };
+    let target = c
+        .model()
+        .file()
+        .metadata()
+        .find(|(k, _)| *k == "target")
+        .map(|(_, v)| v)?;
+    match target_family(target) {
+        Some(family) if family != board => Some(format!(
+            "it was compiled with --target {target} ({family}); this board is {board}"
+        )),
+        _ => None,
+    }
 }
 
 /// Classifies a mid-grey frame of the model's input size: the scores must be a

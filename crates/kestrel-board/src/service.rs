@@ -157,9 +157,7 @@ impl<W: Write> Service<W> {
             let t0 = Instant::now();
             let frame = match self.source.grab() {
                 Ok(frame) => frame,
-                Err(SourceError::Exhausted { .. }) => {
-                    return tally.end(EndReason::SourceExhausted)
-                }
+                Err(SourceError::Exhausted { .. }) => return tally.end(EndReason::SourceExhausted),
                 Err(e @ SourceError::BadFrame { .. }) => {
                     tally.errors += 1;
                     self.field.counters.errors.inc();
@@ -221,7 +219,14 @@ impl<W: Write> Service<W> {
                 let _ = report(&mut self.sink, "state_error", &msg, None);
             }
             let snapshot = match self.field.snapshots.as_mut() {
-                Some(snaps) => snapshot(snaps, &self.classifier, &mut self.sink, &frame, &rgb, frame_id),
+                Some(snaps) => snapshot(
+                    snaps,
+                    &self.classifier,
+                    &mut self.sink,
+                    &frame,
+                    &rgb,
+                    frame_id,
+                ),
                 None => None,
             };
             let top = self.classifier.top(self.top_k);

@@ -46,7 +46,9 @@ impl HttpSink {
             }
         }
         if settings.timeout_ms == 0 {
-            return Err(SinkError::Config("HTTP timeout_ms must be at least 1".into()));
+            return Err(SinkError::Config(
+                "HTTP timeout_ms must be at least 1".into(),
+            ));
         }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_millis(settings.timeout_ms)))
@@ -71,7 +73,11 @@ impl HttpSink {
             let entries = match spool.read_after(None, 1, Duration::from_millis(200)) {
                 Ok(e) => e,
                 Err(e) => {
-                    report("sink_error", Some(&e.to_string()), serde_json::json!({ "sink": self.name }));
+                    report(
+                        "sink_error",
+                        Some(&e.to_string()),
+                        serde_json::json!({ "sink": self.name }),
+                    );
                     if !super::sleep_unless_stopped(backoff.next(), stop) {
                         return;
                     }
@@ -89,7 +95,11 @@ impl HttpSink {
             match sent {
                 Ok(_) => {
                     if let Err(e) = spool.remove_through(entry.seq) {
-                        report("sink_error", Some(&e.to_string()), serde_json::json!({ "sink": self.name }));
+                        report(
+                            "sink_error",
+                            Some(&e.to_string()),
+                            serde_json::json!({ "sink": self.name }),
+                        );
                     }
                     if failing {
                         report(

@@ -36,7 +36,7 @@ pub enum SinkError {
 
 /// A place results go.
 pub enum Sink {
-    Mqtt(mqtt::MqttSink),
+    Mqtt(Box<mqtt::MqttSink>),
     Http(http::HttpSink),
 }
 
@@ -71,9 +71,7 @@ pub(crate) struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff {
-            next: Self::FIRST,
-        }
+        Backoff { next: Self::FIRST }
     }
 }
 

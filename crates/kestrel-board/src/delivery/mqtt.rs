@@ -393,9 +393,15 @@ mod tests {
     #[test]
     fn broker_urls() {
         let u = BrokerUrl::parse("mqtt://127.0.0.1:18830").unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port), (false, "127.0.0.1", 18830));
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port),
+            (false, "127.0.0.1", 18830)
+        );
         let u = BrokerUrl::parse("mqtts://broker.example").unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port), (true, "broker.example", 8883));
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port),
+            (true, "broker.example", 8883)
+        );
         assert_eq!(BrokerUrl::parse("mqtt://[::1]:1884").unwrap().host, "::1");
         for bad in ["http://x", "mqtt://", "mqtt://host:port"] {
             assert!(BrokerUrl::parse(bad).is_err(), "{bad}");

@@ -44,7 +44,9 @@ pub struct Entry {
 pub enum SpoolError {
     #[error("spool {path}: {source}")]
     Io { path: String, source: io::Error },
-    #[error("spool {path}: a result of {len} bytes is larger than the spool's bound ({max} bytes)")]
+    #[error(
+        "spool {path}: a result of {len} bytes is larger than the spool's bound ({max} bytes)"
+    )]
     TooLarge { path: String, len: u64, max: u64 },
 }
 
@@ -54,8 +56,9 @@ struct Queue {
     bytes: u64,
     next_seq: u64,
     dropped: u64,
-    /// Written but not yet fsync'd.
-    unsynced: Vec<File>,
+    /// Written but not yet fsync'd (by seq: holding the files open would hold a
+    /// descriptor per result).
+    unsynced: Vec<u64>,
 }
 
 pub struct Spool {
@@ -86,7 +89,10 @@ impl Spool {
                 let _ = fs::remove_file(item.path());
                 continue;
             }
-            let Some(seq) = name.strip_suffix(SUFFIX).and_then(|s| s.parse::<u64>().ok()) else {
+            let Some(seq) = name
+                .strip_suffix(SUFFIX)
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
                 continue;
             };
             let len = item.metadata().map_err(io_err)?.len();
@@ -148,16 +154,16 @@ impl Spool {
         let mut q = self.lock();
         let seq = q.next_seq;
         let temp = self.dir.join(format!("{TEMP_PREFIX}{seq}"));
-        let mut file = File::create(&temp).map_err(|e| self.err(e))?;
-        file.write_all(bytes).map_err(|e| self.err(e))?;
+        File::create(&temp)
+            .and_then(|mut f| f.write_all(bytes))
+            .map_err(|e| self.err(e))?;
         fs::rename(&temp, self.path_of(seq)).map_err(|e| self.err(e))?;
         q.next_seq += 1;
         q.entries.push_back((seq, len));
         q.bytes += len;
-        q.unsynced.push(file);
+        q.unsynced.push(seq);
         let mut dropped = 0;
-        while q.entries.len() as u64 > self.limits.max_results || q.bytes > self.limits.max_bytes
-        {
+        while q.entries.len() as u64 > self.limits.max_results || q.bytes > self.limits.max_bytes {
             let (old, old_len) = q.entries.pop_front().expect("over the bound, so not empty");
             // Already gone (delivered and removed by a racing reader) is fine.
             let _ = fs::remove_file(self.path_of(old));
@@ -177,8 +183,13 @@ impl Spool {
         if q.unsynced.is_empty() {
             return Ok(());
         }
-        for file in q.unsynced.drain(..) {
-            file.sync_data().map_err(|e| self.err(e))?;
+        for seq in q.unsynced.drain(..) {
+            match File::open(self.path_of(seq)) {
+                Ok(f) => f.sync_data().map_err(|e| self.err(e))?,
+                // Delivered (or dropped) before its batch was synced: nothing to keep.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.err(e)),
+            }
         }
         // The renames are entries of the directory: sync it too.
         File::open(&self.dir)
@@ -313,7 +324,9 @@ mod tests {
         }
         let first = spool.read_after(None, 3, Duration::ZERO).unwrap();
         assert_eq!(payloads(&first), ["r0", "r1", "r2"]);
-        let next = spool.read_after(Some(first[2].seq), 10, Duration::ZERO).unwrap();
+        let next = spool
+            .read_after(Some(first[2].seq), 10, Duration::ZERO)
+            .unwrap();
         assert_eq!(payloads(&next), ["r3", "r4", "r5", "r6"]);
         spool.remove_through(first[1].seq).unwrap();
         assert_eq!(spool.depth(), 5);
