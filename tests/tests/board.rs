@@ -421,6 +421,26 @@ fn which_kernels_have_a_tile_for_a_file_and_package_refuses_the_rest() {
         profile: "release".into(),
         workspace: repo(),
         target: None,
+        model_only: false,
+        model_version: None,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("--target rpi4") && err.contains("lanes16"),
+        "{err}"
+    );
+    // So does a model-only update, with the same check and message.
+    let err = kestrel_tools::package::model_update(&kestrel_tools::package::PackageOptions {
+        board: "rpi4".into(),
+        model: resnet8_rpi5_kes().to_path_buf(),
+        out_dir: temp_dir("package-model-mismatch"),
+        embed: false,
+        profile: "release".into(),
+        workspace: repo(),
+        target: None,
+        model_only: true,
+        model_version: None,
     })
     .unwrap_err()
     .to_string();
@@ -486,6 +506,8 @@ fn kestrel_package_writes_a_deb_and_a_tarball_with_the_model_embedded() {
         profile: "host".into(),
         workspace: repo(),
         target: None,
+        model_only: false,
+        model_version: None,
     })
     .unwrap();
     let listing = Command::new("dpkg-deb")
@@ -557,4 +579,152 @@ fn kestrel_package_writes_a_deb_and_a_tarball_with_the_model_embedded() {
         lines.iter().filter(|l| l.get("frame").is_some()).count(),
         10
     );
+}
+
+/// `dpkg-deb -f DEB FIELD`.
+fn deb_field(deb: &Path, field: &str) -> String {
+    let out = Command::new("dpkg-deb")
+        .arg("-f")
+        .arg(deb)
+        .arg(field)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn kestrel_package_model_only_writes_a_deb_with_just_the_model() {
+    use kestrel_tools::package::{model_update, PackageOptions};
+    let kes = resnet20_kes();
+    let out = temp_dir("package-model-only");
+    let opts = |version: Option<&str>| PackageOptions {
+        board: "rpi5".into(),
+        model: kes.to_path_buf(),
+        out_dir: out.clone(),
+        embed: false,
+        profile: "release".into(),
+        workspace: repo(),
+        target: None,
+        model_only: true,
+        model_version: version.map(str::to_string),
+    };
+    let report = model_update(&opts(Some("2.5+1"))).unwrap();
+    assert_eq!(report.deb, out.join("kestrel-rpi5-model_2.5+1_arm64.deb"));
+    assert_eq!(report.tarball, out.join("kestrel-rpi5-model-2.5+1.tar.gz"));
+    for (field, value) in [
+        ("Package", "kestrel-rpi5-model"),
+        ("Version", "2.5+1"),
+        ("Architecture", "arm64"),
+        ("Depends", "kestrel-rpi5"),
+        ("Replaces", "kestrel-rpi5"),
+    ] {
+        assert_eq!(deb_field(&report.deb, field), value, "{field}");
+    }
+    let model_len = std::fs::metadata(kes).unwrap().len();
+    let kib: u64 = deb_field(&report.deb, "Installed-Size").parse().unwrap();
+    assert_eq!(kib, model_len.div_ceil(1024));
+    // No maintainer scripts: the service hot-swaps the model, nothing restarts it.
+    let info = Command::new("dpkg-deb")
+        .arg("-I")
+        .arg(&report.deb)
+        .output()
+        .unwrap();
+    let info = String::from_utf8(info.stdout).unwrap();
+    for script in ["postinst", "preinst", "prerm", "postrm"] {
+        assert!(!info.contains(script), "{script}: {info}");
+    }
+
+    // One file, the full package's model path, owned by root, and nothing but its folders.
+    let listing = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(&report.deb)
+        .output()
+        .unwrap();
+    assert!(listing.status.success());
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    let files: Vec<&str> = listing.lines().filter(|l| !l.starts_with('d')).collect();
+    assert_eq!(files.len(), 1, "{listing}");
+    assert!(
+        files[0].ends_with("./usr/share/kestrel-rpi5/model.kes"),
+        "{listing}"
+    );
+    assert!(files[0].starts_with("-rw-r--r-- root/root"), "{listing}");
+    assert!(files[0].contains(&model_len.to_string()), "{listing}");
+    assert!(
+        listing
+            .lines()
+            .filter(|l| l.starts_with('d'))
+            .all(|l| l.starts_with("drwxr-xr-x root/root")),
+        "{listing}"
+    );
+    let unpacked = out.join("unpacked");
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&report.deb)
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        std::fs::read(unpacked.join("usr/share/kestrel-rpi5/model.kes")).unwrap(),
+        std::fs::read(kes).unwrap()
+    );
+    // The full package is the one whose model path the update replaces.
+    let manifest = std::fs::read_to_string(repo().join("boards/rpi5/Cargo.toml")).unwrap();
+    assert!(manifest.contains(r#""usr/share/kestrel-rpi5/model.kes""#));
+    assert!(manifest.contains(r#"replaces = "kestrel-rpi5-model""#));
+
+    // The tarball: the same model and an install note.
+    let tar = Command::new("tar")
+        .arg("tzf")
+        .arg(&report.tarball)
+        .output()
+        .unwrap();
+    let tar = String::from_utf8(tar.stdout).unwrap();
+    let mut names: Vec<&str> = tar.lines().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "kestrel-rpi5-model-2.5+1/INSTALL",
+            "kestrel-rpi5-model-2.5+1/model.kes"
+        ]
+    );
+    let from_tar = Command::new("tar")
+        .arg("xzOf")
+        .arg(&report.tarball)
+        .arg("kestrel-rpi5-model-2.5+1/model.kes")
+        .output()
+        .unwrap();
+    assert_eq!(from_tar.stdout, std::fs::read(kes).unwrap());
+
+    // The default version is the crate's plus a UTC timestamp, which sorts above the last.
+    let later = model_update(&opts(None)).unwrap();
+    let prefix = format!("{}+", env!("CARGO_PKG_VERSION"));
+    let stamp = later.version.strip_prefix(&prefix).unwrap();
+    assert!(
+        stamp.len() == 14 && stamp.bytes().all(|b| b.is_ascii_digit()),
+        "{}",
+        later.version
+    );
+    assert_eq!(deb_field(&later.deb, "Version"), later.version);
+    let older = format!("{prefix}20200101000000");
+    let sorts_higher = Command::new("dpkg")
+        .args(["--compare-versions", &later.version, "gt", &older])
+        .status()
+        .unwrap();
+    assert!(sorts_higher.success(), "{} > {older}", later.version);
+    // Nothing staged is left behind.
+    let mut left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    left.sort();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -190,7 +190,7 @@ enum Command {
         output: PathBuf,
     },
     /// Cross-compile a board binary and package it with a model: a .deb (cargo-deb) and a
-    /// tarball with an install script.
+    /// tarball with an install script. With --model-only: an update holding just the model.
     Package {
         /// rpi4, rpi5 or jetson-orin.
         #[arg(long)]
@@ -215,6 +215,15 @@ enum Command {
         /// Then copy the .deb to USER@HOST over ssh and install it with apt.
         #[arg(long, value_name = "USER@HOST")]
         install: Option<String>,
+        /// Only the model: kestrel-BOARD-model_VERSION_arm64.deb (built with dpkg-deb,
+        /// nothing compiled) replacing the installed package's model, and a tarball. The
+        /// running service switches to it without a restart.
+        #[arg(long)]
+        model_only: bool,
+        /// Version of a --model-only package (default: the kestrel version +UTC
+        /// timestamp, so a later update sorts higher).
+        #[arg(long, value_name = "VERSION", requires = "model_only")]
+        model_version: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -461,9 +470,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target,
             workspace,
             install,
+            model_only,
+            model_version,
             json,
         } => {
-            let report = package::package(&PackageOptions {
+            let opts = PackageOptions {
                 board,
                 model,
                 out_dir: output,
@@ -471,7 +482,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 profile,
                 workspace: workspace.unwrap_or_else(package::default_workspace),
                 target,
-            })?;
+                model_only,
+                model_version,
+            };
+            if model_only {
+                if embed {
+                    anyhow::bail!("--embed builds a binary: it does not go with --model-only");
+                }
+                let report = package::model_update(&opts)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    package::print_model_update(&report);
+                }
+                if let Some(dest) = install {
+                    package::install_over_ssh(&report.deb, &dest)?;
+                    println!("installed on {dest}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let report = package::package(&opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
