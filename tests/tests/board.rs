@@ -728,3 +728,83 @@ fn kestrel_package_model_only_writes_a_deb_with_just_the_model() {
     left.sort();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A template's commented-out examples (`# key = …`, `# [table]`) with the `# ` taken off.
+fn uncomment_examples(template: &str) -> String {
+    template
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest)
+                if rest.starts_with('[')
+                    || rest.split_once(" = ").is_some_and(|(k, _)| {
+                        k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    }) =>
+            {
+                rest
+            }
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_config_templates_and_units_carry_the_field_service_settings() {
+    for board in kestrel_tools::package::BOARDS {
+        let debian = repo().join("boards").join(board).join("debian");
+        let template = std::fs::read_to_string(debian.join(format!("{board}.toml"))).unwrap();
+        let all = uncomment_examples(&template);
+        let table: toml::Table = toml::from_str(&all).unwrap_or_else(|e| panic!("{board}: {e}"));
+        for key in [
+            "model",
+            "device",
+            "spool",
+            "spool_max_results",
+            "spool_max_mb",
+            "metrics",
+        ] {
+            assert!(table.contains_key(key), "{board}: {key}");
+        }
+        assert_eq!(
+            table["spool"].as_str(),
+            Some(&*format!("/var/lib/kestrel-{board}"))
+        );
+        let mqtt = table["mqtt"].as_table().unwrap();
+        for key in [
+            "url",
+            "topic",
+            "qos",
+            "retain",
+            "ca",
+            "client_cert",
+            "client_key",
+            "username",
+            "password_file",
+        ] {
+            assert!(mqtt.contains_key(key), "{board}: mqtt.{key}");
+        }
+        let http = table["http"].as_table().unwrap();
+        assert!(http.contains_key("url") && http.contains_key("timeout_ms"));
+        let snapshots: kestrel_board::snapshot::SnapshotSettings =
+            table["snapshots"].clone().try_into().unwrap();
+        assert!(snapshots
+            .dir
+            .starts_with(format!("/var/lib/kestrel-{board}")));
+
+        let unit =
+            std::fs::read_to_string(debian.join(format!("kestrel-{board}.service"))).unwrap();
+        for line in [
+            "Type=notify",
+            "NotifyAccess=main",
+            "WatchdogSec=30",
+            &format!("StateDirectory=kestrel-{board}"),
+            "ExecReload=/bin/kill -HUP $MAINPID",
+            "Restart=always",
+            "DynamicUser=yes",
+            "ProtectSystem=strict",
+            "NoNewPrivileges=yes",
+        ] {
+            assert!(unit.lines().any(|l| l == line), "{board}: {line}");
+        }
+    }
+}
