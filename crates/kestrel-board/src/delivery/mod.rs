@@ -118,11 +118,16 @@ pub struct Pushed<'a> {
     pub error: Option<SpoolError>,
 }
 
-/// The running sinks: results pushed here are on disk before `push` returns.
+/// The running sinks: results pushed here are in the spool's files before `push` returns,
+/// and synced to the card within [`SYNC_PERIOD`].
 pub struct Outbox {
     sinks: Vec<Running>,
     stop: Arc<AtomicBool>,
+    syncer: Option<JoinHandle<()>>,
 }
+
+/// How much a power cut may take from the spools: the results of the last quarter second.
+pub const SYNC_PERIOD: Duration = Duration::from_millis(250);
 
 impl Outbox {
     /// Opens each sink's spool under `state_dir` (taking up what a previous run left) and
@@ -137,6 +142,7 @@ impl Outbox {
         let mut outbox = Outbox {
             sinks: Vec::new(),
             stop: stop.clone(),
+            syncer: None,
         };
         for sink in sinks {
             let spool = Arc::new(Spool::open(&state_dir.join(sink.spool_name()), limits)?);
@@ -157,6 +163,30 @@ impl Outbox {
                 thread: Some(thread),
             });
         }
+        let spools: Vec<Arc<Spool>> = outbox.sinks.iter().map(|s| s.spool.clone()).collect();
+        let syncer = {
+            let report = report.clone();
+            std::thread::Builder::new()
+                .name("kestrel spool sync".into())
+                .spawn(move || {
+                    while sleep_unless_stopped(SYNC_PERIOD, &stop) {
+                        for spool in &spools {
+                            if let Err(e) = spool.sync() {
+                                report(
+                                    "spool_error",
+                                    Some(&e.to_string()),
+                                    serde_json::Value::Null,
+                                );
+                            }
+                        }
+                    }
+                })
+                .map_err(|source| SinkError::Thread {
+                    sink: "spool sync".into(),
+                    source,
+                })?
+        };
+        outbox.syncer = Some(syncer);
         Ok(outbox)
     }
 
@@ -216,6 +246,9 @@ impl Drop for Outbox {
             if let Some(t) = s.thread.take() {
                 let _ = t.join();
             }
+        }
+        if let Some(t) = self.syncer.take() {
+            let _ = t.join();
         }
     }
 }

@@ -1,8 +1,10 @@
 //! A bounded first-in first-out queue of results on disk, one file per result.
 //!
 //! A result is written to a temporary name and renamed into place, so a reader never sees
-//! half a result; files are fsync'd in batches (every [`SpoolLimits::sync_every`] results,
-//! and whenever the queue drains) because an SD card cannot afford a sync per frame. When
+//! half a result (and a killed process loses nothing: the page cache outlives it). Files
+//! are fsync'd in batches, against power cuts: by [`Spool::sync`], which the outbox calls
+//! from its own thread a few times a second so that the camera loop never waits for the
+//! card, and inline once [`SpoolLimits::sync_every`] results are waiting. When
 //! the queue is over its bound the oldest results are dropped and counted. A new process
 //! on the same directory resumes where the last one stopped.
 
@@ -18,7 +20,8 @@ use std::time::Duration;
 pub struct SpoolLimits {
     pub max_results: u64,
     pub max_bytes: u64,
-    /// fsync after this many results (1: every result).
+    /// fsync in the writer's call once this many results wait for a sync (1: every
+    /// result); a bound, since the outbox syncs them sooner from its own thread.
     pub sync_every: usize,
 }
 
@@ -27,7 +30,7 @@ impl Default for SpoolLimits {
         SpoolLimits {
             max_results: 100_000,
             max_bytes: 64 << 20,
-            sync_every: 32,
+            sync_every: 512,
         }
     }
 }
@@ -171,36 +174,38 @@ impl Spool {
             dropped += 1;
         }
         q.dropped += dropped;
-        if q.unsynced.len() >= self.limits.sync_every.max(1) {
-            self.sync_locked(&mut q)?;
-        }
+        let batch = if q.unsynced.len() >= self.limits.sync_every.max(1) {
+            std::mem::take(&mut q.unsynced)
+        } else {
+            Vec::new()
+        };
         drop(q);
         self.changed.notify_all();
+        self.sync_batch(batch)?;
         Ok(dropped)
     }
 
-    fn sync_locked(&self, q: &mut Queue) -> Result<(), SpoolError> {
-        if q.unsynced.is_empty() {
+    /// Makes a batch of written results durable, without holding the lock (the writer
+    /// goes on meanwhile). One `syncfs` of the spool's file system commits every file
+    /// and rename of the batch at once: a journal commit, where an fsync per file would
+    /// cost one each.
+    fn sync_batch(&self, batch: Vec<u64>) -> Result<(), SpoolError> {
+        use std::os::fd::AsRawFd;
+        if batch.is_empty() {
             return Ok(());
         }
-        for seq in q.unsynced.drain(..) {
-            match File::open(self.path_of(seq)) {
-                Ok(f) => f.sync_data().map_err(|e| self.err(e))?,
-                // Delivered (or dropped) before its batch was synced: nothing to keep.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(self.err(e)),
-            }
+        let dir = File::open(&self.dir).map_err(|e| self.err(e))?;
+        // SAFETY: a plain system call on a descriptor that `dir` keeps open.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(self.err(io::Error::last_os_error()));
         }
-        // The renames are entries of the directory: sync it too.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| self.err(e))
+        Ok(())
     }
 
-    /// Makes every accepted result durable now.
+    /// Makes every accepted result durable now (a no-op when none waits).
     pub fn sync(&self) -> Result<(), SpoolError> {
-        let mut q = self.lock();
-        self.sync_locked(&mut q)
+        let batch = std::mem::take(&mut self.lock().unsynced);
+        self.sync_batch(batch)
     }
 
     /// Up to `max` results after `after` (or from the oldest), oldest first, waiting up to
