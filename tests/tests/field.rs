@@ -930,11 +930,16 @@ fn soak_twenty_thousand_frames_through_camera_faults_and_broker_restarts() {
     board.wait_results(1000, Duration::from_secs(120));
     let (rss_1k, fds_1k) = (proc_status_kib(pid, "VmRSS:"), open_fds(pid));
     let mut restarts = 0;
+    let mut rss_samples = vec![(1000, rss_1k)];
     let mut last_restart = Instant::now();
     let done = |board: &Board| board.results_seen.load(Ordering::Relaxed) >= FRAMES;
     while !done(&board) {
         assert!(t0.elapsed() < Duration::from_secs(900), "soak too slow");
         std::thread::sleep(Duration::from_millis(50));
+        let n = board.results_seen.load(Ordering::Relaxed);
+        if n / 1000 != rss_samples.len() as u64 {
+            rss_samples.push((n, proc_status_kib(pid, "VmRSS:")));
+        }
         if last_restart.elapsed() > Duration::from_secs(4) {
             broker.stop();
             std::thread::sleep(Duration::from_millis(300));
@@ -944,6 +949,7 @@ fn soak_twenty_thousand_frames_through_camera_faults_and_broker_restarts() {
         }
     }
     let (rss_20k, fds_20k) = (proc_status_kib(pid, "VmRSS:"), open_fds(pid));
+    println!("soak: RSS (frames, KiB) {rss_samples:?}");
     let elapsed = t0.elapsed();
     let metrics = {
         let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
