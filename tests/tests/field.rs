@@ -167,6 +167,9 @@ impl Broker {
             .is_ok()),
             "mosquitto did not listen on {port}"
         );
+        // Listening, and it is ours (not another process that took the port first).
+        let alive = self.child.as_mut().unwrap().try_wait().unwrap().is_none();
+        assert!(alive, "mosquitto exited: port {port} taken?");
     }
 
     /// SIGTERM, so that it saves its sessions, as a broker restarted for an upgrade does.
@@ -773,8 +776,14 @@ fn the_watchdog_stops_when_the_loop_hangs() {
             .count()
     };
     // Waiting for a trigger is not a hang: READY, then a ping every 300 ms.
+    let mut buf = [0u8; 1024];
+    let ready = wait_until(Duration::from_secs(30), || {
+        systemd
+            .recv(&mut buf)
+            .is_ok_and(|n| String::from_utf8_lossy(&buf[..n]).contains("READY=1"))
+    });
+    assert!(ready, "no READY=1 from the board");
     let idle = receive(Duration::from_millis(1500));
-    assert!(idle.iter().any(|m| m.contains("READY=1")), "{idle:?}");
     assert!(pings(&idle) >= 3, "{idle:?}");
     assert!(
         idle.iter().any(|m| m.contains("STATUS=frames 0")),
@@ -868,13 +877,20 @@ fn a_replaced_model_takes_over_within_one_frame_and_bad_ones_are_refused() {
         assert_eq!(board.results().last().unwrap()["model_sha256"], *sha_b);
     }
     assert_eq!(board.events("model_refused").len(), 3);
-    // SIGHUP re-reads the file even when it looks unchanged; A again is taken.
-    replace(a);
+    // An unchanged file is not read again, unless SIGHUP asks for it.
+    board.trigger(1);
+    board.wait_results(seen + 1, Duration::from_secs(30));
+    assert_eq!(board.events("model_refused").len(), 3);
     let _ = Command::new("kill")
         .args(["-HUP", &board.pid().to_string()])
         .status();
     board.trigger(1);
-    board.wait_results(seen + 1, Duration::from_secs(30));
+    board.wait_results(seen + 2, Duration::from_secs(30));
+    let refused = board.events("model_refused").len();
+    assert_eq!(refused, 4, "SIGHUP re-reads the file");
+    replace(a);
+    board.trigger(1);
+    board.wait_results(seen + 3, Duration::from_secs(30));
     assert_eq!(board.results().last().unwrap()["model_sha256"], *sha_a);
     board.terminate();
 }
@@ -905,7 +921,6 @@ fn soak_twenty_thousand_frames_through_camera_faults_and_broker_restarts() {
     let mut broker = Broker::new("soak");
     broker.start();
     let sub = Subscriber::connect(broker.port, "soak-consumer", "kestrel/#");
-    let metrics_port = free_port();
     let board = Board::start(
         &args(&[
             "--model",
@@ -921,7 +936,7 @@ fn soak_twenty_thousand_frames_through_camera_faults_and_broker_restarts() {
             "--spool",
             spool.to_str().unwrap(),
             "--metrics",
-            &format!("127.0.0.1:{metrics_port}"),
+            "127.0.0.1:0",
         ]),
         &[],
     );
@@ -952,12 +967,28 @@ fn soak_twenty_thousand_frames_through_camera_faults_and_broker_restarts() {
     println!("soak: RSS (frames, KiB) {rss_samples:?}");
     let elapsed = t0.elapsed();
     let metrics = {
-        let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        let addr = board.events("start")[0]["detail"]["metrics"]
+            .as_str()
+            .expect("the start event names the metrics address")
+            .to_string();
+        let mut s = TcpStream::connect(addr).unwrap();
         write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
         text
     };
+    // Everything spooled is delivered before the board is stopped (a stop leaves the
+    // rest in the spool for the next start).
+    let spool_files = || {
+        std::fs::read_dir(spool.join("spool-mqtt"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || spool_files() == 0),
+        "{} results still spooled",
+        spool_files()
+    );
     let lines = board.terminate();
     let results: Vec<Value> = lines
         .iter()
@@ -983,7 +1014,7 @@ fn soak_twenty_thousand_frames_through_camera_faults_and_broker_restarts() {
     println!(
         "soak: {} results in {:.1} s ({:.0}/s), {} camera faults, {} broker restarts; \
          delivered {} distinct, {} messages received ({} duplicates), lost 0; \
-         RSS {} KiB at 1k frames, {} KiB at {}k; fds {} -> {}; drained {:.1} s after stop",
+         RSS {} KiB at 1k frames, {} KiB at {}k; fds {} -> {}; subscriber complete {:.1} s after stop",
         results.len(),
         elapsed.as_secs_f64(),
         results.len() as f64 / elapsed.as_secs_f64(),

@@ -586,8 +586,9 @@ over, so the service never reads a half-copied file:
 
     install -m 644 model.kes {path}.new && mv {path}.new {path}
 
-The running {krate} service notices the new file and switches to it; no restart is
-needed (systemctl reload {krate} makes it re-read the model at once).
+The running {krate} service notices the new file and switches to it before its next
+frame; no restart is needed (systemctl reload {krate} makes it re-read the model even
+when the file looks unchanged).
 "
     )
 }

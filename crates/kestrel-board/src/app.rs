@@ -129,6 +129,15 @@ fn run(profile: &BoardProfile, flags: &Flags) -> Result<EndReason, StartError> {
         None => FileConfig::default(),
     };
     let settings = Settings::resolve(profile, file, flags, &HostFacts::read())?;
+    // Before anything slow: a `systemctl reload` or stop during start-up must not kill
+    // the process with the signal's default action.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).map_err(StartError::Signals)?;
+    }
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .map_err(StartError::Signals)?;
     let (mut classifier, model_name) = match (&settings.model, crate::embedded_model()) {
         (Some(path), _) => (
             Classifier::from_file(path).map_err(StartError::Model)?,
@@ -164,13 +173,6 @@ fn run(profile: &BoardProfile, flags: &Flags) -> Result<EndReason, StartError> {
         }
     };
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, stop.clone()).map_err(StartError::Signals)?;
-    }
-    let reload = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
-        .map_err(StartError::Signals)?;
     classifier
         .set_threads(settings.threads, profile.pin_threads)
         .map_err(|source| StartError::Threads {
@@ -297,6 +299,7 @@ fn open_field(
                 dir,
                 settings.spool_limits,
                 stdout_report(field.counters.clone()),
+                field.counters.clone(),
             )?);
         }
     }

@@ -248,10 +248,11 @@ impl<W: Write> Service<W> {
             let Ok(line) = serde_json::to_vec(&record) else {
                 return tally.end(EndReason::OutputClosed);
             };
+            // Spooled first: once the journal shows a result, a kill cannot lose it.
+            self.spool(&line);
             if self.sink.write_line(&line).is_err() {
                 return tally.end(EndReason::OutputClosed);
             }
-            self.spool(&line);
             self.field.counters.results.inc();
             tally.frames += 1;
         }
@@ -281,8 +282,7 @@ impl<W: Write> Service<W> {
                 );
             }
         }
-        self.field.counters.spool_depth.set(outbox.depth());
-        self.field.counters.spool_dropped.set(outbox.dropped());
+        outbox.update(&self.field.counters);
     }
 
     /// Takes up a replaced model file, or refuses it with an event. Err: output closed.

@@ -24,6 +24,13 @@ fn default_timeout_ms() -> u64 {
     5000
 }
 
+/// What the server did with one result.
+enum Outcome {
+    Taken,
+    Rejected(u16),
+    Retry(String),
+}
+
 pub struct HttpSink {
     url: String,
     agent: ureq::Agent,
@@ -50,8 +57,11 @@ impl HttpSink {
                 "HTTP timeout_ms must be at least 1".into(),
             ));
         }
+        // No redirects: ureq would follow a 301-303 as a GET without the body, and a
+        // result "delivered" that way is lost. A 3xx is an answer to fix in the URL.
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_millis(settings.timeout_ms)))
+            .max_redirects(0)
             .build()
             .into();
         Ok(HttpSink {
@@ -92,14 +102,39 @@ impl HttpSink {
                 .post(&self.url)
                 .header("content-type", "application/json")
                 .send(&entry.bytes[..]);
-            match sent {
-                Ok(_) => {
+            let outcome = match sent {
+                Ok(resp) if resp.status().is_success() => Outcome::Taken,
+                Ok(resp) => Outcome::Retry(format!("HTTP {} (not a 2xx)", resp.status())),
+                // A request the server will never take (bad JSON for it, too large): held
+                // back, it would block every result behind it for ever.
+                Err(ureq::Error::StatusCode(code))
+                    if (400..500).contains(&code) && code != 408 && code != 429 =>
+                {
+                    Outcome::Rejected(code)
+                }
+                Err(e) => Outcome::Retry(e.to_string()),
+            };
+            match outcome {
+                Outcome::Taken | Outcome::Rejected(_) => {
+                    if let Outcome::Rejected(code) = outcome {
+                        report(
+                            "sink_rejected",
+                            Some(&format!(
+                                "HTTP {code}: the server refuses this result; dropped"
+                            )),
+                            serde_json::json!({ "sink": self.name, "spool_seq": entry.seq }),
+                        );
+                    }
                     if let Err(e) = spool.remove_through(entry.seq) {
                         report(
                             "sink_error",
                             Some(&e.to_string()),
                             serde_json::json!({ "sink": self.name }),
                         );
+                        if !super::sleep_unless_stopped(backoff.next(), stop) {
+                            return;
+                        }
+                        continue;
                     }
                     if failing {
                         report(
@@ -111,12 +146,12 @@ impl HttpSink {
                     }
                     backoff.reset();
                 }
-                Err(e) => {
+                Outcome::Retry(error) => {
                     failing = true;
                     let delay = backoff.next();
                     report(
                         "sink_error",
-                        Some(&e.to_string()),
+                        Some(&error),
                         serde_json::json!({ "sink": self.name, "retry_in_ms": delay.as_millis() as u64, "spooled": spool.depth() }),
                     );
                     if !super::sleep_unless_stopped(delay, stop) {

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use spool::{Spool, SpoolError, SpoolLimits};
 
+use crate::health::Counters;
+
 /// Reports a sink's events (connected, failed) as the service's event lines: the event's
 /// name, its error, and details.
 pub type Report = Arc<dyn Fn(&str, Option<&str>, serde_json::Value) + Send + Sync>;
@@ -131,12 +133,14 @@ pub const SYNC_PERIOD: Duration = Duration::from_millis(250);
 
 impl Outbox {
     /// Opens each sink's spool under `state_dir` (taking up what a previous run left) and
-    /// starts its delivery thread.
+    /// starts its delivery thread, and a thread that syncs the spools and keeps
+    /// `counters`' spool figures current.
     pub fn start(
         sinks: Vec<Sink>,
         state_dir: &Path,
         limits: SpoolLimits,
         report: Report,
+        counters: Arc<Counters>,
     ) -> Result<Outbox, SinkError> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut outbox = Outbox {
@@ -179,6 +183,12 @@ impl Outbox {
                                 );
                             }
                         }
+                        counters
+                            .spool_depth
+                            .set(spools.iter().map(|s| s.depth()).sum());
+                        counters
+                            .delivered
+                            .set(spools.iter().map(|s| s.delivered()).sum());
                     }
                 })
                 .map_err(|source| SinkError::Thread {
@@ -207,6 +217,15 @@ impl Outbox {
                 },
             })
             .collect()
+    }
+
+    /// Sets the spool figures of `counters`.
+    pub fn update(&self, counters: &Counters) {
+        counters.spool_depth.set(self.depth());
+        counters.spool_dropped.set(self.dropped());
+        counters
+            .delivered
+            .set(self.sinks.iter().map(|s| s.spool.delivered()).sum());
     }
 
     /// Results not yet delivered, over all sinks.

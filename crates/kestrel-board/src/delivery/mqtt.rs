@@ -1,10 +1,11 @@
 //! Results to an MQTT broker (3.1.1, rumqttc), from the sink's spool, in order.
 //!
 //! Each connection is a fresh rumqttc client: whatever it had in flight when the link
-//! dropped is forgotten by it and re-sent from the spool by us, so the spool is the only
-//! place a result lives until the broker has acknowledged it (QoS 1) or it was written to
-//! the socket (QoS 0). A result may then arrive twice, never not at all; its `frame`
-//! number lets a consumer drop the copy.
+//! dropped is forgotten by it and re-sent from the spool by us, so with QoS 1 the spool is
+//! the only place a result lives until the broker has acknowledged it. A result may then
+//! arrive twice, never not at all; its `frame` number lets a consumer drop the copy. QoS 0
+//! is at most once: a result leaves the spool when rumqttc has taken it for the socket,
+//! and a link that drops then loses it.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -119,7 +120,8 @@ impl MqttSink {
                 )))
             }
         };
-        let mut options = MqttOptions::new(format!("kestrel-{device}"), &url.host, url.port);
+        check_topic(&settings.topic)?;
+        let mut options = MqttOptions::new(client_id(device), &url.host, url.port);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_clean_session(true);
         options.set_max_packet_size(1 << 20, 1 << 20);
@@ -183,7 +185,6 @@ impl MqttSink {
         while !stop.load(Ordering::Relaxed) {
             let (client, mut connection) = Client::new(self.options.clone(), WINDOW + 8);
             let result = self.session(&client, &mut connection, spool, stop, report);
-            let _ = client.try_disconnect();
             match result {
                 Ok(()) => return,
                 Err(Failure { error, connected }) => {
@@ -227,7 +228,9 @@ impl MqttSink {
                 Err(RecvTimeoutError::Timeout) => {
                     return Err(fail("no answer to CONNECT within 10 s".into(), false))
                 }
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(fail("the MQTT client closed".into(), false))
+                }
             }
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
@@ -244,6 +247,9 @@ impl MqttSink {
         let mut in_flight: HashMap<u16, u64> = HashMap::new();
         let mut acked: BTreeSet<u64> = BTreeSet::new();
         let mut last_read: Option<u64> = None;
+        // Only a connection that got something through counts as working: one the broker
+        // takes and drops at once (another client with our id) keeps backing off.
+        let mut acked_any = false;
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
@@ -258,26 +264,30 @@ impl MqttSink {
                 };
                 let entries = spool
                     .read_after(last_read, WINDOW - busy, wait)
-                    .map_err(|e| fail(e.to_string(), true))?;
+                    .map_err(|e| fail(e.to_string(), acked_any))?;
                 for entry in entries {
                     let topic = self.topic_for(&entry.bytes);
                     client
                         .try_publish(topic, self.qos, self.retain, entry.bytes)
-                        .map_err(|e| fail(e.to_string(), true))?;
+                        .map_err(|e| fail(e.to_string(), acked_any))?;
                     unnumbered.push_back(entry.seq);
                     last_read = Some(entry.seq);
                 }
             }
             let wait = if unnumbered.is_empty() && in_flight.is_empty() {
-                Duration::from_millis(1)
+                // Keep-alive and broker packets only; not shorter, since every timeout
+                // cancels rumqttc's poll.
+                Duration::from_millis(20)
             } else {
                 Duration::from_millis(100)
             };
             let event = match connection.recv_timeout(wait) {
                 Ok(Ok(event)) => event,
-                Ok(Err(e)) => return Err(fail(e.to_string(), true)),
+                Ok(Err(e)) => return Err(fail(e.to_string(), acked_any)),
                 Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(fail("the MQTT client closed".into(), acked_any))
+                }
             };
             let delivered = match event {
                 Event::Outgoing(Outgoing::Publish(pkid)) => {
@@ -302,6 +312,7 @@ impl MqttSink {
                 _ => false,
             };
             if delivered {
+                acked_any = true;
                 // Remove the delivered prefix: everything below the oldest result still
                 // waiting for the broker.
                 let oldest_waiting = unnumbered
@@ -318,7 +329,7 @@ impl MqttSink {
                 if let Some(through) = through {
                     spool
                         .remove_through(through)
-                        .map_err(|e| fail(e.to_string(), true))?;
+                        .map_err(|e| fail(e.to_string(), acked_any))?;
                     acked = acked.split_off(&(through + 1));
                 }
             }
@@ -328,8 +339,33 @@ impl MqttSink {
 
 struct Failure {
     error: String,
-    /// The broker had accepted the connection: the next attempt starts with a short delay.
+    /// Results got through on this connection: the next attempt starts with a short delay.
     connected: bool,
+}
+
+/// `kestrel-DEVICE-MACHINE`: boards flashed from one image share a host name (and so a
+/// default device name), and two clients with one id would take over each other's session.
+fn client_id(device: &str) -> String {
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let machine: String = machine.trim().chars().take(8).collect();
+    if machine.is_empty() {
+        format!("kestrel-{device}")
+    } else {
+        format!("kestrel-{device}-{machine}")
+    }
+}
+
+/// A topic template that gives a valid topic name for any device and class.
+fn check_topic(template: &str) -> Result<(), SinkError> {
+    let sample = template
+        .replace("{device}", "device")
+        .replace("{class}", "class");
+    if sample.is_empty() || sample.contains(['+', '#', '\0']) || sample.contains(['{', '}']) {
+        return Err(SinkError::Config(format!(
+            "MQTT topic '{template}': a topic to publish to must be non-empty, without '+' or '#'; {{device}} and {{class}} are filled in"
+        )));
+    }
+    Ok(())
 }
 
 fn read_secret(path: &std::path::Path) -> Result<String, SinkError> {
@@ -442,6 +478,11 @@ mod tests {
         let mut s = settings("mqtt://localhost");
         s.password_file = Some("/etc/hostname".into());
         assert!(MqttSink::new(&s, "d").is_err());
+        for topic in ["", "kestrel/+/result", "kestrel/#", "kestrel/{board}"] {
+            let mut s = settings("mqtt://localhost");
+            s.topic = topic.into();
+            assert!(MqttSink::new(&s, "d").is_err(), "{topic}");
+        }
         // The default roots (no CA given) build a TLS configuration.
         assert!(MqttSink::new(&settings("mqtts://localhost"), "d").is_ok());
     }

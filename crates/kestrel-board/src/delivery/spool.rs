@@ -38,7 +38,8 @@ impl Default for SpoolLimits {
 /// One queued result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// Position in the queue: increases by one per result, never reused.
+    /// Position in the queue: increases by one per result (from 0 again in an empty
+    /// spool opened anew).
     pub seq: u64,
     pub bytes: Vec<u8>,
 }
@@ -59,6 +60,8 @@ struct Queue {
     bytes: u64,
     next_seq: u64,
     dropped: u64,
+    /// Removed as delivered, since the spool was opened.
+    removed: u64,
     /// Written but not yet fsync'd (by seq: holding the files open would hold a
     /// descriptor per result).
     unsynced: Vec<u64>,
@@ -117,6 +120,7 @@ impl Spool {
                 bytes,
                 next_seq,
                 dropped: 0,
+                removed: 0,
                 unsynced: Vec::new(),
             }),
             changed: Condvar::new(),
@@ -168,7 +172,7 @@ impl Spool {
         let mut dropped = 0;
         while q.entries.len() as u64 > self.limits.max_results || q.bytes > self.limits.max_bytes {
             let (old, old_len) = q.entries.pop_front().expect("over the bound, so not empty");
-            // Already gone (delivered and removed by a racing reader) is fine.
+            // Already gone (delivered and removed meanwhile) is fine.
             let _ = fs::remove_file(self.path_of(old));
             q.bytes -= old_len;
             dropped += 1;
@@ -181,7 +185,10 @@ impl Spool {
         };
         drop(q);
         self.changed.notify_all();
-        self.sync_batch(batch)?;
+        if self.sync_batch(batch.clone()).is_err() {
+            // The result is queued all the same: the outbox's syncer retries and reports.
+            self.lock().unsynced.extend(batch);
+        }
         Ok(dropped)
     }
 
@@ -260,12 +267,10 @@ impl Spool {
             }
             q.entries.pop_front();
             q.bytes -= len;
+            q.removed += 1;
         }
-        if q.entries.is_empty() {
-            // Drained: nothing is left whose durability matters, but sync the deletions
-            // so a crash now does not resurrect delivered results.
-            let _ = File::open(&self.dir).and_then(|d| d.sync_all());
-        }
+        // The deletions are not synced: a power cut may bring a delivered result back,
+        // and it is sent again (a duplicate, which the frame number names), never lost.
         Ok(())
     }
 
@@ -276,6 +281,11 @@ impl Spool {
 
     pub fn bytes(&self) -> u64 {
         self.lock().bytes
+    }
+
+    /// Results removed as delivered, since the spool was opened.
+    pub fn delivered(&self) -> u64 {
+        self.lock().removed
     }
 
     /// Results dropped because the spool was full, since it was opened.
