@@ -1034,8 +1034,20 @@ fn soak_twenty_thousand_frames_through_camera_faults_and_broker_restarts() {
         restarts >= 2 && camera_errors >= 10,
         "the soak had its faults"
     );
+    // The allocator and the connection buffers settle in the first thousands of frames (one
+    // step of 80 KiB was seen near 6k); a leak keeps growing. So the bound is on the second
+    // half: 128 KiB over 10,000 frames is 13 bytes a frame, far below one leaked result (~200).
+    let rss_10k = rss_samples
+        .iter()
+        .find(|(n, _)| *n >= FRAMES / 2)
+        .map(|(_, kib)| *kib)
+        .expect("an RSS sample at half way");
     assert!(
-        rss_20k as f64 <= rss_1k as f64 * 1.02,
+        rss_20k <= rss_10k + 128,
+        "resident memory grew from {rss_10k} KiB at half way to {rss_20k} KiB at the end"
+    );
+    assert!(
+        rss_20k as f64 <= rss_1k as f64 * 1.10,
         "resident memory grew from {rss_1k} KiB to {rss_20k} KiB"
     );
     // A camera process or a broker connection may be between two lives at either reading.
