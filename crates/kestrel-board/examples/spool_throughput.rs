@@ -90,15 +90,8 @@ fn main() {
         return;
     };
     let settings = MqttSettings {
-        url,
         topic: "kestrel/{device}/bench".into(),
-        qos: 1,
-        retain: false,
-        ca: None,
-        client_cert: None,
-        client_key: None,
-        username: None,
-        password_file: None,
+        ..MqttSettings::new(url)
     };
     let sink = MqttSink::new(&settings, "bench").expect("mqtt settings");
     let stop = Arc::new(AtomicBool::new(false));

@@ -7,7 +7,7 @@ use kestrel_runtime::Isa;
 use serde::Deserialize;
 
 use crate::delivery::http::HttpSettings;
-use crate::delivery::mqtt::{default_topic, MqttSettings};
+use crate::delivery::mqtt::MqttSettings;
 use crate::delivery::spool::SpoolLimits;
 use crate::snapshot::SnapshotSettings;
 
@@ -310,17 +310,7 @@ impl Settings {
         }
         let mqtt = match (flags.mqtt.clone(), file.mqtt) {
             (Some(url), Some(file)) => Some(MqttSettings { url, ..file }),
-            (Some(url), None) => Some(MqttSettings {
-                url,
-                topic: default_topic(),
-                qos: 1,
-                retain: false,
-                ca: None,
-                client_cert: None,
-                client_key: None,
-                username: None,
-                password_file: None,
-            }),
+            (Some(url), None) => Some(MqttSettings::new(url)),
             (None, file) => file,
         };
         let mqtt = match mqtt {
@@ -342,10 +332,7 @@ impl Settings {
         };
         let http = match (flags.http.clone(), file.http) {
             (Some(url), Some(file)) => Some(HttpSettings { url, ..file }),
-            (Some(url), None) => Some(HttpSettings {
-                url,
-                timeout_ms: 5000,
-            }),
+            (Some(url), None) => Some(HttpSettings::new(url)),
             (None, file) => file,
         };
         let spool = flags

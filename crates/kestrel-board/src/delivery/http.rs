@@ -20,6 +20,16 @@ pub struct HttpSettings {
     pub timeout_ms: u64,
 }
 
+impl HttpSettings {
+    /// A webhook with the config file's default timeout.
+    pub fn new(url: String) -> Self {
+        Self {
+            url,
+            timeout_ms: default_timeout_ms(),
+        }
+    }
+}
+
 fn default_timeout_ms() -> u64 {
     5000
 }

@@ -44,7 +44,24 @@ pub struct MqttSettings {
     pub password_file: Option<std::path::PathBuf>,
 }
 
-pub fn default_topic() -> String {
+impl MqttSettings {
+    /// A broker with every other key at the config file's default.
+    pub fn new(url: String) -> Self {
+        Self {
+            url,
+            topic: default_topic(),
+            qos: default_qos(),
+            retain: false,
+            ca: None,
+            client_cert: None,
+            client_key: None,
+            username: None,
+            password_file: None,
+        }
+    }
+}
+
+fn default_topic() -> String {
     "kestrel/{device}/result".into()
 }
 
@@ -446,15 +463,8 @@ mod tests {
 
     fn settings(url: &str) -> MqttSettings {
         MqttSettings {
-            url: url.into(),
             topic: "kestrel/{device}/{class}".into(),
-            qos: 1,
-            retain: false,
-            ca: None,
-            client_cert: None,
-            client_key: None,
-            username: None,
-            password_file: None,
+            ..MqttSettings::new(url.into())
         }
     }
 
