@@ -2,6 +2,20 @@
 
 use std::path::PathBuf;
 
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// An empty directory for one test, named by the test and this process (each test binary is
+/// its own process, so two binaries never share one).
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kestrel-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// `shared/` beside the repository (`<repo>/../shared`), or a panic that says what is
 /// missing: these tests need the real models and images and must not pass without them.
 pub fn shared_dir() -> PathBuf {

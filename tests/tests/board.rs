@@ -18,23 +18,12 @@ use kestrel_board::service::{Backoff, EndReason, Field, Service};
 use kestrel_board::sink::JsonLines;
 use kestrel_board::source::{DirSource, FrameSource, SourceError};
 use kestrel_board::trigger::Continuous;
-use kestrel_e2e::{shared_dir, shared_model};
+use kestrel_e2e::{repo, shared_dir, shared_model, temp_dir};
 use kestrel_runtime::Isa;
 use kestrel_tools::calibrate::Method;
 use kestrel_tools::compile::{self, CompileOptions, Target};
 use kestrel_tools::dataset;
 use kestrel_tools::eval::{self, Loaded};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kestrel-board-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// ResNet-20 (real weights) compiled once for all tests here.
 fn resnet20_kes() -> &'static Path {

@@ -15,24 +15,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kestrel_e2e::{shared_dir, shared_model};
+use kestrel_e2e::{repo, shared_dir, shared_model, temp_dir};
 use kestrel_tools::calibrate::Method;
 use kestrel_tools::compile::{self, CompileOptions, Target};
 use kestrel_tools::dataset;
 use kestrel_tools::synth::{self, Arch, SynthOptions};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kestrel-field-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// The Pi 5 board binary built for this machine (the same code as on the board; natively
 /// so that thousands of frames take seconds, not minutes under qemu).
