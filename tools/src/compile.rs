@@ -25,7 +25,8 @@ use kestrel_format::WeightLayout;
 /// The board a model is compiled for. `generic` keeps the portable `[KH][KW][IC][OC]`
 /// conv weights the scalar reference reads; every board target gets the packed-GEMM
 /// layout its fastest micro-kernel reads: 4-channel blocks for the Pi 4's Cortex-A72,
-/// 16-channel lanes for `sdot` by element (Pi 5, Jetson Orin) and AVX-512 VNNI/AVX2.
+/// 16-channel lanes for `sdot` by element (Pi 5, Jetson Orin) and AVX-512 VNNI/AVX2, and
+/// 4-channel blocks again for a Cortex-M4/M7's `SMLAD` (the `boards/mps2-an386` firmware).
 /// Either file also runs, slower, on any other CPU (the portable micro-kernel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -36,6 +37,8 @@ pub enum Target {
     JetsonOrin,
     #[value(name = "x86-64")]
     X86_64,
+    #[value(name = "cortex-m4")]
+    CortexM4,
 }
 
 impl Target {
@@ -67,6 +70,7 @@ impl Target {
         match self {
             Target::Rpi4 => Some(kestrel_runtime::Isa::Neon),
             Target::Rpi5 | Target::JetsonOrin => Some(kestrel_runtime::Isa::NeonDot),
+            Target::CortexM4 => Some(kestrel_runtime::Isa::ArmDsp),
             Target::Generic | Target::X86_64 => None,
         }
     }
@@ -75,7 +79,7 @@ impl Target {
     pub fn weight_layout(self) -> WeightLayout {
         match self {
             Target::Generic => WeightLayout::Portable,
-            Target::Rpi4 => WeightLayout::Blocks4,
+            Target::Rpi4 | Target::CortexM4 => WeightLayout::Blocks4,
             Target::Rpi5 | Target::JetsonOrin | Target::X86_64 => WeightLayout::Lanes16,
         }
     }

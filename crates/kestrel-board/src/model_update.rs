@@ -150,6 +150,7 @@ fn target_family(target: &str) -> Option<&'static str> {
     match target {
         "rpi4" | "rpi5" | "jetson-orin" => Some("aarch64"),
         "x86-64" => Some("x86-64"),
+        "cortex-m4" => Some("cortex-m"),
         _ => None,
     }
 }
@@ -164,6 +165,7 @@ pub fn target_mismatch(c: &Classifier, kernels: Isa) -> Option<String> {
     let board = match kernels {
         Isa::Neon | Isa::NeonDot => "aarch64",
         Isa::Avx2 | Isa::Avx512Vnni => "x86-64",
+        Isa::ArmDsp => "cortex-m",
         Isa::Scalar => return None,
     };
     let target = c

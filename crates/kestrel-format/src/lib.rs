@@ -34,6 +34,7 @@ use core::fmt;
 
 /// Why a `.kes` file was refused. Every variant names what is wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum FormatError {
     /// Fewer bytes than a header, or than the header says the file has.
     Truncated {

@@ -1,5 +1,5 @@
 //! Dense layers (the classifier head), with the dot product on the target's SIMD: SSE2
-//! or AVX2 on x86-64, NEON on AArch64. Same signatures and results as
+//! or AVX2 on x86-64, NEON on AArch64, the DSP extension on a Cortex-M4/M7. Same signatures and results as
 //! [`crate::scalar::dense`] and [`crate::scalar::dense_i32`].
 
 use crate::quant::OutQuant;
@@ -97,7 +97,18 @@ fn simd_dot16(x: &[i8], w: &[i8]) -> i32 {
     }
 }
 
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+/// `Σ x·w` over slices of equal length, a multiple of 16.
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+#[inline]
+fn simd_dot16(x: &[i8], w: &[i8]) -> i32 {
+    crate::arch::arm::dsp::dot(x, w)
+}
+
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    all(target_arch = "arm", feature = "dsp")
+)))]
 #[inline]
 fn simd_dot16(x: &[i8], w: &[i8]) -> i32 {
     x.iter()

@@ -4,9 +4,13 @@ use core::fmt;
 
 /// A kernel family, from the portable reference to the widest SIMD path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Isa {
     /// Portable Rust; the oracle for every other path.
     Scalar,
+    /// Armv7E-M with the DSP extension (Cortex-M4/M7: `SXTB16`/`SMLAD`, two 16-bit
+    /// multiply-adds per instruction).
+    ArmDsp,
     /// AArch64 Advanced SIMD without the dot product (Cortex-A72: SMULL/SMLAL/SADALP).
     Neon,
     /// AArch64 with the `sdot` dot product (Cortex-A76/A78).
@@ -18,8 +22,9 @@ pub enum Isa {
 }
 
 impl Isa {
-    pub const ALL: [Isa; 5] = [
+    pub const ALL: [Isa; 6] = [
         Isa::Scalar,
+        Isa::ArmDsp,
         Isa::Neon,
         Isa::NeonDot,
         Isa::Avx2,
@@ -30,6 +35,7 @@ impl Isa {
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
+            Isa::ArmDsp => "arm-dsp",
             Isa::Neon => "neon",
             Isa::NeonDot => "neon-dot",
             Isa::Avx2 => "avx2",
@@ -51,6 +57,9 @@ impl fmt::Display for Isa {
 /// The CPU features Kestrel's kernels care about.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuFeatures {
+    /// The Armv7E-M DSP extension: no OS reports it, so a build says it has it (the
+    /// `dsp` feature, for a Cortex-M4/M7 firmware).
+    pub dsp: bool,
     pub neon: bool,
     pub dotprod: bool,
     pub avx2: bool,
@@ -95,6 +104,7 @@ impl CpuFeatures {
         #[cfg(not(feature = "std"))]
         {
             CpuFeatures {
+                dsp: cfg!(all(target_arch = "arm", feature = "dsp")),
                 neon: cfg!(all(target_arch = "aarch64", target_feature = "neon")),
                 dotprod: cfg!(all(target_arch = "aarch64", target_feature = "dotprod")),
                 avx2: cfg!(all(target_arch = "x86_64", target_feature = "avx2")),
@@ -112,6 +122,7 @@ impl CpuFeatures {
     pub fn supports(&self, isa: Isa) -> bool {
         match isa {
             Isa::Scalar => true,
+            Isa::ArmDsp => self.dsp,
             Isa::Neon => self.neon,
             Isa::NeonDot => self.neon && self.dotprod,
             Isa::Avx2 => self.avx2,
@@ -154,6 +165,12 @@ mod tests {
         assert_eq!(a76.best(), Isa::NeonDot);
         assert_eq!(vnni.best(), Isa::Avx512Vnni);
         assert_eq!(CpuFeatures::default().best(), Isa::Scalar);
+        let m4 = CpuFeatures {
+            dsp: true,
+            ..Default::default()
+        };
+        assert_eq!(m4.best(), Isa::ArmDsp);
+        assert!(!a76.supports(Isa::ArmDsp));
         for isa in Isa::ALL {
             assert_eq!(Isa::from_name(isa.name()), Some(isa));
         }

@@ -9,10 +9,14 @@
 //! says which file to open for what.
 #![no_std]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
 pub mod arch;
+#[cfg(feature = "alloc")]
+pub mod check;
 pub mod conv;
 pub mod dense;
 pub mod isa;

@@ -30,6 +30,14 @@ use kestrel_kernels::{dense, pooling, scalar};
 pub use kestrel_format;
 pub use kestrel_kernels::isa::{CpuFeatures, Isa};
 
+/// A log line through `defmt` with the `defmt` feature (a firmware's log), nothing without.
+macro_rules! log {
+    ($level:ident, $($arg:tt)*) => {
+        #[cfg(feature = "defmt")]
+        defmt::$level!($($arg)*);
+    };
+}
+
 #[cfg(feature = "std")]
 pub mod pool;
 pub mod preprocess;
@@ -43,6 +51,7 @@ pub trait Parallel: Sync {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Error {
     /// The file is not a valid `.kes` model.
     Format(FormatError),
@@ -121,9 +130,17 @@ pub struct Model<'a> {
 
 impl<'a> Model<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Self, Error> {
-        Ok(Model {
-            file: KesFile::parse(bytes)?,
-        })
+        let file = KesFile::parse(bytes).inspect_err(|_e| {
+            log!(error, "kestrel: not a valid .kes file: {}", _e);
+        })?;
+        log!(
+            info,
+            "kestrel: model parsed: {=u32} ops, arena {=u64} bytes ({=u64} of them scratch)",
+            file.op_count(),
+            file.plan.arena_bytes,
+            file.plan.scratch_bytes
+        );
+        Ok(Model { file })
     }
 
     pub fn file(&self) -> &KesFile<'a> {
@@ -220,18 +237,29 @@ impl<'m, 'a> Session<'m, 'a> {
     ) -> Result<Self, Error> {
         let cpu = CpuFeatures::available();
         if !cpu.supports(kernels) {
-            return Err(Error::UnsupportedKernels {
+            let e = Error::UnsupportedKernels {
                 requested: kernels,
                 best: cpu.best(),
-            });
+            };
+            log!(error, "kestrel: {}", e);
+            return Err(e);
         }
         let needed = model.arena_bytes();
         if arena.len() < needed {
-            return Err(Error::ArenaTooSmall {
+            let e = Error::ArenaTooSmall {
                 needed,
                 given: arena.len(),
-            });
+            };
+            log!(error, "kestrel: {}", e);
+            return Err(e);
         }
+        log!(
+            info,
+            "kestrel: session on the {} kernels, arena {=usize} of {=usize} bytes used",
+            kernels,
+            needed,
+            arena.len()
+        );
         Ok(Session {
             model,
             arena,

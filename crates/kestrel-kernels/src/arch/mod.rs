@@ -5,6 +5,8 @@
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+pub mod arm;
 pub mod portable;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;

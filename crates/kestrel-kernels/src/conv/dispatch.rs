@@ -15,6 +15,7 @@ use crate::isa::Isa;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tile {
     Scalar4x4c16,
+    Smlad2x4c16,
     Smlal4x4c16,
     Sdot4x4c16,
     Avx2_4x4c16,
@@ -37,15 +38,17 @@ const fn row(packing: Packing, isa: Isa, tile: Tile) -> Row {
     Row { packing, isa, tile }
 }
 
-/// Every (layout, ISA) pair. `Lanes16` on the Cortex-A72 has no tile of its own (its
-/// kernels want the dot product): it falls back to the portable one.
-pub const TABLE: [Row; 10] = [
+/// Every (layout, ISA) pair. `Lanes16` on the Cortex-A72 and on a Cortex-M have no tile
+/// of their own (their kernels read 4-channel blocks): they fall back to the portable one.
+pub const TABLE: [Row; 12] = [
     row(Packing::Blocks4, Isa::Scalar, Tile::Scalar4x4c16),
+    row(Packing::Blocks4, Isa::ArmDsp, Tile::Smlad2x4c16),
     row(Packing::Blocks4, Isa::Neon, Tile::Smlal4x4c16),
     row(Packing::Blocks4, Isa::NeonDot, Tile::Sdot4x4c16),
     row(Packing::Blocks4, Isa::Avx2, Tile::Avx2_4x4c16),
     row(Packing::Blocks4, Isa::Avx512Vnni, Tile::Vnni4x4c16),
     row(Packing::Lanes16, Isa::Scalar, Tile::Scalar4x16c4),
+    row(Packing::Lanes16, Isa::ArmDsp, Tile::Scalar4x16c4),
     row(Packing::Lanes16, Isa::Neon, Tile::Scalar4x16c4),
     row(Packing::Lanes16, Isa::NeonDot, Tile::Sdot4x16c4),
     row(Packing::Lanes16, Isa::Avx2, Tile::Avx2_4x16c4),
@@ -57,6 +60,7 @@ impl Tile {
     pub const fn name(self) -> &'static str {
         match self {
             Tile::Scalar4x4c16 => "scalar_4x4c16",
+            Tile::Smlad2x4c16 => "smlad_2x4c16",
             Tile::Smlal4x4c16 => "smlal_4x4c16",
             Tile::Sdot4x4c16 => "sdot_4x4c16",
             Tile::Avx2_4x4c16 => "avx2_4x4c16",
@@ -73,6 +77,7 @@ impl Tile {
     pub const fn isa(self) -> Isa {
         match self {
             Tile::Scalar4x4c16 | Tile::Scalar4x16c4 => Isa::Scalar,
+            Tile::Smlad2x4c16 => Isa::ArmDsp,
             Tile::Smlal4x4c16 => Isa::Neon,
             Tile::Sdot4x4c16 | Tile::Sdot4x16c4 => Isa::NeonDot,
             Tile::Avx2_4x4c16 | Tile::Avx2_4x16c4 => Isa::Avx2,
@@ -99,6 +104,12 @@ impl Tile {
             wide_chunks: false,
         };
         match self {
+            #[cfg(all(target_arch = "arm", feature = "dsp"))]
+            Tile::Smlad2x4c16 => MicroKernel {
+                input: plain(crate::arch::arm::smlad_2x4c16::MR),
+                panel: crate::arch::arm::smlad_2x4c16::smlad_2x4c16,
+                direct: None,
+            },
             #[cfg(target_arch = "aarch64")]
             Tile::Smlal4x4c16 => MicroKernel {
                 input: plain(4),
@@ -224,6 +235,8 @@ mod tests {
             }
         }
         assert!(!Packing::Lanes16.has_tile(Isa::Neon));
+        assert!(Packing::Blocks4.has_tile(Isa::ArmDsp));
+        assert!(!Packing::Lanes16.has_tile(Isa::ArmDsp));
         assert!(Packing::Lanes16.has_tile(Isa::NeonDot));
         assert!(Packing::Blocks4.has_tile(Isa::Neon));
         assert!(!Packing::Blocks4.has_tile(Isa::Scalar));

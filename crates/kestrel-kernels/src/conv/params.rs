@@ -27,8 +27,8 @@ pub fn shifts(params: &[u8]) -> impl Iterator<Item = i32> + '_ {
 }
 
 /// Records as [`record`] reads them, for callers holding tuples.
-#[cfg(feature = "std")]
-pub fn to_bytes(params: &[(i32, i32, i32)]) -> std::vec::Vec<u8> {
+#[cfg(feature = "alloc")]
+pub fn to_bytes(params: &[(i32, i32, i32)]) -> alloc::vec::Vec<u8> {
     params
         .iter()
         .flat_map(|&(b, m, s)| [b, m, s])

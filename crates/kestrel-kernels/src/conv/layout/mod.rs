@@ -66,11 +66,11 @@ impl Shape {
     }
 
     /// Packs `[K][OC]` weights (the portable `[KH][KW][IC][OC]` layout), then the sums.
-    #[cfg(feature = "std")]
-    fn pack(&self, weights: &[i8], k: usize, oc: usize) -> std::vec::Vec<i8> {
+    #[cfg(feature = "alloc")]
+    fn pack(&self, weights: &[i8], k: usize, oc: usize) -> alloc::vec::Vec<i8> {
         assert_eq!(weights.len(), k * oc, "weights are K × OC");
-        let mut out = std::vec![0i8; self.bytes()];
-        let mut sums = std::vec![0i32; self.oc_pad];
+        let mut out = alloc::vec![0i8; self.bytes()];
+        let mut sums = alloc::vec![0i32; self.oc_pad];
         for kk in 0..k {
             for o in 0..oc {
                 let w = weights[kk * oc + o];
@@ -124,8 +124,8 @@ impl Packing {
     }
 
     /// Packs `[K][OC]` weights (the portable `[KH][KW][IC][OC]` layout) this way.
-    #[cfg(feature = "std")]
-    pub fn pack_weights(self, weights: &[i8], k: usize, oc: usize) -> std::vec::Vec<i8> {
+    #[cfg(feature = "alloc")]
+    pub fn pack_weights(self, weights: &[i8], k: usize, oc: usize) -> alloc::vec::Vec<i8> {
         Shape::of(self, k, oc).pack(weights, k, oc)
     }
 
@@ -180,7 +180,7 @@ mod tests {
         for packing in [Packing::Blocks4, Packing::Lanes16] {
             let (k, oc) = (40, 21);
             let shape = Shape::of(packing, k, oc);
-            let mut seen = std::vec![false; shape.sums_at()];
+            let mut seen = alloc::vec![false; shape.sums_at()];
             for o in 0..shape.oc_pad {
                 let block = o / packing.block_channels();
                 let range = shape.block_at(block)..shape.block_at(block + 1);

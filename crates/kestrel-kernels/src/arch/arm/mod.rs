@@ -1,0 +1,5 @@
+//! Armv7E-M (Cortex-M4/M7) micro-kernels on the DSP extension: [`dsp`] holds the two
+//! instructions they are built from, [`smlad_2x4c16`] the conv tile.
+
+pub mod dsp;
+pub mod smlad_2x4c16;
