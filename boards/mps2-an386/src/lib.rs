@@ -1,9 +1,10 @@
 //! What both firmware images share: the defmt logger over semihosting, the exit that
-//! ends a qemu run with the firmware's status, the panic and fault handlers, and the
-//! SysTick counter the cost of an inference is read from.
+//! ends a qemu run with the firmware's status, the panic and fault handlers, the SysTick
+//! counter the cost of an inference is read from, and the stack's high-water mark.
 #![no_std]
 
 pub mod cycles;
+pub mod stack;
 
 use defmt_semihosting as _;
 

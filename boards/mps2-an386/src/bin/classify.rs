@@ -5,7 +5,7 @@
 #![no_main]
 
 use cortex_m_rt::entry;
-use kestrel_mps2_an386::{cycles, exit};
+use kestrel_mps2_an386::{cycles, exit, stack};
 use kestrel_runtime::{Error, Model, Session};
 
 /// A test image, decoded to RGB at build time.
@@ -31,6 +31,7 @@ fn main() -> ! {
     static mut ARENA: Aligned<[u8; ARENA_BYTES]> = Aligned([0; ARENA_BYTES]);
     static mut PREPROCESS: [f32; PREPROCESS_SCRATCH] = [0.0; PREPROCESS_SCRATCH];
 
+    stack::paint();
     let core = cortex_m::Peripherals::take().expect("the core peripherals, taken once");
     cycles::start(core.SYST);
     let (insns, ticks) = cycles::calibrate();
@@ -69,6 +70,10 @@ fn classify(arena: &mut [u8], preprocess: &mut [f32]) -> Result<(), Error> {
             ticks
         );
     }
-    defmt::println!("done {=usize} images", IMAGES.len());
+    defmt::println!(
+        "done {=usize} images, stack {=usize} bytes at most",
+        IMAGES.len(),
+        stack::used()
+    );
     Ok(())
 }

@@ -1,11 +1,10 @@
 //! `smlad_2x4c16`: the Cortex-M4/M7 conv tile on [`Packing::Blocks4`] — 2 pixels × 4
 //! channels, 16 reduction bytes per step, two channels at a time so the four sums, both
-//! pixels' extended input words and one channel pair's weights fit the 13 registers.
-//! Per 4 bytes of 2 pixels × 2 channels: 4 loads, 8 `SXTB16`, 8 `SMLAD` (16 MACs).
+//! pixels' extended input words and one channel's weights fit the registers the core
+//! has. Per 4 bytes of 2 pixels × 2 channels: 4 loads, 8 `SXTB16`, 8 `SMLAD` (16 MACs).
 //!
 //! [`Packing::Blocks4`]: crate::conv::contract::Packing
 
-use super::dsp::{load4, smlad, sxtb16, sxtb16_ror8};
 use crate::conv::contract::{Conv, KC};
 use crate::conv::kernel::Panel;
 use crate::conv::layout::blocks4;
@@ -21,39 +20,93 @@ pub fn tile(a: &[i8], b: &[i8], steps: usize) -> [[i32; blocks4::CHANNELS]; MR] 
     assert!(a.len() >= steps * MR * KC && b.len() >= steps * blocks4::STEP_BYTES);
     let mut acc = [[0i32; blocks4::CHANNELS]; MR];
     for pair in 0..blocks4::CHANNELS / 2 {
-        let (mut s00, mut s01, mut s10, mut s11) = (0i32, 0i32, 0i32, 0i32);
-        let mut pa = a.as_ptr();
+        let mut sums = [0i32; 4];
         // SAFETY: the assert above bounds every load: step s reads a[s·32 ..][..32] and
         // b[s·64 + pair·32 ..][..32].
         unsafe {
-            let mut pb = b.as_ptr().add(pair * 2 * KC);
-            for _ in 0..steps {
-                for j in (0..KC).step_by(4) {
-                    let (x0, x1) = (load4(pa.add(j)), load4(pa.add(KC + j)));
-                    let (w0, w1) = (load4(pb.add(j)), load4(pb.add(KC + j)));
-                    let (x0e, x1e) = (sxtb16(x0), sxtb16(x1));
-                    let (w0e, w1e) = (sxtb16(w0), sxtb16(w1));
-                    s00 = smlad(x0e, w0e, s00);
-                    s01 = smlad(x0e, w1e, s01);
-                    s10 = smlad(x1e, w0e, s10);
-                    s11 = smlad(x1e, w1e, s11);
-                    let (x0o, x1o) = (sxtb16_ror8(x0), sxtb16_ror8(x1));
-                    let (w0o, w1o) = (sxtb16_ror8(w0), sxtb16_ror8(w1));
-                    s00 = smlad(x0o, w0o, s00);
-                    s01 = smlad(x0o, w1o, s01);
-                    s10 = smlad(x1o, w0o, s10);
-                    s11 = smlad(x1o, w1o, s11);
-                }
-                pa = pa.add(MR * KC);
-                pb = pb.add(blocks4::STEP_BYTES);
+            let pa = a.as_ptr();
+            let pb = b.as_ptr().add(pair * 2 * KC);
+            for s in 0..steps {
+                step(
+                    pa.add(s * MR * KC),
+                    pb.add(s * blocks4::STEP_BYTES),
+                    &mut sums,
+                );
             }
         }
+        let [s00, s01, s10, s11] = sums;
         acc[0][2 * pair] = s00;
         acc[0][2 * pair + 1] = s01;
         acc[1][2 * pair] = s10;
         acc[1][2 * pair + 1] = s11;
     }
     acc
+}
+
+/// One 16-byte step of 2 pixels (`pa`: pixel 0's 16 bytes, then pixel 1's) × 2 channels
+/// (`pb`: channel 0's 16 bytes, then channel 1's) into `[p0c0, p0c1, p1c0, p1c1]`: per
+/// word of 4 bytes, 4 loads, 8 `SXTB16`, 8 `SMLAD`. Written as one block so the compiler
+/// cannot spread it over more registers than the core has (it spills otherwise).
+///
+/// # Safety
+/// `pa .. pa + 32` and `pb .. pb + 32` are readable.
+#[inline(always)]
+unsafe fn step(pa: *const i8, pb: *const i8, sums: &mut [i32; 4]) {
+    let [mut s00, mut s01, mut s10, mut s11] = *sums;
+    macro_rules! word {
+        ($j:literal) => {
+            concat!(
+                "ldr {x0}, [{pa}, #",
+                $j,
+                "]\n",
+                "ldr {x1}, [{pa}, #16 + ",
+                $j,
+                "]\n",
+                "sxtb16 {e0}, {x0}\n",
+                "sxtb16 {x0}, {x0}, ror #8\n",
+                "sxtb16 {e1}, {x1}\n",
+                "sxtb16 {x1}, {x1}, ror #8\n",
+                "ldr {w}, [{pb}, #",
+                $j,
+                "]\n",
+                "sxtb16 {t}, {w}\n",
+                "sxtb16 {w}, {w}, ror #8\n",
+                "smlad {s00}, {e0}, {t}, {s00}\n",
+                "smlad {s10}, {e1}, {t}, {s10}\n",
+                "smlad {s00}, {x0}, {w}, {s00}\n",
+                "smlad {s10}, {x1}, {w}, {s10}\n",
+                "ldr {w}, [{pb}, #16 + ",
+                $j,
+                "]\n",
+                "sxtb16 {t}, {w}\n",
+                "sxtb16 {w}, {w}, ror #8\n",
+                "smlad {s01}, {e0}, {t}, {s01}\n",
+                "smlad {s11}, {e1}, {t}, {s11}\n",
+                "smlad {s01}, {x0}, {w}, {s01}\n",
+                "smlad {s11}, {x1}, {w}, {s11}\n",
+            )
+        };
+    }
+    core::arch::asm!(
+        word!("0"),
+        word!("4"),
+        word!("8"),
+        word!("12"),
+        pa = in(reg) pa,
+        pb = in(reg) pb,
+        s00 = inout(reg) s00,
+        s01 = inout(reg) s01,
+        s10 = inout(reg) s10,
+        s11 = inout(reg) s11,
+        x0 = out(reg) _,
+        x1 = out(reg) _,
+        e0 = out(reg) _,
+        e1 = out(reg) _,
+        w = out(reg) _,
+        t = out(reg) _,
+        options(pure, readonly, nostack),
+    );
+    *sums = [s00, s01, s10, s11];
 }
 
 /// The panel on [`tile`].
