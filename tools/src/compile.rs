@@ -75,6 +75,16 @@ impl Target {
         }
     }
 
+    /// The most scratch the plan reserves for packed input (`None`: what the paths use,
+    /// up to an L2-sized panel). A microcontroller's SRAM holds the arena: panels of a
+    /// few dozen pixels there cost a Cortex-M nothing (it has no cache to fill).
+    pub fn scratch_limit(self) -> Option<usize> {
+        match self {
+            Target::CortexM4 => Some(16 * 1024),
+            _ => None,
+        }
+    }
+
     /// The conv weight layout this target's kernels read.
     pub fn weight_layout(self) -> WeightLayout {
         match self {
@@ -387,7 +397,7 @@ pub fn compile(
         (Some((c, _)), true) => Some(bias_correction::correct(&mut model, &p.graph, &c.inputs)?),
         _ => None,
     };
-    model.pack_convs(opts.target.weight_layout());
+    model.pack_convs_within(opts.target.weight_layout(), opts.target.scratch_limit());
     let bytes = model.to_bytes();
     // What we write must be what the board accepts.
     kestrel_runtime::Model::parse(&bytes)

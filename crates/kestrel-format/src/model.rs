@@ -733,7 +733,7 @@ impl<'c> OpCheck<'c> {
     /// Packed weights (`k` reduction steps, `oc` channels): the plan reserves the scratch
     /// the kernels pack the input into, and the blocks hold what the kernels assume.
     fn packed_weights(&self, packing: Packing, k: usize, oc: usize) -> Result<(), FormatError> {
-        if (self.file.plan.scratch_bytes as usize) < packing.scratch_len(k) {
+        if (self.file.plan.scratch_bytes as usize) < packing.min_scratch_len(k) {
             return Err(self.bad("the plan's scratch is too small for this packed conv"));
         }
         if !packing.is_consistent(self.op.weights, k, oc) {

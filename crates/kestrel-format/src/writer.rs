@@ -85,6 +85,13 @@ impl KesModel {
     /// (`kestrel_kernels::conv::Packing`) and reserves their scratch (the packed input of
     /// the deepest conv) after the tensors in the arena.
     pub fn pack_convs(&mut self, layout: WeightLayout) {
+        self.pack_convs_within(layout, None);
+    }
+
+    /// [`KesModel::pack_convs`] with at most `scratch_limit` bytes of scratch where the
+    /// convs can run in that little (a microcontroller's SRAM): smaller panels, the same
+    /// results.
+    pub fn pack_convs_within(&mut self, layout: WeightLayout, scratch_limit: Option<usize>) {
         let Some(packing) = layout.packing() else {
             return;
         };
@@ -103,7 +110,7 @@ impl KesModel {
             let k = op.kernel[0] as usize * op.kernel[1] as usize * input.dims[3] as usize;
             op.weights = packing.pack_weights(&op.weights, k, op.params.len());
             op.layout = layout;
-            scratch = scratch.max(packing.scratch_len(k) as u64);
+            scratch = scratch.max(packing.scratch_len_within(k, scratch_limit) as u64);
         }
         if scratch > self.plan.scratch_bytes {
             let plan = &mut self.plan;

@@ -28,6 +28,7 @@ pub enum Failure {
         case: usize,
         residual: bool,
         parts: usize,
+        least_scratch: bool,
         extreme: bool,
     },
 }
@@ -47,10 +48,11 @@ impl core::fmt::Display for Failure {
                 case,
                 residual,
                 parts,
+                least_scratch,
                 extreme,
             } => write!(
                 f,
-                "{packing:?}/{isa} differs on case {case} (residual {residual}, {parts} parts, extreme {extreme})"
+                "{packing:?}/{isa} differs on case {case} (residual {residual}, {parts} parts, least scratch {least_scratch}, extreme {extreme})"
             ),
         }
     }
@@ -273,11 +275,19 @@ pub fn all_paths(layout: Packing, isas: &[Isa]) -> Result<usize, Failure> {
                 let packed = layout.pack_weights(&weights, k, c.oc);
                 debug_assert!(layout.is_consistent(&packed, k, c.oc));
                 for &isa in isas {
-                    // The whole map at once, and split in runs of pixels as threads do.
+                    // The whole map at once, split in runs of pixels as threads do, and in
+                    // the least scratch (a microcontroller's file: smaller panels).
                     let pixels = oh * ow;
-                    for parts in [1, 3] {
+                    for (parts, least) in [(1, false), (3, false), (1, true)] {
                         let mut got = vec![0i8; pixels * c.oc];
-                        let mut scratch = vec![0i8; layout.scratch_len(k)];
+                        let mut scratch = vec![
+                            0i8;
+                            if least {
+                                layout.min_scratch_len(k)
+                            } else {
+                                layout.scratch_len(k)
+                            }
+                        ];
                         let run = pixels.div_ceil(parts);
                         for (i, chunk) in got.chunks_mut(run * c.oc).enumerate() {
                             let first = i * run;
@@ -301,6 +311,7 @@ pub fn all_paths(layout: Packing, isas: &[Isa]) -> Result<usize, Failure> {
                                 case: ci,
                                 residual: with_residual,
                                 parts,
+                                least_scratch: least,
                                 extreme,
                             });
                         }
@@ -375,6 +386,7 @@ pub fn in_place_residual(isas: &[Isa]) -> Result<(), Failure> {
                     case: CASES.len(),
                     residual: true,
                     parts: 1,
+                    least_scratch: false,
                     extreme: false,
                 });
             }

@@ -55,6 +55,7 @@ fn classify(arena: &mut [u8], preprocess: &mut [f32]) -> Result<(), Error> {
         session.kernels().name()
     );
     let mut logits = [0f32; CLASSES];
+    layer_costs(&mut session, &model, &IMAGES[0], preprocess)?;
     for image in &IMAGES {
         let rgb = &IMAGE_BYTES[image.offset..][..image.width * image.height * 3];
         session.set_input_rgb(rgb, image.width, image.height, preprocess)?;
@@ -75,5 +76,24 @@ fn classify(arena: &mut [u8], preprocess: &mut [f32]) -> Result<(), Error> {
         IMAGES.len(),
         stack::used()
     );
+    Ok(())
+}
+
+/// Each op's ticks on the first image: where an inference's cost goes.
+fn layer_costs(
+    session: &mut Session<'_, '_>,
+    model: &Model<'_>,
+    image: &TestImage,
+    preprocess: &mut [f32],
+) -> Result<(), Error> {
+    let rgb = &IMAGE_BYTES[image.offset..][..image.width * image.height * 3];
+    session.set_input_rgb(rgb, image.width, image.height, preprocess)?;
+    for i in 0..model.file().op_count() {
+        let t0 = cycles::now();
+        session.run_op(i);
+        let ticks = cycles::now() - t0;
+        let op = model.file().op(i).map_or("?", |op| op.kind.name());
+        defmt::println!("layer {=u32} {=str} cost {=u64}", i, op, ticks);
+    }
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! How much the conv paths hold at once, and every tuning constant with it: the panel of
 //! packed input in the scratch, the bands the direct path reads in place, and the stack
 //! buffers of input packing. The file writer reserves [`Packing::scratch_len`] bytes of
-//! scratch per conv, so these sizes are part of what a `.kes` plans for.
+//! scratch per conv, or less for a target with little memory (down to
+//! [`Packing::min_scratch_len`], one panel of [`PANEL_STEP`] pixels), and the driver sizes
+//! its panels to the scratch it is given: the file's plan decides, the results do not
+//! depend on it.
 
 use crate::conv::contract::{round_up, Packing, KC};
 use crate::window::Window;
@@ -10,7 +13,7 @@ use crate::window::Window;
 const PANEL_BYTES: usize = 256 * 1024;
 /// Panels hold a multiple of every tile height (4 and 8 pixels), so tiles never cross
 /// the panel's end.
-const PANEL_STEP: usize = 24;
+pub const PANEL_STEP: usize = 24;
 /// At least this many pixels, so the deepest convs (ResNet's last stage: 7×7 maps,
 /// `K` = 4608) read their weights once per map, not once per few pixels.
 const PANEL_MIN: usize = 72;
@@ -28,16 +31,58 @@ pub const fn panel_slots(k: usize) -> usize {
     }
 }
 
-/// Scratch bytes a conv with reduction depth `k` needs: one panel (both layouts).
+/// Scratch bytes a conv with reduction depth `k` uses at most: one panel (both layouts).
 pub const fn scratch_len(k: usize) -> usize {
     panel_slots(k) * round_up(k, KC)
 }
 
+/// The least scratch a conv with reduction depth `k` runs in: a panel of [`PANEL_STEP`]
+/// pixels.
+pub const fn min_scratch_len(k: usize) -> usize {
+    PANEL_STEP * round_up(k, KC)
+}
+
+/// Pixels per panel for reduction depth `k` in `scratch` bytes (at least
+/// [`min_scratch_len`]): [`panel_slots`], or fewer whole steps where the scratch is smaller.
+pub const fn panel_slots_in(k: usize, scratch: usize) -> usize {
+    let fit = scratch / round_up(k, KC) / PANEL_STEP * PANEL_STEP;
+    let most = panel_slots(k);
+    if fit < most {
+        fit
+    } else {
+        most
+    }
+}
+
 impl Packing {
-    /// Scratch bytes the conv paths of this layout need for reduction depth `k`.
+    /// Scratch bytes the conv paths of this layout use at most for reduction depth `k`.
     pub const fn scratch_len(self, k: usize) -> usize {
         match self {
             Packing::Blocks4 | Packing::Lanes16 => scratch_len(k),
+        }
+    }
+
+    /// The least scratch they run in (smaller panels, same results).
+    pub const fn min_scratch_len(self, k: usize) -> usize {
+        match self {
+            Packing::Blocks4 | Packing::Lanes16 => min_scratch_len(k),
+        }
+    }
+
+    /// The scratch to plan for depth `k` under a target's `limit` (bytes): as much as
+    /// the paths use, but no more than the limit unless a minimal panel needs it.
+    pub const fn scratch_len_within(self, k: usize, limit: Option<usize>) -> usize {
+        let most = self.scratch_len(k);
+        match limit {
+            Some(limit) if limit < most => {
+                let least = self.min_scratch_len(k);
+                if limit > least {
+                    limit
+                } else {
+                    least
+                }
+            }
+            _ => most,
         }
     }
 }

@@ -194,8 +194,8 @@ impl Packing {
 
     /// The conv on weights packed this way, on the tile the table gives `isa`: same
     /// results as [`crate::scalar::conv2d`] on the pixels of `output`. `scratch` holds at
-    /// least [`Packing::scratch_len`] bytes. The caller checked that the CPU runs `isa`
-    /// (the runtime's session does, once).
+    /// least [`Packing::min_scratch_len`] bytes (up to [`Packing::scratch_len`] are used).
+    /// The caller checked that the CPU runs `isa` (the runtime's session does, once).
     pub fn conv2d(self, isa: Isa, c: &Conv<'_>, output: &mut [i8], scratch: &mut [i8]) {
         let kernel = self.tile(isa).kernel(self);
         // SAFETY: the CPU runs `isa` (the caller's check) and so the tile's ISA (the table

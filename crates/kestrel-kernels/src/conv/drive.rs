@@ -3,13 +3,14 @@
 //! and the shape allows, bands of padded input instead. It knows no ISA: the kernel comes
 //! from [`crate::conv::dispatch`].
 
-use crate::conv::budget::{band_rows, panel_slots, scratch_len, DIRECT_PIXELS, DIRECT_TAPS};
+use crate::conv::budget::{band_rows, panel_slots_in, scratch_len, DIRECT_PIXELS, DIRECT_TAPS};
 use crate::conv::contract::{round_up, Conv, ShiftForm, KC};
 use crate::conv::input::{fill_band, pack_panel};
 use crate::conv::kernel::{Direct, DirectKernel, MicroKernel, Panel};
 
 /// The conv on `kernel`: same results as [`crate::scalar::conv2d`] on the pixels of
-/// `output`. `scratch` holds at least [`scratch_len`] bytes.
+/// `output`. `scratch` holds at least [`crate::conv::budget::min_scratch_len`] bytes;
+/// panels and bands are sized to it (up to [`scratch_len`]).
 ///
 /// # Safety
 /// The CPU has the kernel's ISA; the shapes are consistent (the file parser checked
@@ -17,14 +18,16 @@ use crate::conv::kernel::{Direct, DirectKernel, MicroKernel, Panel};
 pub unsafe fn conv2d(kernel: &MicroKernel, c: &Conv<'_>, output: &mut [i8], scratch: &mut [i8]) {
     let k = c.k();
     let shifts = c.shift_form();
+    let budget = scratch.len().min(scratch_len(k));
     if let Some(direct) = kernel.direct {
-        let rows = band_rows(c.window, scratch_len(k));
+        let rows = band_rows(c.window, budget);
         if rows > 0 {
-            let band = &mut scratch[..scratch_len(k)];
+            let band = &mut scratch[..budget];
             return bands(direct, kernel.input.group, c, output, band, rows, shifts);
         }
     }
-    let slots = panel_slots(k);
+    let slots = panel_slots_in(k, scratch.len());
+    assert!(slots > 0, "the scratch holds less than one panel");
     let pixels = c.pixels(output);
     let a = &mut scratch[..slots * round_up(k, KC)];
     let mut p0 = 0;

@@ -5,10 +5,10 @@
 //!
 //! [`Packing::Blocks4`]: crate::conv::contract::Packing
 
-use crate::conv::contract::{Conv, KC};
+use super::epilogue;
+use crate::conv::contract::{Conv, Packing, KC};
 use crate::conv::kernel::Panel;
-use crate::conv::layout::blocks4;
-use crate::conv::tiles;
+use crate::conv::layout::{blocks4, Shape};
 
 /// Pixels per tile.
 pub const MR: usize = 2;
@@ -109,10 +109,22 @@ unsafe fn step(pa: *const i8, pb: *const i8, sums: &mut [i32; 4]) {
     *sums = [s00, s01, s10, s11];
 }
 
-/// The panel on [`tile`].
+/// The panel on [`tile`], block of channels by block (each block's epilogue constants
+/// worked out once per panel), every tile stored by the Armv7E-M [`epilogue`].
 ///
 /// # Safety
 /// The core has the DSP extension (the `dsp` feature promises it).
 pub unsafe fn smlad_2x4c16(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
-    tiles::blocks4::<MR>(c, p, output, |_| 0, tile);
+    let oc = c.window.out_c;
+    let shape = Shape::of(Packing::Blocks4, c.k(), oc);
+    let steps = p.steps();
+    for block in 0..oc.div_ceil(blocks4::CHANNELS) {
+        let b = &c.weights[shape.block_at(block)..shape.block_at(block + 1)];
+        let o0 = block * blocks4::CHANNELS;
+        let store = epilogue::Channels::<{ blocks4::CHANNELS }>::of(c, o0, oc - o0);
+        for m0 in (0..p.count).step_by(MR) {
+            let acc = tile(p.tile(m0, MR), b, steps);
+            store.store(&acc, MR.min(p.count - m0), p.p0 + m0, output);
+        }
+    }
 }
