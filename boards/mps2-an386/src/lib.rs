@@ -21,9 +21,14 @@ pub fn exit(ok: bool) -> ! {
     }
 }
 
+/// Logs where it panicked (not the message: formatting it would pull `core::fmt` into
+/// the firmware) and ends the run as a failure.
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    defmt::error!("panic: {}", defmt::Display2Format(info));
+    match info.location() {
+        Some(at) => defmt::error!("panic at {=str}:{=u32}", at.file(), at.line()),
+        None => defmt::error!("panic"),
+    }
     exit(false)
 }
 
