@@ -83,7 +83,7 @@ pub struct Case {
 /// Odd shapes: channels off the tile, 1×1, 3×3, 7×7, stride 2, padding, 1-pixel maps;
 /// for the paths that read the input in place, an odd number of 16-channel chunks and
 /// a map too wide for one band.
-pub const CASES: [Case; 11] = [
+pub const CASES: [Case; 12] = [
     Case {
         hw: [5, 7],
         ic: 3,
@@ -168,6 +168,15 @@ pub const CASES: [Case; 11] = [
         hw: [6, 400],
         ic: 16,
         oc: 16,
+        kernel: 3,
+        stride: 1,
+        pad: 1,
+    },
+    // Deeper than the Cortex-M tile's extended input holds (K = 648).
+    Case {
+        hw: [4, 3],
+        ic: 72,
+        oc: 6,
         kernel: 3,
         stride: 1,
         pad: 1,

@@ -1,11 +1,18 @@
 //! `smlad_2x4c16`: the Cortex-M4/M7 conv tile on [`Packing::Blocks4`] — 2 pixels × 4
 //! channels, 16 reduction bytes per step, two channels at a time so the four sums, both
-//! pixels' extended input words and one channel's weights fit the registers the core
-//! has. Per 4 bytes of 2 pixels × 2 channels: 4 loads, 8 `SXTB16`, 8 `SMLAD` (16 MACs).
+//! pixels' input and one channel's weights fit the registers the core has.
+//!
+//! The tile's input is sign-extended to int16 pairs once ([`extend`]) for every block of
+//! channels, so per 4 bytes of 2 pixels × 2 channels it loads the input as two `LDRD`s
+//! and extends only the weights: 4 loads, 4 `SXTB16`, 8 `SMLAD` for 16 MACs
+//! ([`steps_extended`]). Convs deeper than [`EXTENDED_K_MAX`] (whose extended input would
+//! not fit a microcontroller's stack) extend both operands in registers ([`step`]: 4
+//! loads, 8 `SXTB16`, 8 `SMLAD`).
 //!
 //! [`Packing::Blocks4`]: crate::conv::contract::Packing
 
-use super::epilogue;
+use super::dsp::{load4, sxtb16, sxtb16_ror8};
+use super::epilogue::Channels;
 use crate::conv::contract::{Conv, Packing, KC};
 use crate::conv::kernel::Panel;
 use crate::conv::layout::{blocks4, Shape};
@@ -109,19 +116,173 @@ unsafe fn step(pa: *const i8, pb: *const i8, sums: &mut [i32; 4]) {
     *sums = [s00, s01, s10, s11];
 }
 
-/// The panel on [`tile`], block of channels by block (each block's epilogue constants
-/// worked out once per panel), every tile stored by the Armv7E-M [`epilogue`].
+/// The deepest (padded) reduction whose two pixels of extended input the tile keeps on
+/// the stack: 2,304 bytes (3×3 convs of 64 channels).
+pub const EXTENDED_K_MAX: usize = 576;
+
+/// Blocks of channels whose epilogue constants are worked out together, once per panel.
+const GROUP_BLOCKS: usize = 8;
+
+/// The tile's two pixels of packed input (`a`: per step, pixel 0's 16 bytes then pixel
+/// 1's), each 4 bytes as its even pair (`SXTB16`) then its odd pair (`SXTB16 ROR #8`): per
+/// step 16 words, pixel 0's 8 then pixel 1's. The order the weights' extension pairs with.
+fn extend(a: &[i8], steps: usize, out: &mut [u32]) {
+    let words = steps * MR * KC / 4;
+    assert!(a.len() >= 4 * words && out.len() >= 2 * words);
+    for (w, pair) in out[..2 * words].chunks_exact_mut(2).enumerate() {
+        // SAFETY: 4·w + 4 ≤ 4·words ≤ a.len() (asserted).
+        let v = unsafe { load4(a.as_ptr().add(4 * w)) };
+        pair[0] = sxtb16(v);
+        pair[1] = sxtb16_ror8(v);
+    }
+}
+
+/// As [`tile`] on input [`extend`]ed: `ext` holds `steps` steps of 16 words.
+pub fn tile_extended(ext: &[u32], b: &[i8], steps: usize) -> [[i32; blocks4::CHANNELS]; MR] {
+    assert!(ext.len() >= steps * 16 && b.len() >= steps * blocks4::STEP_BYTES);
+    let mut acc = [[0i32; blocks4::CHANNELS]; MR];
+    for pair in 0..blocks4::CHANNELS / 2 {
+        let mut sums = [0i32; 4];
+        // SAFETY: the assert above bounds every load: step s reads ext[s·16 ..][..16] and
+        // b[s·64 + pair·32 ..][..32].
+        unsafe {
+            let pa = ext.as_ptr();
+            let pb = b.as_ptr().add(pair * 2 * KC);
+            // Two steps per block: the loop's own instructions (the compiler keeps its
+            // pointers on the stack, the block holds every free register) once per two.
+            for s in (0..steps - steps % 2).step_by(2) {
+                steps_extended::<2>(pa.add(s * 16), pb.add(s * blocks4::STEP_BYTES), &mut sums);
+            }
+            if steps % 2 == 1 {
+                let s = steps - 1;
+                steps_extended::<1>(pa.add(s * 16), pb.add(s * blocks4::STEP_BYTES), &mut sums);
+            }
+        }
+        let [s00, s01, s10, s11] = sums;
+        acc[0][2 * pair] = s00;
+        acc[0][2 * pair + 1] = s01;
+        acc[1][2 * pair] = s10;
+        acc[1][2 * pair + 1] = s11;
+    }
+    acc
+}
+
+/// `N` (1 or 2) 16-byte steps on extended input (`pa`: per step pixel 0's 8 words, then
+/// pixel 1's) × 2 channels (`pb`: per step channel 0's 16 bytes, then channel 1's; steps 64
+/// bytes apart): per 4 bytes two `LDRD`s of input, one load and two extensions per
+/// channel, 8 `SMLAD`.
+///
+/// # Safety
+/// `pa .. pa + 16·N` words (word-aligned: `LDRD` faults otherwise) and
+/// `pb .. pb + 64·(N − 1) + 32` bytes are readable.
+#[inline(always)]
+unsafe fn steps_extended<const N: usize>(pa: *const u32, pb: *const i8, sums: &mut [i32; 4]) {
+    let [mut s00, mut s01, mut s10, mut s11] = *sums;
+    macro_rules! word {
+        ($j:literal, $x:literal) => {
+            concat!(
+                "ldrd {e0}, {o0}, [{pa}, #",
+                $x,
+                "]\n",
+                "ldrd {e1}, {o1}, [{pa}, #32 + ",
+                $x,
+                "]\n",
+                "ldr {w}, [{pb}, #",
+                $j,
+                "]\n",
+                "sxtb16 {t}, {w}\n",
+                "sxtb16 {w}, {w}, ror #8\n",
+                "smlad {s00}, {e0}, {t}, {s00}\n",
+                "smlad {s10}, {e1}, {t}, {s10}\n",
+                "smlad {s00}, {o0}, {w}, {s00}\n",
+                "smlad {s10}, {o1}, {w}, {s10}\n",
+                "ldr {w}, [{pb}, #16 + ",
+                $j,
+                "]\n",
+                "sxtb16 {t}, {w}\n",
+                "sxtb16 {w}, {w}, ror #8\n",
+                "smlad {s01}, {e0}, {t}, {s01}\n",
+                "smlad {s11}, {e1}, {t}, {s11}\n",
+                "smlad {s01}, {o0}, {w}, {s01}\n",
+                "smlad {s11}, {o1}, {w}, {s11}\n",
+            )
+        };
+    }
+    macro_rules! run {
+        ($($j:literal $x:literal),*) => {
+            core::arch::asm!(
+                $(word!($j, $x),)*
+                pa = in(reg) pa,
+                pb = in(reg) pb,
+                s00 = inout(reg) s00,
+                s01 = inout(reg) s01,
+                s10 = inout(reg) s10,
+                s11 = inout(reg) s11,
+                e0 = out(reg) _,
+                o0 = out(reg) _,
+                e1 = out(reg) _,
+                o1 = out(reg) _,
+                w = out(reg) _,
+                t = out(reg) _,
+                options(pure, readonly, nostack),
+            )
+        };
+    }
+    if N == 1 {
+        run!("0" "0", "4" "8", "8" "16", "12" "24");
+    } else {
+        run!("0" "0", "4" "8", "8" "16", "12" "24", "64" "64", "68" "72", "72" "80", "76" "88");
+    }
+    *sums = [s00, s01, s10, s11];
+}
+
+/// The panel: for up to [`GROUP_BLOCKS`] blocks of channels at a time (their epilogue
+/// constants worked out once), each tile's input extended once, then every block's sums
+/// on it, stored by the Armv7E-M [`super::epilogue`].
 ///
 /// # Safety
 /// The core has the DSP extension (the `dsp` feature promises it).
 pub unsafe fn smlad_2x4c16(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
+    if p.slots.k_pad > EXTENDED_K_MAX {
+        return smlad_2x4c16_deep(c, p, output);
+    }
+    let oc = c.window.out_c;
+    let shape = Shape::of(Packing::Blocks4, c.k(), oc);
+    let steps = p.steps();
+    let blocks = oc.div_ceil(blocks4::CHANNELS);
+    let mut ext = [0u32; EXTENDED_K_MAX];
+    for g0 in (0..blocks).step_by(GROUP_BLOCKS) {
+        let group = (blocks - g0).min(GROUP_BLOCKS);
+        let stores: [Channels<'_, { blocks4::CHANNELS }>; GROUP_BLOCKS] =
+            core::array::from_fn(|i| {
+                let o0 = (g0 + i) * blocks4::CHANNELS;
+                Channels::of(c, o0, oc.saturating_sub(o0))
+            });
+        for m0 in (0..p.count).step_by(MR) {
+            extend(p.tile(m0, MR), steps, &mut ext);
+            for (i, store) in stores[..group].iter().enumerate() {
+                let block = g0 + i;
+                let b = &c.weights[shape.block_at(block)..shape.block_at(block + 1)];
+                let acc = tile_extended(&ext, b, steps);
+                store.store(&acc, MR.min(p.count - m0), p.p0 + m0, output);
+            }
+        }
+    }
+}
+
+/// The panel for convs deeper than [`EXTENDED_K_MAX`]: block by block (its epilogue
+/// constants once per panel), [`tile`] extending both operands in registers.
+///
+/// # Safety
+/// As [`smlad_2x4c16`].
+unsafe fn smlad_2x4c16_deep(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
     let oc = c.window.out_c;
     let shape = Shape::of(Packing::Blocks4, c.k(), oc);
     let steps = p.steps();
     for block in 0..oc.div_ceil(blocks4::CHANNELS) {
         let b = &c.weights[shape.block_at(block)..shape.block_at(block + 1)];
         let o0 = block * blocks4::CHANNELS;
-        let store = epilogue::Channels::<{ blocks4::CHANNELS }>::of(c, o0, oc - o0);
+        let store = Channels::<{ blocks4::CHANNELS }>::of(c, o0, oc - o0);
         for m0 in (0..p.count).step_by(MR) {
             let acc = tile(p.tile(m0, MR), b, steps);
             store.store(&acc, MR.min(p.count - m0), p.p0 + m0, output);
