@@ -42,6 +42,7 @@ fn the_dsp_kernels_match_the_reference_on_the_emulated_cortex_m4() {
     require_tools();
     let log = mcu_run(&["--kernel-check"]);
     assert!(log.contains("conv smlad_2x4c16: 12 cases equal"), "{log}");
+    assert!(log.contains("conv smlad_2x4p16: 12 cases equal"), "{log}");
     assert!(log.lines().any(|l| l == "kernel check passed"), "{log}");
 }
 

@@ -89,7 +89,8 @@ impl Target {
     pub fn weight_layout(self) -> WeightLayout {
         match self {
             Target::Generic => WeightLayout::Portable,
-            Target::Rpi4 | Target::CortexM4 => WeightLayout::Blocks4,
+            Target::Rpi4 => WeightLayout::Blocks4,
+            Target::CortexM4 => WeightLayout::Pairs4,
             Target::Rpi5 | Target::JetsonOrin | Target::X86_64 => WeightLayout::Lanes16,
         }
     }

@@ -142,6 +142,9 @@ pub enum WeightLayout {
     /// endian, computed in f32 by the 16x8 reference kernels. Its channel records hold
     /// `(f32 bias, f32 requantisation scale, 0)` bit patterns instead of fixed point.
     F16 = 3,
+    /// `kestrel_kernels::conv::layout::pairs4`: the blocks of `Blocks4` as int16 pairs,
+    /// plus channel sums (`--target cortex-m4`: the Cortex-M DSP's `SMLAD` operands).
+    Pairs4 = 4,
 }
 
 impl WeightLayout {
@@ -151,6 +154,7 @@ impl WeightLayout {
             1 => Some(WeightLayout::Blocks4),
             2 => Some(WeightLayout::Lanes16),
             3 => Some(WeightLayout::F16),
+            4 => Some(WeightLayout::Pairs4),
             _ => None,
         }
     }
@@ -161,6 +165,7 @@ impl WeightLayout {
             WeightLayout::Portable | WeightLayout::F16 => None,
             WeightLayout::Blocks4 => Some(Packing::Blocks4),
             WeightLayout::Lanes16 => Some(Packing::Lanes16),
+            WeightLayout::Pairs4 => Some(Packing::Pairs4),
         }
     }
 
@@ -171,6 +176,7 @@ impl WeightLayout {
             WeightLayout::Blocks4 => "blocks4",
             WeightLayout::Lanes16 => "lanes16",
             WeightLayout::F16 => "f16",
+            WeightLayout::Pairs4 => "pairs4",
         }
     }
 }

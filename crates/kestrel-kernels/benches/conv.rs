@@ -55,7 +55,7 @@ fn conv(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("conv/{name}"));
         group.throughput(Throughput::Elements((out_hw * out_hw * oc * depth) as u64));
         group.sample_size(20);
-        for packing in [Packing::Blocks4, Packing::Lanes16] {
+        for packing in Packing::ALL {
             let packed = packing.pack_weights(&weights, depth, oc);
             let mut scratch = vec![0i8; packing.scratch_len(depth)];
             let mut output = vec![0i8; out_hw * out_hw * oc];

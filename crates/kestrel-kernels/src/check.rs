@@ -372,7 +372,7 @@ pub fn in_place_residual(isas: &[Isa]) -> Result<(), Failure> {
         first: 0,
     };
     scalar::conv2d(&reference, &mut expect);
-    for layout in [Packing::Blocks4, Packing::Lanes16] {
+    for layout in Packing::ALL {
         let packed = layout.pack_weights(&weights, 72, 8);
         for &isa in isas {
             let mut got = start.clone();

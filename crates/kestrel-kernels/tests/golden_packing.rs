@@ -28,7 +28,7 @@ fn golden(packing: Packing, k: usize, oc: usize) -> PathBuf {
 #[test]
 fn packed_bytes_match_the_committed_ones() {
     let bless = std::env::var_os("KESTREL_BLESS").is_some();
-    for packing in [Packing::Blocks4, Packing::Lanes16] {
+    for packing in Packing::ALL {
         for (k, oc) in CONVS {
             let bytes: Vec<u8> = packing
                 .pack_weights(&weights(k, oc), k, oc)

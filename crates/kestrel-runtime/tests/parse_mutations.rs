@@ -47,12 +47,16 @@ fn the_hand_built_model_parses_and_runs() {
     );
 }
 
-/// Both packed-GEMM layouts give the portable layout's logits on every kernel path this
+/// Every packed-GEMM layout gives the portable layout's logits on every kernel path this
 /// CPU runs, and a packed weight of -128 (outside every packed layout's rule) is refused
 /// at parse.
 #[test]
 fn packed_weights_run_like_portable_ones_and_are_checked() {
-    for layout in [WeightLayout::Blocks4, WeightLayout::Lanes16] {
+    for layout in [
+        WeightLayout::Blocks4,
+        WeightLayout::Lanes16,
+        WeightLayout::Pairs4,
+    ] {
         packed_layout_runs_like_portable(layout);
     }
 }
@@ -85,6 +89,7 @@ fn packed_layout_runs_like_portable(layout: WeightLayout) {
         );
     }
     let mut bad = packed.clone();
+    // The first weight's first byte: -128 as int8, 128 or -128 as an int16's low byte.
     bad.ops[0].weights[0] = -128;
     match Model::parse(&bad.to_bytes()) {
         Err(Error::Format(FormatError::BadOp { op: 0, reason })) => {

@@ -34,6 +34,7 @@ fn mixed_file_runs_alike_on_every_path_and_near_the_int8_one() {
         WeightLayout::Portable,
         WeightLayout::Blocks4,
         WeightLayout::Lanes16,
+        WeightLayout::Pairs4,
     ] {
         let mut mixed = common::tiny_mixed_model();
         mixed.pack_convs(layout);

@@ -35,7 +35,7 @@ fn main() -> ! {
     }
     let isas = [Isa::Scalar, Isa::ArmDsp];
     let mut ok = true;
-    for packing in [Packing::Blocks4, Packing::Lanes16] {
+    for packing in Packing::ALL {
         let t0 = cycles::now();
         match check::all_paths(packing, &isas) {
             Ok(cases) => defmt::println!(

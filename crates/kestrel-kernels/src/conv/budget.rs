@@ -58,14 +58,14 @@ impl Packing {
     /// Scratch bytes the conv paths of this layout use at most for reduction depth `k`.
     pub const fn scratch_len(self, k: usize) -> usize {
         match self {
-            Packing::Blocks4 | Packing::Lanes16 => scratch_len(k),
+            Packing::Blocks4 | Packing::Lanes16 | Packing::Pairs4 => scratch_len(k),
         }
     }
 
     /// The least scratch they run in (smaller panels, same results).
     pub const fn min_scratch_len(self, k: usize) -> usize {
         match self {
-            Packing::Blocks4 | Packing::Lanes16 => min_scratch_len(k),
+            Packing::Blocks4 | Packing::Lanes16 | Packing::Pairs4 => min_scratch_len(k),
         }
     }
 

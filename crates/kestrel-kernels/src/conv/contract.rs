@@ -98,7 +98,7 @@ impl ShiftForm {
 }
 
 /// The packed weight layouts, each the bytes of a file's packed conv and each read by its
-/// own family of micro-kernels; every ISA runs both (see [`crate::conv::dispatch`]).
+/// own family of micro-kernels; every ISA runs all of them (see [`crate::conv::dispatch`]).
 /// Byte positions: [`crate::conv::layout`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Packing {
@@ -108,4 +108,12 @@ pub enum Packing {
     /// `[OC/16][K/4][16][4]`: 16 channels side by side, 4 reduction bytes per 32-bit
     /// lane (AVX-512 VNNI, AVX2, `sdot` by element).
     Lanes16,
+    /// `[OC/4][K/16][4][16]` int16: the blocks of `Blocks4` with the weights widened and
+    /// paired the way the Cortex-M DSP's `SMLAD` takes them (twice the bytes).
+    Pairs4,
+}
+
+impl Packing {
+    /// Every layout.
+    pub const ALL: [Packing; 3] = [Packing::Blocks4, Packing::Lanes16, Packing::Pairs4];
 }

@@ -24,6 +24,8 @@ pub enum Tile {
     Sdot4x16c4,
     Avx2_4x16c4,
     Vnni8x32c4,
+    Scalar4x4p16,
+    Smlad2x4p16,
 }
 
 /// One row of the table: on `packing`, CPU path `isa` runs `tile`.
@@ -39,8 +41,9 @@ const fn row(packing: Packing, isa: Isa, tile: Tile) -> Row {
 }
 
 /// Every (layout, ISA) pair. `Lanes16` on the Cortex-A72 and on a Cortex-M have no tile
-/// of their own (their kernels read 4-channel blocks): they fall back to the portable one.
-pub const TABLE: [Row; 12] = [
+/// of their own (their kernels read 4-channel blocks), nor `Pairs4` (int16 weights, for
+/// the Cortex-M's `SMLAD`) anywhere else: they fall back to the portable one.
+pub const TABLE: [Row; 18] = [
     row(Packing::Blocks4, Isa::Scalar, Tile::Scalar4x4c16),
     row(Packing::Blocks4, Isa::ArmDsp, Tile::Smlad2x4c16),
     row(Packing::Blocks4, Isa::Neon, Tile::Smlal4x4c16),
@@ -53,6 +56,12 @@ pub const TABLE: [Row; 12] = [
     row(Packing::Lanes16, Isa::NeonDot, Tile::Sdot4x16c4),
     row(Packing::Lanes16, Isa::Avx2, Tile::Avx2_4x16c4),
     row(Packing::Lanes16, Isa::Avx512Vnni, Tile::Vnni8x32c4),
+    row(Packing::Pairs4, Isa::Scalar, Tile::Scalar4x4p16),
+    row(Packing::Pairs4, Isa::ArmDsp, Tile::Smlad2x4p16),
+    row(Packing::Pairs4, Isa::Neon, Tile::Scalar4x4p16),
+    row(Packing::Pairs4, Isa::NeonDot, Tile::Scalar4x4p16),
+    row(Packing::Pairs4, Isa::Avx2, Tile::Scalar4x4p16),
+    row(Packing::Pairs4, Isa::Avx512Vnni, Tile::Scalar4x4p16),
 ];
 
 impl Tile {
@@ -69,6 +78,8 @@ impl Tile {
             Tile::Sdot4x16c4 => "sdot_4x16c4",
             Tile::Avx2_4x16c4 => "avx2_4x16c4",
             Tile::Vnni8x32c4 => "vnni_8x32c4",
+            Tile::Scalar4x4p16 => "scalar_4x4p16",
+            Tile::Smlad2x4p16 => "smlad_2x4p16",
         }
     }
 
@@ -76,8 +87,8 @@ impl Tile {
     /// [`crate::isa::CpuFeatures::supports`]).
     pub const fn isa(self) -> Isa {
         match self {
-            Tile::Scalar4x4c16 | Tile::Scalar4x16c4 => Isa::Scalar,
-            Tile::Smlad2x4c16 => Isa::ArmDsp,
+            Tile::Scalar4x4c16 | Tile::Scalar4x16c4 | Tile::Scalar4x4p16 => Isa::Scalar,
+            Tile::Smlad2x4c16 | Tile::Smlad2x4p16 => Isa::ArmDsp,
             Tile::Smlal4x4c16 => Isa::Neon,
             Tile::Sdot4x4c16 | Tile::Sdot4x16c4 => Isa::NeonDot,
             Tile::Avx2_4x4c16 | Tile::Avx2_4x16c4 => Isa::Avx2,
@@ -90,6 +101,7 @@ impl Tile {
         match packing {
             Packing::Blocks4 => Tile::Scalar4x4c16,
             Packing::Lanes16 => Tile::Scalar4x16c4,
+            Packing::Pairs4 => Tile::Scalar4x4p16,
         }
     }
 
@@ -108,6 +120,12 @@ impl Tile {
             Tile::Smlad2x4c16 => MicroKernel {
                 input: plain(crate::arch::arm::smlad_2x4c16::MR),
                 panel: crate::arch::arm::smlad_2x4c16::smlad_2x4c16,
+                direct: None,
+            },
+            #[cfg(all(target_arch = "arm", feature = "dsp"))]
+            Tile::Smlad2x4p16 => MicroKernel {
+                input: plain(crate::arch::arm::smlad_2x4c16::MR),
+                panel: crate::arch::arm::smlad_2x4c16::smlad_2x4p16,
                 direct: None,
             },
             #[cfg(target_arch = "aarch64")]
@@ -170,6 +188,11 @@ impl Tile {
                 panel: portable::scalar_4x16c4,
                 direct: None,
             },
+            Tile::Scalar4x4p16 => MicroKernel {
+                input: plain(portable::MR),
+                panel: portable::scalar_4x4p16,
+                direct: None,
+            },
             #[allow(unreachable_patterns)] // another architecture's tiles
             _ => Tile::portable(packing).kernel(packing),
         }
@@ -211,7 +234,7 @@ mod tests {
 
     #[test]
     fn the_table_lists_every_pair_once_with_a_tile_of_its_layout_and_isa() {
-        for packing in [Packing::Blocks4, Packing::Lanes16] {
+        for packing in Packing::ALL {
             for isa in Isa::ALL {
                 let rows: std::vec::Vec<&Row> = TABLE
                     .iter()
@@ -240,5 +263,7 @@ mod tests {
         assert!(Packing::Lanes16.has_tile(Isa::NeonDot));
         assert!(Packing::Blocks4.has_tile(Isa::Neon));
         assert!(!Packing::Blocks4.has_tile(Isa::Scalar));
+        assert!(Packing::Pairs4.has_tile(Isa::ArmDsp));
+        assert!(!Packing::Pairs4.has_tile(Isa::NeonDot));
     }
 }

@@ -21,6 +21,7 @@ fn check_all_paths(layout: Packing, isas: &[Isa]) {
 fn scalar_micro_kernel_matches_the_reference_conv() {
     check_all_paths(Packing::Blocks4, &[Isa::Scalar]);
     check_all_paths(Packing::Lanes16, &[Isa::Scalar]);
+    check_all_paths(Packing::Pairs4, &[Isa::Scalar]);
 }
 
 fn supported() -> Vec<Isa> {
@@ -40,6 +41,13 @@ fn every_supported_path_on_16_channel_lanes_matches_the_reference_conv() {
     let isas = supported();
     std::println!("checking {isas:?}");
     check_all_paths(Packing::Lanes16, &isas);
+}
+
+#[test]
+fn every_supported_path_on_int16_pair_blocks_matches_the_reference_conv() {
+    let isas = supported();
+    std::println!("checking {isas:?}");
+    check_all_paths(Packing::Pairs4, &isas);
 }
 
 #[test]

@@ -8,11 +8,12 @@ use crate::conv::epilogue::TileStore;
 use crate::conv::kernel::Panel;
 use crate::conv::layout::{blocks4, lanes16, Shape};
 
-/// [`Packing::Blocks4`]: for every tile of `M` pixels,
-/// `tile(input, block weights, steps)` against each block of 4 channels (the tile's input
-/// read once for all blocks).
+/// [`Packing::Blocks4`] (or [`Packing::Pairs4`], its int16 form, as `packing`): for every
+/// tile of `M` pixels, `tile(input, block weights, steps)` against each block of 4
+/// channels (the tile's input read once for all blocks).
 #[inline(always)]
 pub fn blocks4<const M: usize>(
+    packing: Packing,
     c: &Conv<'_>,
     p: &Panel<'_>,
     output: &mut [i8],
@@ -20,7 +21,8 @@ pub fn blocks4<const M: usize>(
     tile: impl Fn(&[i8], &[i8], usize) -> [[i32; blocks4::CHANNELS]; M],
 ) {
     let oc = c.window.out_c;
-    let shape = Shape::of(Packing::Blocks4, c.k(), oc);
+    debug_assert_eq!(packing.block_channels(), blocks4::CHANNELS);
+    let shape = Shape::of(packing, c.k(), oc);
     let steps = p.steps();
     for m0 in (0..p.count).step_by(M) {
         let a = p.tile(m0, M);

@@ -9,13 +9,19 @@
 //! not fit a microcontroller's stack) extend both operands in registers ([`step`]: 4
 //! loads, 8 `SXTB16`, 8 `SMLAD`).
 //!
+//! On [`Packing::Pairs4`] (`--target cortex-m4`: the weights stored as the int16 pairs
+//! `SXTB16` would make of them) the same panel runs [`smlad_2x4p16`]: both operands are
+//! then `LDRD`s, 4 loads and 8 `SMLAD` for 16 MACs ([`steps_pairs`]), a quarter fewer
+//! instructions for twice the weight bytes.
+//!
 //! [`Packing::Blocks4`]: crate::conv::contract::Packing
+//! [`Packing::Pairs4`]: crate::conv::contract::Packing
 
 use super::dsp::{load4, sxtb16, sxtb16_ror8};
 use super::epilogue::Channels;
 use crate::conv::contract::{Conv, Packing, KC};
 use crate::conv::kernel::Panel;
-use crate::conv::layout::{blocks4, Shape};
+use crate::conv::layout::{blocks4, pairs4, Shape};
 
 /// Pixels per tile.
 pub const MR: usize = 2;
@@ -143,7 +149,7 @@ fn extend(a: &[i8], steps: usize, out: &mut [u32]) {
 }
 
 /// As [`tile`] on input [`extend`]ed: `ext` holds `steps` steps of 16 words.
-pub fn tile_extended(ext: &[u32], b: &[i8], steps: usize) -> [[i32; blocks4::CHANNELS]; MR] {
+pub fn tile_extended(ext: &[u32], b: &[i8], steps: usize) -> Sums {
     assert!(ext.len() >= steps * 16 && b.len() >= steps * blocks4::STEP_BYTES);
     let mut acc = [[0i32; blocks4::CHANNELS]; MR];
     for pair in 0..blocks4::CHANNELS / 2 {
@@ -241,6 +247,105 @@ unsafe fn steps_extended<const N: usize>(pa: *const u32, pb: *const i8, sums: &m
     *sums = [s00, s01, s10, s11];
 }
 
+/// As [`tile_extended`] on [`Packing::Pairs4`] weights `b` (per step, each channel's 16
+/// int16 weights, paired as [`extend`] pairs the input).
+///
+/// [`Packing::Pairs4`]: crate::conv::contract::Packing
+pub fn tile_pairs(ext: &[u32], b: &[i8], steps: usize) -> Sums {
+    assert!(ext.len() >= steps * 16 && b.len() >= steps * pairs4::STEP_BYTES);
+    // LDRD faults on a weight address that is not word-aligned: the file aligns each
+    // conv's weights and every block and step is a multiple of 4 bytes.
+    assert!(b.as_ptr().align_offset(4) == 0);
+    let mut acc = [[0i32; blocks4::CHANNELS]; MR];
+    for pair in 0..blocks4::CHANNELS / 2 {
+        let mut sums = [0i32; 4];
+        // SAFETY: the asserts above bound every load and its alignment: step s reads
+        // ext[s·16 ..][..16] and b[s·128 + pair·64 ..][..64].
+        unsafe {
+            let pa = ext.as_ptr();
+            let pb = b.as_ptr().add(pair * 2 * KC * pairs4::WEIGHT_BYTES);
+            for s in (0..steps - steps % 2).step_by(2) {
+                steps_pairs::<2>(pa.add(s * 16), pb.add(s * pairs4::STEP_BYTES), &mut sums);
+            }
+            if steps % 2 == 1 {
+                let s = steps - 1;
+                steps_pairs::<1>(pa.add(s * 16), pb.add(s * pairs4::STEP_BYTES), &mut sums);
+            }
+        }
+        let [s00, s01, s10, s11] = sums;
+        acc[0][2 * pair] = s00;
+        acc[0][2 * pair + 1] = s01;
+        acc[1][2 * pair] = s10;
+        acc[1][2 * pair + 1] = s11;
+    }
+    acc
+}
+
+/// `N` (1 or 2) steps on extended input (`pa`, as [`steps_extended`]) × 2 channels of
+/// int16 pairs (`pb`: per step channel 0's 32 bytes, then channel 1's; steps 128 bytes
+/// apart): per 4 reduction steps an `LDRD` of each pixel's and each channel's pairs and
+/// 8 `SMLAD`.
+///
+/// # Safety
+/// `pa .. pa + 16·N` words and `pb .. pb + 128·(N − 1) + 64` bytes are readable, both
+/// word-aligned.
+#[inline(always)]
+unsafe fn steps_pairs<const N: usize>(pa: *const u32, pb: *const i8, sums: &mut [i32; 4]) {
+    let [mut s00, mut s01, mut s10, mut s11] = *sums;
+    macro_rules! word {
+        ($x:literal, $w:literal) => {
+            concat!(
+                "ldrd {e0}, {o0}, [{pa}, #",
+                $x,
+                "]\n",
+                "ldrd {e1}, {o1}, [{pa}, #32 + ",
+                $x,
+                "]\n",
+                "ldrd {t}, {w}, [{pb}, #",
+                $w,
+                "]\n",
+                "smlad {s00}, {e0}, {t}, {s00}\n",
+                "smlad {s10}, {e1}, {t}, {s10}\n",
+                "smlad {s00}, {o0}, {w}, {s00}\n",
+                "smlad {s10}, {o1}, {w}, {s10}\n",
+                "ldrd {t}, {w}, [{pb}, #32 + ",
+                $w,
+                "]\n",
+                "smlad {s01}, {e0}, {t}, {s01}\n",
+                "smlad {s11}, {e1}, {t}, {s11}\n",
+                "smlad {s01}, {o0}, {w}, {s01}\n",
+                "smlad {s11}, {o1}, {w}, {s11}\n",
+            )
+        };
+    }
+    macro_rules! run {
+        ($($x:literal $w:literal),*) => {
+            core::arch::asm!(
+                $(word!($x, $w),)*
+                pa = in(reg) pa,
+                pb = in(reg) pb,
+                s00 = inout(reg) s00,
+                s01 = inout(reg) s01,
+                s10 = inout(reg) s10,
+                s11 = inout(reg) s11,
+                e0 = out(reg) _,
+                o0 = out(reg) _,
+                e1 = out(reg) _,
+                o1 = out(reg) _,
+                w = out(reg) _,
+                t = out(reg) _,
+                options(pure, readonly, nostack),
+            )
+        };
+    }
+    if N == 1 {
+        run!("0" "0", "8" "8", "16" "16", "24" "24");
+    } else {
+        run!("0" "0", "8" "8", "16" "16", "24" "24", "64" "128", "72" "136", "80" "144", "88" "152");
+    }
+    *sums = [s00, s01, s10, s11];
+}
+
 /// The panel: for up to [`GROUP_BLOCKS`] blocks of channels at a time (their epilogue
 /// constants worked out once), each tile's input extended once, then every block's sums
 /// on it, stored by the Armv7E-M [`super::epilogue`].
@@ -251,8 +356,35 @@ pub unsafe fn smlad_2x4c16(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
     if p.slots.k_pad > EXTENDED_K_MAX {
         return smlad_2x4c16_deep(c, p, output);
     }
+    grouped(Packing::Blocks4, c, p, output, tile_extended);
+}
+
+/// [`smlad_2x4c16`] on [`Packing::Pairs4`]'s int16 weights: [`tile_pairs`] on the
+/// extended input; convs deeper than [`EXTENDED_K_MAX`] a stretch of that depth at a time.
+///
+/// # Safety
+/// As [`smlad_2x4c16`].
+pub unsafe fn smlad_2x4p16(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
+    if p.slots.k_pad > EXTENDED_K_MAX {
+        return smlad_2x4p16_deep(c, p, output);
+    }
+    grouped(Packing::Pairs4, c, p, output, tile_pairs);
+}
+
+type Sums = [[i32; blocks4::CHANNELS]; MR];
+
+/// The panel loops of both layouts (4-channel blocks) on `tile(extended input, block
+/// weights, steps)`; `K` at most [`EXTENDED_K_MAX`].
+#[inline(always)]
+fn grouped(
+    packing: Packing,
+    c: &Conv<'_>,
+    p: &Panel<'_>,
+    output: &mut [i8],
+    tile: impl Fn(&[u32], &[i8], usize) -> Sums,
+) {
     let oc = c.window.out_c;
-    let shape = Shape::of(Packing::Blocks4, c.k(), oc);
+    let shape = Shape::of(packing, c.k(), oc);
     let steps = p.steps();
     let blocks = oc.div_ceil(blocks4::CHANNELS);
     let mut ext = [0u32; EXTENDED_K_MAX];
@@ -268,9 +400,43 @@ pub unsafe fn smlad_2x4c16(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
             for (i, store) in stores[..group].iter().enumerate() {
                 let block = g0 + i;
                 let b = &c.weights[shape.block_at(block)..shape.block_at(block + 1)];
-                let acc = tile_extended(&ext, b, steps);
+                let acc = tile(&ext, b, steps);
                 store.store(&acc, MR.min(p.count - m0), p.p0 + m0, output);
             }
+        }
+    }
+}
+
+/// [`smlad_2x4p16`] for convs deeper than [`EXTENDED_K_MAX`]: block by block (its
+/// epilogue constants once per panel), each tile's input extended and summed
+/// [`EXTENDED_K_MAX`] deep at a time.
+///
+/// # Safety
+/// As [`smlad_2x4c16`].
+unsafe fn smlad_2x4p16_deep(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
+    const STRETCH: usize = EXTENDED_K_MAX / KC;
+    let oc = c.window.out_c;
+    let shape = Shape::of(Packing::Pairs4, c.k(), oc);
+    let steps = p.steps();
+    let mut ext = [0u32; EXTENDED_K_MAX];
+    for block in 0..oc.div_ceil(blocks4::CHANNELS) {
+        let b = &c.weights[shape.block_at(block)..shape.block_at(block + 1)];
+        let o0 = block * blocks4::CHANNELS;
+        let store = Channels::<{ blocks4::CHANNELS }>::of(c, o0, oc - o0);
+        for m0 in (0..p.count).step_by(MR) {
+            let a = p.tile(m0, MR);
+            let mut acc: Sums = [[0; blocks4::CHANNELS]; MR];
+            for s0 in (0..steps).step_by(STRETCH) {
+                let n = (steps - s0).min(STRETCH);
+                extend(&a[s0 * MR * KC..], n, &mut ext);
+                let part = tile_pairs(&ext, &b[s0 * pairs4::STEP_BYTES..], n);
+                for (row, part) in acc.iter_mut().zip(part) {
+                    for (v, x) in row.iter_mut().zip(part) {
+                        *v = v.wrapping_add(x);
+                    }
+                }
+            }
+            store.store(&acc, MR.min(p.count - m0), p.p0 + m0, output);
         }
     }
 }

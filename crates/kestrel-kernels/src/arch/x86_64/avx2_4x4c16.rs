@@ -3,7 +3,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::conv::contract::{Conv, KC};
+use crate::conv::contract::{Conv, Packing, KC};
 use crate::conv::kernel::Panel;
 use crate::conv::layout::blocks4;
 use crate::conv::tiles;
@@ -25,6 +25,7 @@ pub unsafe fn avx2_4x4c16(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
     // SAFETY: the tile and block slices hold `steps` chunks (the panel and the parser's
     // shapes); the CPU has AVX2 (this function's contract).
     tiles::blocks4::<MR>(
+        Packing::Blocks4,
         c,
         p,
         output,

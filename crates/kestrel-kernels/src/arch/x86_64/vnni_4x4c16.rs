@@ -30,9 +30,14 @@ pub unsafe fn vnni_4x4c16(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
     // VNNI multiplied x + 128: take 128 · Σw back out (wrapping, exactly).
     let offset = |o| shape.channel_sum(c.weights, o).wrapping_mul(128);
     // SAFETY: as `avx2_4x4c16`, for AVX-512 VNNI.
-    tiles::blocks4::<MR>(c, p, output, offset, |a, b, steps| unsafe {
-        tile(a.as_ptr(), b.as_ptr(), steps)
-    });
+    tiles::blocks4::<MR>(
+        Packing::Blocks4,
+        c,
+        p,
+        output,
+        offset,
+        |a, b, steps| unsafe { tile(a.as_ptr(), b.as_ptr(), steps) },
+    );
 }
 
 /// # Safety

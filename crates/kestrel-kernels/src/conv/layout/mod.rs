@@ -1,4 +1,5 @@
-//! Where each packed weight lives: one module per layout ([`blocks4`], [`lanes16`]) holds
+//! Where each packed weight lives: one module per layout ([`blocks4`], [`lanes16`],
+//! [`pairs4`]) holds
 //! its byte positions, and [`Shape`] everything they share — the padded sizes, where a
 //! block of channels starts, and the channel-sum trailer: after the weights, one
 //! little-endian `i32` per (padded) channel, the sum of its weights, which VNNI needs to
@@ -7,6 +8,7 @@
 
 pub mod blocks4;
 pub mod lanes16;
+pub mod pairs4;
 
 use crate::conv::contract::{round_up, Packing, KC};
 
@@ -36,7 +38,7 @@ impl Shape {
 
     /// Where the channel sums start.
     pub const fn sums_at(&self) -> usize {
-        self.oc_pad * self.k_pad
+        self.oc_pad * self.k_pad * self.packing.weight_bytes()
     }
 
     /// Where block `b` of channels starts: its weights are the next
@@ -46,15 +48,27 @@ impl Shape {
         match self.packing {
             Packing::Blocks4 => blocks4::block_at(self.k_pad, b),
             Packing::Lanes16 => lanes16::block_at(self.k_pad, b),
+            Packing::Pairs4 => pairs4::block_at(self.k_pad, b),
         }
     }
 
-    /// Where weight `(kk, o)` lives.
+    /// Where weight `(kk, o)` (its first byte) lives.
     #[inline]
     pub const fn weight_at(&self, kk: usize, o: usize) -> usize {
         match self.packing {
             Packing::Blocks4 => blocks4::at(self.k_pad, kk, o),
             Packing::Lanes16 => lanes16::at(self.k_pad, kk, o),
+            Packing::Pairs4 => pairs4::at(self.k_pad, kk, o),
+        }
+    }
+
+    /// Weight `(kk, o)`.
+    #[inline]
+    pub fn weight(&self, packed: &[i8], kk: usize, o: usize) -> i32 {
+        let at = self.weight_at(kk, o);
+        match self.packing.weight_bytes() {
+            1 => packed[at] as i32,
+            _ => i16::from_le_bytes([packed[at] as u8, packed[at + 1] as u8]) as i32,
         }
     }
 
@@ -74,7 +88,11 @@ impl Shape {
         for kk in 0..k {
             for o in 0..oc {
                 let w = weights[kk * oc + o];
-                out[self.weight_at(kk, o)] = w;
+                let at = self.weight_at(kk, o);
+                let bytes = (w as i16).to_le_bytes();
+                for (j, b) in bytes.iter().take(self.packing.weight_bytes()).enumerate() {
+                    out[at + j] = *b as i8;
+                }
                 sums[o] = sums[o].wrapping_add(w as i32);
             }
         }
@@ -97,12 +115,14 @@ impl Shape {
         (0..self.oc_pad).all(|o| {
             let mut sum = 0i32;
             for kk in 0..self.k_pad {
-                let w = packed[self.weight_at(kk, o)];
+                // An int16 weight outside int8 is refused like -128: the values are
+                // int8 weights whatever their width in the file.
+                let w = self.weight(packed, kk, o);
                 let real = o < oc && kk < k;
-                if (real && w == -128) || (!real && w != 0) {
+                if (real && !(-127..=127).contains(&w)) || (!real && w != 0) {
                     return false;
                 }
-                sum = sum.wrapping_add(w as i32);
+                sum = sum.wrapping_add(w);
             }
             self.channel_sum(packed, o) == sum
         })
@@ -115,6 +135,15 @@ impl Packing {
         match self {
             Packing::Blocks4 => blocks4::CHANNELS,
             Packing::Lanes16 => lanes16::CHANNELS,
+            Packing::Pairs4 => pairs4::CHANNELS,
+        }
+    }
+
+    /// Bytes per stored weight.
+    pub const fn weight_bytes(self) -> usize {
+        match self {
+            Packing::Blocks4 | Packing::Lanes16 => 1,
+            Packing::Pairs4 => pairs4::WEIGHT_BYTES,
         }
     }
 
@@ -151,7 +180,7 @@ mod tests {
     #[test]
     fn packed_weights_are_checked() {
         let w = values(27 * 5);
-        for packing in [Packing::Blocks4, Packing::Lanes16] {
+        for packing in Packing::ALL {
             let shape = Shape::of(packing, 27, 5);
             let good = packing.pack_weights(&w, 27, 5);
             assert!(packing.is_consistent(&good, 27, 5));
@@ -159,7 +188,16 @@ mod tests {
             // wrong length: each refused.
             let mut bad = good.clone();
             bad[shape.weight_at(0, 0)] = -128;
+            if packing.weight_bytes() == 2 {
+                bad[shape.weight_at(0, 0) + 1] = -1;
+            }
             assert!(!packing.is_consistent(&bad, 27, 5));
+            if packing.weight_bytes() == 2 {
+                // An int16 weight beyond int8's range.
+                let mut bad = good.clone();
+                bad[shape.weight_at(1, 0) + 1] = 1;
+                assert!(!packing.is_consistent(&bad, 27, 5));
+            }
             let mut bad = good.clone();
             bad[shape.weight_at(27, 0)] = 1;
             assert!(!packing.is_consistent(&bad, 27, 5));
@@ -177,7 +215,7 @@ mod tests {
 
     #[test]
     fn every_weight_has_its_own_byte_inside_its_block() {
-        for packing in [Packing::Blocks4, Packing::Lanes16] {
+        for packing in Packing::ALL {
             let (k, oc) = (40, 21);
             let shape = Shape::of(packing, k, oc);
             let mut seen = alloc::vec![false; shape.sums_at()];
@@ -185,10 +223,12 @@ mod tests {
                 let block = o / packing.block_channels();
                 let range = shape.block_at(block)..shape.block_at(block + 1);
                 for kk in 0..shape.k_pad {
-                    let at = shape.weight_at(kk, o);
-                    assert!(range.contains(&at), "{packing:?} ({kk}, {o})");
-                    assert!(!seen[at], "{packing:?} ({kk}, {o}) shares byte {at}");
-                    seen[at] = true;
+                    let first = shape.weight_at(kk, o);
+                    for at in first..first + packing.weight_bytes() {
+                        assert!(range.contains(&at), "{packing:?} ({kk}, {o})");
+                        assert!(!seen[at], "{packing:?} ({kk}, {o}) shares byte {at}");
+                        seen[at] = true;
+                    }
                 }
             }
             assert!(seen.iter().all(|&s| s));
