@@ -224,10 +224,12 @@ mod tests {
                 let range = shape.block_at(block)..shape.block_at(block + 1);
                 for kk in 0..shape.k_pad {
                     let first = shape.weight_at(kk, o);
-                    for at in first..first + packing.weight_bytes() {
-                        assert!(range.contains(&at), "{packing:?} ({kk}, {o})");
-                        assert!(!seen[at], "{packing:?} ({kk}, {o}) shares byte {at}");
-                        seen[at] = true;
+                    let bytes = first..first + packing.weight_bytes();
+                    assert!(range.contains(&bytes.start), "{packing:?} ({kk}, {o})");
+                    assert!(range.contains(&(bytes.end - 1)), "{packing:?} ({kk}, {o})");
+                    for byte in &mut seen[bytes] {
+                        assert!(!*byte, "{packing:?} ({kk}, {o}) shares byte {first}");
+                        *byte = true;
                     }
                 }
             }
