@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use kestrel_format::{DType, FormatError, KesFile, OpKind};
+use kestrel_format::{liveness, DType, FormatError, KesFile, OpKind};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TensorReport {
@@ -30,15 +30,24 @@ pub struct OpReport {
     pub weights_bytes: usize,
     /// Conv weights: `portable` or `packed` (the SIMD micro-kernels' layout).
     pub layout: &'static str,
+    /// A packed conv's own scratch: `(arena offset, bytes)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scratch: Option<(u32, u32)>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct InspectReport {
     pub file_bytes: usize,
     pub arena_bytes: u64,
+    /// The most bytes live at any step, the convs' scratch included: no plan of these
+    /// tensors and panels uses less.
     pub arena_lower_bound_bytes: u64,
-    /// Part of the arena the kernels use as scratch (packed input panels).
+    /// The same without the scratch: what the activations alone need.
+    pub activations_lower_bound_bytes: u64,
+    /// Arena bytes the packed convs share as scratch (older files), else 0.
     pub scratch_bytes: u64,
+    /// The largest scratch any one conv was lent in space dead while it runs.
+    pub largest_op_scratch_bytes: u64,
     pub weights_bytes: usize,
     pub macs: u64,
     pub input_shape: [u32; 4],
@@ -102,6 +111,7 @@ pub fn inspect(bytes: &[u8]) -> Result<InspectReport, FormatError> {
             macs,
             weights_bytes: op.weights.len() + op.params.len() * kestrel_format::CHANNEL_PARAMS_LEN,
             layout: op.layout.name(),
+            scratch: op.scratch.map(|s| (s.offset, s.bytes)),
         });
     }
     let out = f.tensor(f.output).expect("validated by parse");
@@ -109,7 +119,14 @@ pub fn inspect(bytes: &[u8]) -> Result<InspectReport, FormatError> {
         file_bytes: bytes.len(),
         arena_bytes: f.plan.arena_bytes,
         scratch_bytes: f.plan.scratch_bytes,
+        largest_op_scratch_bytes: ops
+            .iter()
+            .filter_map(|o| o.scratch)
+            .map(|s| s.1 as u64)
+            .max()
+            .unwrap_or(0),
         arena_lower_bound_bytes: f.plan.lower_bound_bytes,
+        activations_lower_bound_bytes: activations_lower_bound(&f),
         weights_bytes: f.weights_bytes(),
         macs: ops.iter().map(|o| o.macs).sum(),
         input_shape: f.tensor(f.input).expect("validated by parse").dims,
@@ -134,6 +151,27 @@ pub fn inspect(bytes: &[u8]) -> Result<InspectReport, FormatError> {
     })
 }
 
+/// The most tensor bytes live at any step (tensors sharing storage counted once).
+fn activations_lower_bound(f: &KesFile) -> u64 {
+    let ranges: Vec<(u64, u64)> = (0..f.tensor_count())
+        .map(|t| {
+            let t = f.tensor(t).expect("validated by parse");
+            (t.offset as u64, t.offset as u64 + t.bytes() as u64)
+        })
+        .collect();
+    let ops: Vec<liveness::Operands> = (0..f.op_count())
+        .map(|i| {
+            let op = f.op(i).expect("validated by parse");
+            (op.input, op.residual.map(|r| r.tensor), op.output)
+        })
+        .collect();
+    let life = liveness::lifetimes(ranges.len(), f.input, f.output, &ops);
+    (0..=ops.len())
+        .map(|s| liveness::covered(&liveness::occupied(&ranges, &life, s)))
+        .max()
+        .unwrap_or(0)
+}
+
 pub fn print(r: &InspectReport) {
     println!(
         "file         {} bytes (weights {} bytes)",
@@ -149,16 +187,25 @@ pub fn print(r: &InspectReport) {
     if let Some(tile) = &r.conv_tile_here {
         println!("conv tile    {tile}");
     }
+    let ratio = |bound: u64| r.arena_bytes as f64 / bound.max(1) as f64;
     println!(
-        "arena        {} bytes (lower bound {}, ratio {:.3})",
+        "arena        {} bytes (lower bound: activations {}, ratio {:.3}; with the convs' scratch {}, ratio {:.3})",
         r.arena_bytes,
+        r.activations_lower_bound_bytes,
+        ratio(r.activations_lower_bound_bytes),
         r.arena_lower_bound_bytes,
-        r.arena_bytes as f64 / r.arena_lower_bound_bytes.max(1) as f64
+        ratio(r.arena_lower_bound_bytes)
     );
     if r.scratch_bytes > 0 {
         println!(
-            "scratch      {} bytes of the arena (packed input panels of the convs)",
+            "scratch      {} bytes of the arena shared by the packed convs (packed input panels)",
             r.scratch_bytes
+        );
+    }
+    if r.largest_op_scratch_bytes > 0 {
+        println!(
+            "scratch      up to {} bytes per packed conv, each in arena space dead while it runs",
+            r.largest_op_scratch_bytes
         );
     }
     println!("compute      {:.2} M MACs", r.macs as f64 / 1e6);

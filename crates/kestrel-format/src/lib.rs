@@ -19,6 +19,8 @@
 extern crate std;
 
 mod container;
+#[cfg(feature = "std")]
+pub mod liveness;
 mod model;
 mod reader;
 #[cfg(feature = "std")]
@@ -26,8 +28,8 @@ pub mod writer;
 
 pub use container::{SectionKind, ALIGN, HEADER_LEN, MAGIC, SECTION_ENTRY_LEN, VERSION};
 pub use model::{
-    ChannelParams, DType, KesFile, Metadata, OpKind, OpView, Plan, PreprocessInfo, Residual,
-    TensorInfo, WeightLayout, CHANNEL_PARAMS_LEN, OP_RECORD_LEN, TENSOR_RECORD_LEN,
+    ChannelParams, DType, KesFile, Metadata, OpKind, OpScratch, OpView, Plan, PreprocessInfo,
+    Residual, TensorInfo, WeightLayout, CHANNEL_PARAMS_LEN, OP_RECORD_LEN, TENSOR_RECORD_LEN,
 };
 
 use core::fmt;

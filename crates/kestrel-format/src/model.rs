@@ -211,6 +211,26 @@ pub struct OpView<'a> {
     pub weights: &'a [i8],
     pub layout: WeightLayout,
     pub params: ChannelParams<'a>,
+    /// A packed conv's own scratch: arena bytes dead while it runs, which the planner lent
+    /// it. `None`: the plan's shared scratch.
+    pub scratch: Option<OpScratch>,
+}
+
+/// Arena bytes `offset .. offset + bytes` a packed conv packs its input into while it
+/// runs (apart from its operands; other tensors there are dead at that step).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpScratch {
+    pub offset: u32,
+    pub bytes: u32,
+}
+
+impl OpScratch {
+    fn range(&self) -> (usize, usize) {
+        (
+            self.offset as usize,
+            self.offset as usize + self.bytes as usize,
+        )
+    }
 }
 
 /// Per-output-channel `(bias, multiplier, shift)` records, read without alignment needs.
@@ -506,8 +526,16 @@ impl<'a> KesFile<'a> {
         let (out_min, out_max) = (r.i8()?, r.i8()?);
         let aux = [r.u16()?, r.u16()?];
         let layout = WeightLayout::from_u8(r.u8()?).ok_or(bad("unknown weight layout"))?;
-        r.zeros(9, 0)
+        let (scratch_offset, scratch_bytes) = (r.u32()?, r.u32()?);
+        r.zeros(1, 0)
             .map_err(|_| bad("reserved bytes are not zero"))?;
+        if scratch_bytes == 0 && scratch_offset != 0 {
+            return Err(bad("scratch offset without scratch bytes"));
+        }
+        let scratch = (scratch_bytes > 0).then_some(OpScratch {
+            offset: scratch_offset,
+            bytes: scratch_bytes,
+        });
         let range = |off: usize, len: usize| {
             off.checked_add(len)
                 .and_then(|end| self.weights.get(off..end))
@@ -544,6 +572,7 @@ impl<'a> KesFile<'a> {
             weights,
             layout,
             params: ChannelParams { bytes: params },
+            scratch,
         })
     }
 
@@ -661,6 +690,9 @@ impl<'c> OpCheck<'c> {
         if op.kind != OpKind::Conv && op.layout.packing().is_some() {
             return Err(self.bad("only convolutions take packed weights"));
         }
+        if op.scratch.is_some() && op.layout.packing().is_none() {
+            return Err(self.bad("only packed convolutions take a scratch of their own"));
+        }
         if !matches!(op.kind, OpKind::Conv | OpKind::Add) && op.residual.is_some() {
             return Err(self.bad("only convolutions and adds take a residual"));
         }
@@ -739,12 +771,37 @@ impl<'c> OpCheck<'c> {
     /// Packed weights (`k` reduction steps, `oc` channels): the plan reserves the scratch
     /// the kernels pack the input into, and the blocks hold what the kernels assume.
     fn packed_weights(&self, packing: Packing, k: usize, oc: usize) -> Result<(), FormatError> {
-        if (self.file.plan.scratch_bytes as usize) < packing.min_scratch_len(k) {
-            return Err(self.bad("the plan's scratch is too small for this packed conv"));
+        match self.op.scratch {
+            None if (self.file.plan.scratch_bytes as usize) < packing.min_scratch_len(k) => {
+                return Err(self.bad("the plan's scratch is too small for this packed conv"));
+            }
+            None => {}
+            Some(s) => self.own_scratch(s, packing.min_scratch_len(k))?,
         }
         if !packing.is_consistent(self.op.weights, k, oc) {
             return Err(self
                 .bad("packed weights hold -128, padding that is not zero, or wrong channel sums"));
+        }
+        Ok(())
+    }
+
+    /// A conv's own scratch: in the arena, big enough, and apart from every operand (the
+    /// runtime makes it a slice beside theirs).
+    fn own_scratch(&self, s: OpScratch, least: usize) -> Result<(), FormatError> {
+        if (s.offset as u64 + s.bytes as u64) > self.file.plan.arena_bytes {
+            return Err(self.bad("its scratch lies outside the arena"));
+        }
+        if (s.bytes as usize) < least {
+            return Err(self.bad("its scratch is too small for this packed conv"));
+        }
+        let residual = self
+            .op
+            .residual
+            .and_then(|r| self.file.tensor(r.tensor))
+            .map(|r| r.range());
+        let operands = [Some(self.x.range()), Some(self.y.range()), residual];
+        if operands.iter().flatten().any(|&r| overlaps(r, s.range())) {
+            return Err(self.bad("its scratch overlaps one of its operands"));
         }
         Ok(())
     }

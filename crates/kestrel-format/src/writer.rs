@@ -8,9 +8,12 @@ use crate::container::{
     header_crc, SectionKind, ALIGN, HEADER_LEN, MAGIC, SECTION_ENTRY_LEN, VERSION,
 };
 
+use crate::liveness;
 use crate::model::{
-    DType, OpKind, Plan, PreprocessInfo, Residual, WeightLayout, OP_RECORD_LEN, PREPROCESS_LEN,
+    DType, OpKind, OpScratch, Plan, PreprocessInfo, Residual, WeightLayout, OP_RECORD_LEN,
+    PREPROCESS_LEN,
 };
+use kestrel_kernels::conv::Packing;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorRecord {
@@ -38,6 +41,8 @@ pub struct OpRecord {
     pub layout: WeightLayout,
     /// Per output channel: `(bias, multiplier, shift)`.
     pub params: Vec<(i32, i32, i32)>,
+    /// A packed conv's own scratch (see [`crate::OpScratch`]); `None`: the plan's.
+    pub scratch: Option<OpScratch>,
 }
 
 impl OpRecord {
@@ -58,6 +63,7 @@ impl OpRecord {
             weights: Vec::new(),
             layout: WeightLayout::Portable,
             params: Vec::new(),
+            scratch: None,
         }
     }
 }
@@ -82,21 +88,23 @@ fn pad_to(buf: &mut Vec<u8>, align: usize) {
 
 impl KesModel {
     /// Repacks every conv's weights in `layout` for the packed-GEMM micro-kernels
-    /// (`kestrel_kernels::conv::Packing`) and reserves their scratch (the packed input of
-    /// the deepest conv) after the tensors in the arena.
+    /// (`kestrel_kernels::conv::Packing`) and lends each its scratch (see
+    /// [`KesModel::pack_convs_within`]).
     pub fn pack_convs(&mut self, layout: WeightLayout) {
         self.pack_convs_within(layout, None);
     }
 
-    /// [`KesModel::pack_convs`] with at most `scratch_limit` bytes of scratch where the
-    /// convs can run in that little (a microcontroller's SRAM): smaller panels, the same
-    /// results.
+    /// [`KesModel::pack_convs`] with at most `scratch_limit` bytes of scratch per conv where
+    /// the convs can run in that little (a microcontroller's SRAM): smaller panels, the
+    /// same results. Each packed conv's scratch (the packed input panels it needs while it
+    /// runs) is planned like a tensor live only at its step: placed in arena bytes that no
+    /// tensor live then holds, the arena grown only where no such space is big enough.
     pub fn pack_convs_within(&mut self, layout: WeightLayout, scratch_limit: Option<usize>) {
         let Some(packing) = layout.packing() else {
             return;
         };
-        let mut scratch = 0;
-        for op in self.ops.iter_mut() {
+        let mut convs = Vec::new();
+        for (i, op) in self.ops.iter_mut().enumerate() {
             let input = &self.tensors[op.input as usize];
             // Layers kept at int16 run the 16x8 reference kernels, on unpacked weights.
             let wide = input.dtype == DType::I16
@@ -110,17 +118,90 @@ impl KesModel {
             let k = op.kernel[0] as usize * op.kernel[1] as usize * input.dims[3] as usize;
             op.weights = packing.pack_weights(&op.weights, k, op.params.len());
             op.layout = layout;
-            scratch = scratch.max(packing.scratch_len_within(k, scratch_limit) as u64);
+            convs.push((i, k));
         }
-        if scratch > self.plan.scratch_bytes {
-            let plan = &mut self.plan;
-            plan.arena_bytes -= plan.scratch_bytes;
-            plan.lower_bound_bytes -= plan.scratch_bytes;
-            plan.scratch_offset = plan.arena_bytes.div_ceil(ALIGN as u64) * ALIGN as u64;
-            plan.scratch_bytes = scratch;
-            plan.arena_bytes = plan.scratch_offset + scratch;
-            plan.lower_bound_bytes += scratch;
+        self.lend_scratch(packing, &convs, scratch_limit);
+    }
+
+    /// Gives each packed conv (`convs`: op index, reduction depth) a scratch of its own:
+    /// the best-fitting free space at its step that holds as much as the kernels use,
+    /// else the largest that holds a minimal panel, else new space on top of the arena.
+    fn lend_scratch(&mut self, packing: Packing, convs: &[(usize, usize)], limit: Option<usize>) {
+        let ranges = self.tensor_ranges();
+        let life = self.lifetimes();
+        let align = |n: u64| n.div_ceil(ALIGN as u64) * ALIGN as u64;
+        // The tensors' arena: without a shared scratch an older packing put on top.
+        let tensors_end = ranges.iter().map(|r| align(r.1)).max().unwrap_or(0);
+        let planned = match self.plan.scratch_bytes {
+            0 => self.plan.arena_bytes,
+            _ => self.plan.scratch_offset,
+        };
+        let mut arena = planned.max(tensors_end);
+        let mut lent = vec![0u64; self.ops.len()];
+        for &(i, k) in convs {
+            let need = packing.scratch_len_within(k, limit) as u64;
+            let least = packing.min_scratch_len(k) as u64;
+            let busy = liveness::occupied(&ranges, &life, i);
+            let (mut gaps, mut cursor) = (Vec::new(), 0u64);
+            for &(start, end) in &busy {
+                if start > cursor {
+                    gaps.push((cursor, start - cursor));
+                }
+                cursor = cursor.max(align(end));
+            }
+            if arena > cursor {
+                gaps.push((cursor, arena - cursor));
+            }
+            let fits = gaps.iter().filter(|g| g.1 >= need).min_by_key(|g| g.1);
+            let largest = gaps.iter().filter(|g| g.1 >= least).max_by_key(|g| g.1);
+            let (offset, bytes) = match (fits, largest) {
+                (Some(&(offset, _)), _) => (offset, need),
+                (None, Some(&(offset, len))) => (offset, len),
+                (None, None) => {
+                    arena = cursor + need;
+                    (cursor, need)
+                }
+            };
+            self.ops[i].scratch = Some(OpScratch {
+                offset: offset as u32,
+                bytes: bytes as u32,
+            });
+            lent[i] = bytes;
         }
+        let with_scratch = (0..=self.ops.len())
+            .map(|s| {
+                liveness::covered(&liveness::occupied(&ranges, &life, s))
+                    + lent.get(s).unwrap_or(&0)
+            })
+            .max()
+            .unwrap_or(0);
+        self.plan = Plan {
+            arena_bytes: arena,
+            lower_bound_bytes: with_scratch,
+            scratch_offset: 0,
+            scratch_bytes: 0,
+        };
+    }
+
+    /// Each tensor's arena bytes `[offset, end)`.
+    fn tensor_ranges(&self) -> Vec<(u64, u64)> {
+        self.tensors
+            .iter()
+            .map(|t| {
+                let bytes =
+                    t.dims.iter().map(|&d| d as u64).product::<u64>() * t.dtype.size() as u64;
+                (t.offset as u64, t.offset as u64 + bytes)
+            })
+            .collect()
+    }
+
+    fn lifetimes(&self) -> Vec<(usize, usize)> {
+        let ops: Vec<liveness::Operands> = self
+            .ops
+            .iter()
+            .map(|op| (op.input, op.residual.map(|r| r.tensor), op.output))
+            .collect();
+        liveness::lifetimes(self.tensors.len(), self.input, self.output, &ops)
     }
 
     /// Serialises the model. The result parses with [`crate::KesFile::parse`] as long as the
@@ -158,7 +239,13 @@ impl KesModel {
             ops.extend_from_slice(&op.aux[0].to_le_bytes());
             ops.extend_from_slice(&op.aux[1].to_le_bytes());
             ops.push(op.layout as u8);
-            ops.extend_from_slice(&[0; 9]);
+            let s = op.scratch.unwrap_or(OpScratch {
+                offset: 0,
+                bytes: 0,
+            });
+            ops.extend_from_slice(&s.offset.to_le_bytes());
+            ops.extend_from_slice(&s.bytes.to_le_bytes());
+            ops.push(0);
         }
 
         let mut graph = Vec::new();

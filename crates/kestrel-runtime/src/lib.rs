@@ -133,14 +133,15 @@ impl<'a> Model<'a> {
         let file = KesFile::parse(bytes).inspect_err(|_e| {
             log!(error, "kestrel: not a valid .kes file: {}", _e);
         })?;
+        let model = Model { file };
         log!(
             info,
-            "kestrel: model parsed: {=u32} ops, arena {=u64} bytes ({=u64} of them scratch)",
-            file.op_count(),
-            file.plan.arena_bytes,
-            file.plan.scratch_bytes
+            "kestrel: model parsed: {=u32} ops, arena {=u64} bytes (scratch up to {=usize})",
+            model.file.op_count(),
+            model.file.plan.arena_bytes,
+            model.scratch_bytes()
         );
-        Ok(Model { file })
+        Ok(model)
     }
 
     pub fn file(&self) -> &KesFile<'a> {
@@ -180,10 +181,17 @@ impl<'a> Model<'a> {
         self.file.plan.arena_bytes as usize
     }
 
-    /// Scratch bytes one thread needs for the packed convolutions (inside the arena for
-    /// the session's own thread; a [`Parallel`] gives each of its threads as much).
+    /// Scratch bytes one thread needs for the packed convolutions: the most any conv was
+    /// lent (inside the arena, for the session's own thread) or the plan's shared scratch.
+    /// A [`Parallel`] gives each of its threads as much.
     pub fn scratch_bytes(&self) -> usize {
-        self.file.plan.scratch_bytes as usize
+        let lent = (0..self.file.op_count())
+            .filter_map(|i| self.file.op(i))
+            .filter_map(|op| op.scratch)
+            .map(|s| s.bytes as usize)
+            .max()
+            .unwrap_or(0);
+        lent.max(self.file.plan.scratch_bytes as usize)
     }
 
     pub fn input(&self) -> TensorInfo {
@@ -540,14 +548,16 @@ impl<'m, 'a> Session<'m, 'a> {
             }
             _ => {
                 let plan = m.file.plan;
-                // SAFETY: parse checked that the scratch lies in the arena, apart from every
-                // tensor, and holds this conv's packed input.
-                let scratch = unsafe {
-                    core::slice::from_raw_parts_mut(
-                        base.add(plan.scratch_offset as usize) as *mut i8,
-                        plan.scratch_bytes as usize,
-                    )
-                };
+                let (offset, bytes) = op.scratch.map_or(
+                    (plan.scratch_offset as usize, plan.scratch_bytes as usize),
+                    |s| (s.offset as usize, s.bytes as usize),
+                );
+                // SAFETY: parse checked that the scratch lies in the arena, holds this
+                // conv's packed input, and shares no byte with its operands: the plan's
+                // shared scratch none with any tensor, a conv's own none with its input,
+                // output and residual (what else lies there is dead at this step).
+                let scratch =
+                    unsafe { core::slice::from_raw_parts_mut(base.add(offset) as *mut i8, bytes) };
                 packing.conv2d(self.kernels, &conv, output, scratch);
             }
         }

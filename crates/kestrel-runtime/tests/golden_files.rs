@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use kestrel_runtime::{CpuFeatures, Isa, Model, Session};
 
-const FILES: [&str; 3] = ["generic", "rpi4", "rpi5"];
+const FILES: [&str; 4] = ["generic", "rpi4", "rpi5", "cortex-m4"];
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/kes")

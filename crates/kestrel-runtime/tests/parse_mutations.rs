@@ -65,7 +65,7 @@ fn packed_layout_runs_like_portable(layout: WeightLayout) {
     let portable = common::tiny_model();
     let mut packed = portable.clone();
     packed.pack_convs(layout);
-    assert!(packed.plan.scratch_bytes > 0);
+    assert!(packed.ops.iter().any(|op| op.scratch.is_some()));
     assert!(packed.ops.iter().any(|op| op.layout == layout));
     let logits = |bytes: &[u8], isa: Isa| {
         let model = Model::parse(bytes).unwrap();
@@ -162,10 +162,13 @@ fn random_edits_with_valid_checksums_never_panic() {
     packed.pack_convs(WeightLayout::Lanes16);
     let mut blocks = common::tiny_model();
     blocks.pack_convs(WeightLayout::Blocks4);
+    let mut pairs = common::tiny_model();
+    pairs.pack_convs(WeightLayout::Pairs4);
     for bytes in [
         common::tiny_model().to_bytes(),
         packed.to_bytes(),
         blocks.to_bytes(),
+        pairs.to_bytes(),
         common::tiny_mixed_model().to_bytes(),
         common::tiny_f16_model().to_bytes(),
     ] {
