@@ -56,6 +56,48 @@ impl Requant {
     }
 }
 
+/// [`Fast`]'s assembly for one channel's sum into `{x}`: the sum at `{acc} + c4`, the
+/// channel's constants at `{c} + c` (bias, multiplier), `+ c8` (rounding half), `+ c16`
+/// (shift): the bias added, `SMLAL` on the rounding half, the high word shifted.
+macro_rules! requantised {
+    ($c:literal, $c4:literal, $c8:literal, $c16:literal) => {
+        concat!(
+            "ldr {x}, [{acc}, #",
+            $c4,
+            "]\n",
+            "ldrd {b}, {m}, [{c}, #",
+            $c,
+            "]\n",
+            "add {x}, {x}, {b}\n",
+            "ldrd {lo}, {hi}, [{c}, #",
+            $c8,
+            "]\n",
+            "smlal {lo}, {hi}, {x}, {m}\n",
+            "ldr {b}, [{c}, #",
+            $c16,
+            "]\n",
+            "asr {x}, {hi}, {b}\n",
+        )
+    };
+}
+
+/// [`Fast`]'s assembly storing `{x}` as output byte `n`: plus the zero point `{zp}`
+/// (saturating, as the definition), clamped to `[{min}, 127]`.
+macro_rules! stored {
+    ($n:literal) => {
+        concat!(
+            "qadd {x}, {x}, {zp}\n",
+            "ssat {x}, #8, {x}\n",
+            "cmp {x}, {min}\n",
+            "it lt\n",
+            "movlt {x}, {min}\n",
+            "strb {x}, [{o}, #",
+            $n,
+            "]\n",
+        )
+    };
+}
+
 /// The constants of [`Fast`] for one channel, as its assembly reads them (offsets
 /// 0, 4, 8, 12, 16): bias, multiplier, the rounding half's low and high words, and the
 /// shift of the product's high word.
@@ -123,31 +165,7 @@ impl Fast {
     unsafe fn row(&self, acc: *const i32, out: *mut i8, zp: i32, min: i32) {
         macro_rules! channel {
             ($n:literal, $c:literal, $c4:literal, $c8:literal, $c16:literal) => {
-                concat!(
-                    "ldr {x}, [{acc}, #",
-                    $c4,
-                    "]\n",
-                    "ldrd {b}, {m}, [{c}, #",
-                    $c,
-                    "]\n",
-                    "add {x}, {x}, {b}\n",
-                    "ldrd {lo}, {hi}, [{c}, #",
-                    $c8,
-                    "]\n",
-                    "smlal {lo}, {hi}, {x}, {m}\n",
-                    "ldr {b}, [{c}, #",
-                    $c16,
-                    "]\n",
-                    "asr {x}, {hi}, {b}\n",
-                    "qadd {x}, {x}, {zp}\n",
-                    "ssat {x}, #8, {x}\n",
-                    "cmp {x}, {min}\n",
-                    "it lt\n",
-                    "movlt {x}, {min}\n",
-                    "strb {x}, [{o}, #",
-                    $n,
-                    "]\n",
-                )
+                concat!(requantised!($c, $c4, $c8, $c16), stored!($n))
             };
         }
         core::arch::asm!(
@@ -184,24 +202,12 @@ impl Fast {
         zp: i32,
         min: i32,
     ) {
+        // The residual byte minus its zero point, shifted left, then requantised as
+        // the sums are (`{q}`: its constants) and added with saturation.
         macro_rules! channel {
             ($n:literal, $c:literal, $c4:literal, $c8:literal, $c16:literal) => {
                 concat!(
-                    "ldr {x}, [{acc}, #",
-                    $c4,
-                    "]\n",
-                    "ldrd {b}, {m}, [{c}, #",
-                    $c,
-                    "]\n",
-                    "add {x}, {x}, {b}\n",
-                    "ldrd {lo}, {hi}, [{c}, #",
-                    $c8,
-                    "]\n",
-                    "smlal {lo}, {hi}, {x}, {m}\n",
-                    "ldr {b}, [{c}, #",
-                    $c16,
-                    "]\n",
-                    "asr {x}, {hi}, {b}\n",
+                    requantised!($c, $c4, $c8, $c16),
                     "ldrsb {b}, [{r}, #",
                     $n,
                     "]\n",
@@ -214,14 +220,7 @@ impl Fast {
                     "ldr {m}, [{q}, #20]\n",
                     "asr {hi}, {hi}, {m}\n",
                     "qadd {x}, {x}, {hi}\n",
-                    "qadd {x}, {x}, {zp}\n",
-                    "ssat {x}, #8, {x}\n",
-                    "cmp {x}, {min}\n",
-                    "it lt\n",
-                    "movlt {x}, {min}\n",
-                    "strb {x}, [{o}, #",
-                    $n,
-                    "]\n",
+                    stored!($n)
                 )
             };
         }

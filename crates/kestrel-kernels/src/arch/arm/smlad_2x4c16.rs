@@ -151,23 +151,48 @@ fn extend(a: &[i8], steps: usize, out: &mut [u32]) {
 /// As [`tile`] on input [`extend`]ed: `ext` holds `steps` steps of 16 words.
 pub fn tile_extended(ext: &[u32], b: &[i8], steps: usize) -> Sums {
     assert!(ext.len() >= steps * 16 && b.len() >= steps * blocks4::STEP_BYTES);
+    // SAFETY: the assert above bounds every load: step s reads ext[s·16 ..][..16] and
+    // b[s·64 + pair·32 ..][..32].
+    unsafe {
+        by_channel_pairs(
+            ext,
+            b,
+            steps,
+            [blocks4::STEP_BYTES, 2 * KC],
+            |pa, pb, sums| steps_extended::<2>(pa, pb, sums),
+            |pa, pb, sums| steps_extended::<1>(pa, pb, sums),
+        )
+    }
+}
+
+/// The tile's sums two channels at a time (each pair's four sums in registers) on the
+/// extended input `ext`: `two` runs two steps from `(pa, pb)`, `one` the last of an odd
+/// count. `bytes`: how far apart the weights of two steps and of two pairs lie. Two steps
+/// per block: the loop's own instructions (the compiler keeps its pointers on the stack,
+/// the blocks hold every free register) once per two.
+///
+/// # Safety
+/// `ext` holds `steps` steps of 16 words and `b` the weights `two` and `one` read there.
+#[inline(always)]
+unsafe fn by_channel_pairs(
+    ext: &[u32],
+    b: &[i8],
+    steps: usize,
+    [step_bytes, pair_bytes]: [usize; 2],
+    two: impl Fn(*const u32, *const i8, &mut [i32; 4]),
+    one: impl Fn(*const u32, *const i8, &mut [i32; 4]),
+) -> Sums {
     let mut acc = [[0i32; blocks4::CHANNELS]; MR];
     for pair in 0..blocks4::CHANNELS / 2 {
         let mut sums = [0i32; 4];
-        // SAFETY: the assert above bounds every load: step s reads ext[s·16 ..][..16] and
-        // b[s·64 + pair·32 ..][..32].
-        unsafe {
-            let pa = ext.as_ptr();
-            let pb = b.as_ptr().add(pair * 2 * KC);
-            // Two steps per block: the loop's own instructions (the compiler keeps its
-            // pointers on the stack, the block holds every free register) once per two.
-            for s in (0..steps - steps % 2).step_by(2) {
-                steps_extended::<2>(pa.add(s * 16), pb.add(s * blocks4::STEP_BYTES), &mut sums);
-            }
-            if steps % 2 == 1 {
-                let s = steps - 1;
-                steps_extended::<1>(pa.add(s * 16), pb.add(s * blocks4::STEP_BYTES), &mut sums);
-            }
+        let pa = ext.as_ptr();
+        let pb = b.as_ptr().add(pair * pair_bytes);
+        for s in (0..steps - steps % 2).step_by(2) {
+            two(pa.add(s * 16), pb.add(s * step_bytes), &mut sums);
+        }
+        if steps % 2 == 1 {
+            let s = steps - 1;
+            one(pa.add(s * 16), pb.add(s * step_bytes), &mut sums);
         }
         let [s00, s01, s10, s11] = sums;
         acc[0][2 * pair] = s00;
@@ -256,29 +281,18 @@ pub fn tile_pairs(ext: &[u32], b: &[i8], steps: usize) -> Sums {
     // LDRD faults on a weight address that is not word-aligned: the file aligns each
     // conv's weights and every block and step is a multiple of 4 bytes.
     assert!(b.as_ptr().align_offset(4) == 0);
-    let mut acc = [[0i32; blocks4::CHANNELS]; MR];
-    for pair in 0..blocks4::CHANNELS / 2 {
-        let mut sums = [0i32; 4];
-        // SAFETY: the asserts above bound every load and its alignment: step s reads
-        // ext[s·16 ..][..16] and b[s·128 + pair·64 ..][..64].
-        unsafe {
-            let pa = ext.as_ptr();
-            let pb = b.as_ptr().add(pair * 2 * KC * pairs4::WEIGHT_BYTES);
-            for s in (0..steps - steps % 2).step_by(2) {
-                steps_pairs::<2>(pa.add(s * 16), pb.add(s * pairs4::STEP_BYTES), &mut sums);
-            }
-            if steps % 2 == 1 {
-                let s = steps - 1;
-                steps_pairs::<1>(pa.add(s * 16), pb.add(s * pairs4::STEP_BYTES), &mut sums);
-            }
-        }
-        let [s00, s01, s10, s11] = sums;
-        acc[0][2 * pair] = s00;
-        acc[0][2 * pair + 1] = s01;
-        acc[1][2 * pair] = s10;
-        acc[1][2 * pair + 1] = s11;
+    // SAFETY: the asserts above bound every load and its alignment: step s reads
+    // ext[s·16 ..][..16] and b[s·128 + pair·64 ..][..64].
+    unsafe {
+        by_channel_pairs(
+            ext,
+            b,
+            steps,
+            [pairs4::STEP_BYTES, 2 * KC * pairs4::WEIGHT_BYTES],
+            |pa, pb, sums| steps_pairs::<2>(pa, pb, sums),
+            |pa, pb, sums| steps_pairs::<1>(pa, pb, sums),
+        )
     }
-    acc
 }
 
 /// `N` (1 or 2) steps on extended input (`pa`, as [`steps_extended`]) × 2 channels of
