@@ -12,9 +12,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use kestrel_board::backoff::Backoff;
 use kestrel_board::classifier::Classifier;
 use kestrel_board::frame::Frame;
-use kestrel_board::service::{Backoff, EndReason, Field, Service};
+use kestrel_board::service::{EndReason, Field, Service};
 use kestrel_board::sink::JsonLines;
 use kestrel_board::source::{DirSource, FrameSource, SourceError};
 use kestrel_board::trigger::Continuous;

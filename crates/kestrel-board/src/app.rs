@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::classifier::{Classifier, ClassifierError};
 use crate::config::{usage, BoardProfile, ConfigError, FileConfig, Flags, HostFacts, Settings};
 use crate::delivery::{http::HttpSink, mqtt::MqttSink, Outbox, Report, Sink, SinkError};
 use crate::frame_counter::FrameCounter;
 use crate::health::{watchdog_interval, Counters, Liveness, MetricsServer, Notifier, Watchdog};
 use crate::model_update::{target_mismatch, ModelWatch};
-use crate::service::{Backoff, EndReason, Field, ModelSource, Service};
+use crate::service::{EndReason, Field, ModelSource, Service};
 use crate::sink::{ClassIndicator, ClassPin, JsonLines};
 use crate::snapshot::{SnapshotError, Snapshots};
 use crate::source::SourceError;
@@ -240,7 +241,7 @@ fn run(profile: &BoardProfile, flags: &Flags) -> Result<EndReason, StartError> {
         sink,
         indicator,
         top_k: settings.top,
-        backoff: Backoff::default(),
+        backoff: Backoff::CAMERA,
         field,
     };
     let summary = service.run(&stop);

@@ -5,6 +5,7 @@
 //! thin binaries over [`app::main`] with their [`config::BoardProfile`].
 
 pub mod app;
+pub mod backoff;
 pub mod classifier;
 pub mod config;
 pub mod delivery;

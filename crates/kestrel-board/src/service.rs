@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use kestrel_runtime::Isa;
 
+use crate::backoff::Backoff;
 use crate::classifier::Classifier;
 use crate::delivery::Outbox;
 use crate::frame::{Frame, RgbConverter, RgbImage};
@@ -20,22 +21,6 @@ use crate::sink::{now_ms, ClassIndicator, Classification, JsonLines, StageTimes}
 use crate::snapshot::Snapshots;
 use crate::source::{FrameSource, SourceError};
 use crate::trigger::{sleep_until, Trigger, Wait};
-
-/// Exponential backoff between reconnection attempts.
-#[derive(Clone, Copy, Debug)]
-pub struct Backoff {
-    pub first: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            first: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-        }
-    }
-}
 
 /// Why the loop ended, and what it did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -334,7 +319,8 @@ impl<W: Write> Service<W> {
 
     /// Re-opens the camera until it works (true) or a stop is requested (false).
     fn reconnect(&mut self, first: &str, stop: &AtomicBool, errors: &mut u64) -> Result<bool, ()> {
-        let mut delay = self.backoff.first;
+        let mut delays = self.backoff.delays();
+        let mut delay = delays.next_delay();
         let mut msg = first.to_string();
         loop {
             *errors += 1;
@@ -351,7 +337,7 @@ impl<W: Write> Service<W> {
                 Ok(()) => return Ok(true),
                 Err(e) => {
                     msg = e.to_string();
-                    delay = (delay * 2).min(self.backoff.max);
+                    delay = delays.next_delay();
                 }
             }
         }

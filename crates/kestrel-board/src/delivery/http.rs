@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::spool::Spool;
-use super::{Backoff, Report, SinkError};
+use super::{Report, SinkError};
+use crate::backoff::Backoff;
 
 /// The `[http]` table of the config file (and `--http URL`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -87,7 +88,7 @@ impl HttpSink {
 
     /// Delivers from `spool` until `stop`.
     pub fn run(&self, spool: &Spool, stop: &AtomicBool, report: &Report) {
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::SINK.delays();
         let mut failing = false;
         while !stop.load(Ordering::Relaxed) {
             let entries = match spool.read_after(None, 1, Duration::from_millis(200)) {
@@ -98,7 +99,7 @@ impl HttpSink {
                         Some(&e.to_string()),
                         serde_json::json!({ "sink": self.name }),
                     );
-                    if !super::sleep_unless_stopped(backoff.next(), stop) {
+                    if !super::sleep_unless_stopped(backoff.next_delay(), stop) {
                         return;
                     }
                     continue;
@@ -141,7 +142,7 @@ impl HttpSink {
                             Some(&e.to_string()),
                             serde_json::json!({ "sink": self.name }),
                         );
-                        if !super::sleep_unless_stopped(backoff.next(), stop) {
+                        if !super::sleep_unless_stopped(backoff.next_delay(), stop) {
                             return;
                         }
                         continue;
@@ -158,7 +159,7 @@ impl HttpSink {
                 }
                 Outcome::Retry(error) => {
                     failing = true;
-                    let delay = backoff.next();
+                    let delay = backoff.next_delay();
                     report(
                         "sink_error",
                         Some(&error),

@@ -66,32 +66,6 @@ impl Sink {
     }
 }
 
-/// Growing delay between attempts: 100 ms doubling to 10 s.
-pub(crate) struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { next: Self::FIRST }
-    }
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(10);
-
-    pub(crate) fn next(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (d * 2).min(Self::MAX);
-        d
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
-
 /// Sleeps `d` unless a stop is requested first; false when stopped.
 pub(crate) fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
     let end = Instant::now() + d;

@@ -19,7 +19,8 @@ use rumqttc::{
 use serde::Deserialize;
 
 use super::spool::Spool;
-use super::{Backoff, Report, SinkError};
+use super::{Report, SinkError};
+use crate::backoff::Backoff;
 
 /// The `[mqtt]` table of the config file (and the `--mqtt*` flags).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -198,7 +199,7 @@ impl MqttSink {
 
     /// Delivers from `spool` until `stop`, reconnecting with backoff.
     pub fn run(&self, spool: &Spool, stop: &AtomicBool, report: &Report) {
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::SINK.delays();
         while !stop.load(Ordering::Relaxed) {
             let (client, mut connection) = Client::new(self.options.clone(), WINDOW + 8);
             let result = self.session(&client, &mut connection, spool, stop, report);
@@ -208,7 +209,7 @@ impl MqttSink {
                     if connected {
                         backoff.reset();
                     }
-                    let delay = backoff.next();
+                    let delay = backoff.next_delay();
                     report(
                         "sink_error",
                         Some(&error),
