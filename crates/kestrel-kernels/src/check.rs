@@ -29,6 +29,8 @@ pub enum Failure {
         residual: bool,
         parts: usize,
         least_scratch: bool,
+        /// Weights and scratch at odd addresses (a caller's unaligned buffers).
+        odd_addresses: bool,
         extreme: bool,
     },
 }
@@ -49,10 +51,11 @@ impl core::fmt::Display for Failure {
                 residual,
                 parts,
                 least_scratch,
+                odd_addresses,
                 extreme,
             } => write!(
                 f,
-                "{packing:?}/{isa} differs on case {case} (residual {residual}, {parts} parts, least scratch {least_scratch}, extreme {extreme})"
+                "{packing:?}/{isa} differs on case {case} (residual {residual}, {parts} parts, least scratch {least_scratch}, odd addresses {odd_addresses}, extreme {extreme})"
             ),
         }
     }
@@ -283,20 +286,30 @@ pub fn all_paths(layout: Packing, isas: &[Isa]) -> Result<usize, Failure> {
                 }
                 let packed = layout.pack_weights(&weights, k, c.oc);
                 debug_assert!(layout.is_consistent(&packed, k, c.oc));
+                // The same weights one byte into a buffer: at an odd address, as a
+                // caller's model bytes may be.
+                let mut shifted = vec![0i8; packed.len() + 1];
+                shifted[1..].copy_from_slice(&packed);
                 for &isa in isas {
-                    // The whole map at once, split in runs of pixels as threads do, and in
-                    // the least scratch (a microcontroller's file: smaller panels).
+                    // The whole map at once, split in runs of pixels as threads do, in the
+                    // least scratch (a microcontroller's file: smaller panels), and with
+                    // weights and scratch at odd addresses.
                     let pixels = oh * ow;
-                    for (parts, least) in [(1, false), (3, false), (1, true)] {
+                    for (parts, least, odd) in [
+                        (1, false, false),
+                        (3, false, false),
+                        (1, true, false),
+                        (1, false, true),
+                    ] {
                         let mut got = vec![0i8; pixels * c.oc];
-                        let mut scratch = vec![
-                            0i8;
-                            if least {
-                                layout.min_scratch_len(k)
-                            } else {
-                                layout.scratch_len(k)
-                            }
-                        ];
+                        let scratch_len = if least {
+                            layout.min_scratch_len(k)
+                        } else {
+                            layout.scratch_len(k)
+                        };
+                        let mut scratch_buffer = vec![0i8; scratch_len + 1];
+                        let scratch = &mut scratch_buffer[odd as usize..][..scratch_len];
+                        let weights = if odd { &shifted[1..] } else { &packed[..] };
                         let run = pixels.div_ceil(parts);
                         for (i, chunk) in got.chunks_mut(run * c.oc).enumerate() {
                             let first = i * run;
@@ -305,13 +318,13 @@ pub fn all_paths(layout: Packing, isas: &[Isa]) -> Result<usize, Failure> {
                                 window: &win,
                                 input: &input,
                                 zero_point: 9,
-                                weights: &packed,
+                                weights,
                                 params: &raw,
                                 out,
                                 residual: part_residual,
                                 first,
                             };
-                            layout.conv2d(isa, &conv, chunk, &mut scratch);
+                            layout.conv2d(isa, &conv, chunk, scratch);
                         }
                         if got != expect {
                             return Err(Failure::Differs {
@@ -321,6 +334,7 @@ pub fn all_paths(layout: Packing, isas: &[Isa]) -> Result<usize, Failure> {
                                 residual: with_residual,
                                 parts,
                                 least_scratch: least,
+                                odd_addresses: odd,
                                 extreme,
                             });
                         }
@@ -396,6 +410,7 @@ pub fn in_place_residual(isas: &[Isa]) -> Result<(), Failure> {
                     residual: true,
                     parts: 1,
                     least_scratch: false,
+                    odd_addresses: false,
                     extreme: false,
                 });
             }

@@ -17,7 +17,7 @@
 //! [`Packing::Blocks4`]: crate::conv::contract::Packing
 //! [`Packing::Pairs4`]: crate::conv::contract::Packing
 
-use super::dsp::{load4, sxtb16, sxtb16_ror8};
+use super::dsp::{load4, smlad, sxtb16, sxtb16_ror8};
 use super::epilogue::Channels;
 use crate::conv::contract::{Conv, Packing, KC};
 use crate::conv::kernel::Panel;
@@ -135,16 +135,57 @@ const GROUP_BLOCKS: usize = 8;
 fn extend(a: &[i8], steps: usize, out: &mut [u32]) {
     let words = steps * MR * KC / 4;
     assert!(a.len() >= 4 * words && out.len() >= 2 * words);
-    // A pixel's 16-byte chunk at a time: four loads, eight extensions, four pair stores.
-    for (chunk, ext) in out[..2 * words].chunks_exact_mut(8).enumerate() {
-        // SAFETY: 16·chunk + 16 ≤ 4·words ≤ a.len() (asserted).
-        let p = unsafe { a.as_ptr().add(16 * chunk) };
-        for w in 0..4 {
-            // SAFETY: as above.
-            let v = unsafe { load4(p.add(4 * w)) };
-            ext[2 * w] = sxtb16(v);
-            ext[2 * w + 1] = sxtb16_ror8(v);
-        }
+    let chunks = words / 4;
+    if chunks == 0 {
+        return;
+    }
+    if a.as_ptr().align_offset(4) != 0 {
+        // Not reached from the driver (panels start at aligned scratch offsets, tiles
+        // whole 16-byte steps apart); `LDM` would fault on it.
+        return extend_unaligned(a, words, out);
+    }
+    // A pixel's 16-byte chunk at a time: one `LDM`, eight extensions, one `STM` (the
+    // registers in the order the words are stored).
+    // SAFETY: `chunks` chunks of 16 bytes are read from `a` (word-aligned) and 32 written
+    // to `out` (asserted above); the clobbered registers are declared.
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            "ldm {src}!, {{r1, r3, r5, r10}}",
+            "sxtb16 r0, r1",
+            "sxtb16 r1, r1, ror #8",
+            "sxtb16 r2, r3",
+            "sxtb16 r3, r3, ror #8",
+            "sxtb16 r4, r5",
+            "sxtb16 r5, r5, ror #8",
+            "sxtb16 r8, r10",
+            "sxtb16 r10, r10, ror #8",
+            "stm {dst}!, {{r0, r1, r2, r3, r4, r5, r8, r10}}",
+            "subs {n}, #1",
+            "bne 2b",
+            src = inout(reg) a.as_ptr() => _,
+            dst = inout(reg) out.as_mut_ptr() => _,
+            n = inout(reg) chunks => _,
+            out("r0") _,
+            out("r1") _,
+            out("r2") _,
+            out("r3") _,
+            out("r4") _,
+            out("r5") _,
+            out("r8") _,
+            out("r10") _,
+            options(nostack),
+        );
+    }
+}
+
+/// [`extend`] word by word, for input that is not word-aligned.
+fn extend_unaligned(a: &[i8], words: usize, out: &mut [u32]) {
+    for w in 0..words {
+        // SAFETY: 4·w + 4 ≤ 4·words ≤ a.len() (asserted by the caller).
+        let v = unsafe { load4(a.as_ptr().add(4 * w)) };
+        out[2 * w] = sxtb16(v);
+        out[2 * w + 1] = sxtb16_ror8(v);
     }
 }
 
@@ -295,6 +336,27 @@ pub fn tile_pairs(ext: &[u32], b: &[i8], steps: usize) -> Sums {
     }
 }
 
+/// [`tile_pairs`] on weights at any address: each weight word read unaligned, one
+/// `SMLAD` per pixel.
+fn tile_pairs_unaligned(ext: &[u32], b: &[i8], steps: usize) -> Sums {
+    assert!(ext.len() >= steps * 16 && b.len() >= steps * pairs4::STEP_BYTES);
+    let mut acc = [[0i32; blocks4::CHANNELS]; MR];
+    for s in 0..steps {
+        for n in 0..blocks4::CHANNELS {
+            for w in 0..KC / 2 {
+                // Word w of the channel: its pairs in the order they are stored.
+                let at = s * pairs4::STEP_BYTES + (n * KC + 2 * w) * pairs4::WEIGHT_BYTES;
+                // SAFETY: `at + 4` ≤ the step's end ≤ b.len() (asserted).
+                let weights = unsafe { load4(b.as_ptr().add(at)) };
+                for (m, row) in acc.iter_mut().enumerate() {
+                    row[n] = smlad(ext[s * 16 + m * 8 + w], weights, row[n]);
+                }
+            }
+        }
+    }
+    acc
+}
+
 /// `N` (1 or 2) steps on extended input (`pa`, as [`steps_extended`]) × 2 channels of
 /// int16 pairs (`pb`: per step channel 0's 32 bytes, then channel 1's; steps 128 bytes
 /// apart): per 4 reduction steps an `LDRD` of each pixel's and each channel's pairs and
@@ -379,10 +441,27 @@ pub unsafe fn smlad_2x4c16(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
 /// # Safety
 /// As [`smlad_2x4c16`].
 pub unsafe fn smlad_2x4p16(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
-    if p.slots.k_pad > EXTENDED_K_MAX {
-        return smlad_2x4p16_deep(c, p, output);
+    // `LDRD` faults on weights that are not word-aligned: model bytes a caller did not
+    // align run the same sums word by word.
+    if c.weights.as_ptr().align_offset(4) == 0 {
+        pairs_panel(c, p, output, tile_pairs);
+    } else {
+        pairs_panel(c, p, output, tile_pairs_unaligned);
     }
-    grouped(Packing::Pairs4, c, p, output, tile_pairs);
+}
+
+/// [`smlad_2x4p16`] on `tile`.
+#[inline(always)]
+fn pairs_panel(
+    c: &Conv<'_>,
+    p: &Panel<'_>,
+    output: &mut [i8],
+    tile: impl Fn(&[u32], &[i8], usize) -> Sums,
+) {
+    if p.slots.k_pad > EXTENDED_K_MAX {
+        return smlad_2x4p16_deep(c, p, output, tile);
+    }
+    grouped(Packing::Pairs4, c, p, output, tile);
 }
 
 type Sums = [[i32; blocks4::CHANNELS]; MR];
@@ -424,10 +503,12 @@ fn grouped(
 /// [`smlad_2x4p16`] for convs deeper than [`EXTENDED_K_MAX`]: block by block (its
 /// epilogue constants once per panel), each tile's input extended and summed
 /// [`EXTENDED_K_MAX`] deep at a time.
-///
-/// # Safety
-/// As [`smlad_2x4c16`].
-unsafe fn smlad_2x4p16_deep(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
+fn smlad_2x4p16_deep(
+    c: &Conv<'_>,
+    p: &Panel<'_>,
+    output: &mut [i8],
+    tile: impl Fn(&[u32], &[i8], usize) -> Sums,
+) {
     const STRETCH: usize = EXTENDED_K_MAX / KC;
     let oc = c.window.out_c;
     let shape = Shape::of(Packing::Pairs4, c.k(), oc);
@@ -443,7 +524,7 @@ unsafe fn smlad_2x4p16_deep(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
             for s0 in (0..steps).step_by(STRETCH) {
                 let n = (steps - s0).min(STRETCH);
                 extend(&a[s0 * MR * KC..], n, &mut ext);
-                let part = tile_pairs(&ext, &b[s0 * pairs4::STEP_BYTES..], n);
+                let part = tile(&ext, &b[s0 * pairs4::STEP_BYTES..], n);
                 for (row, part) in acc.iter_mut().zip(part) {
                     for (v, x) in row.iter_mut().zip(part) {
                         *v = v.wrapping_add(x);
