@@ -166,10 +166,7 @@ fn activations_lower_bound(f: &KesFile) -> u64 {
         })
         .collect();
     let life = liveness::lifetimes(ranges.len(), f.input, f.output, &ops);
-    (0..=ops.len())
-        .map(|s| liveness::covered(&liveness::occupied(&ranges, &life, s)))
-        .max()
-        .unwrap_or(0)
+    liveness::peak(&ranges, &life, |_| 0)
 }
 
 pub fn print(r: &InspectReport) {

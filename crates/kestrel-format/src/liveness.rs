@@ -54,6 +54,16 @@ pub fn covered(merged: &[(u64, u64)]) -> u64 {
     merged.iter().map(|(s, e)| e - s).sum()
 }
 
+/// The most bytes live at any step, each step's `extra(step)` bytes (a conv's scratch)
+/// added: the least arena any plan of these tensors needs.
+pub fn peak(ranges: &[(u64, u64)], life: &[(usize, usize)], extra: impl Fn(usize) -> u64) -> u64 {
+    let steps = life.iter().map(|l| l.1).max().unwrap_or(0);
+    (0..=steps)
+        .map(|s| covered(&occupied(ranges, life, s)) + extra(s))
+        .max()
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +78,7 @@ mod tests {
         // Step 1: t0 and t2 share bytes 0..100 (in place), t1 is 100..150.
         assert_eq!(occupied(&ranges, &life, 1), [(0, 150)]);
         assert_eq!(covered(&occupied(&ranges, &life, 2)), 100);
+        assert_eq!(peak(&ranges, &life, |_| 0), 150);
+        assert_eq!(peak(&ranges, &life, |s| [0, 0, 64][s]), 164);
     }
 }

@@ -168,13 +168,7 @@ impl KesModel {
             });
             lent[i] = bytes;
         }
-        let with_scratch = (0..=self.ops.len())
-            .map(|s| {
-                liveness::covered(&liveness::occupied(&ranges, &life, s))
-                    + lent.get(s).unwrap_or(&0)
-            })
-            .max()
-            .unwrap_or(0);
+        let with_scratch = liveness::peak(&ranges, &life, |s| lent.get(s).copied().unwrap_or(0));
         self.plan = Plan {
             arena_bytes: arena,
             lower_bound_bytes: with_scratch,
@@ -184,7 +178,7 @@ impl KesModel {
     }
 
     /// Each tensor's arena bytes `[offset, end)`.
-    fn tensor_ranges(&self) -> Vec<(u64, u64)> {
+    pub fn tensor_ranges(&self) -> Vec<(u64, u64)> {
         self.tensors
             .iter()
             .map(|t| {
@@ -195,7 +189,8 @@ impl KesModel {
             .collect()
     }
 
-    fn lifetimes(&self) -> Vec<(usize, usize)> {
+    /// Each tensor's live steps ([`liveness::lifetimes`]).
+    pub fn lifetimes(&self) -> Vec<(usize, usize)> {
         let ops: Vec<liveness::Operands> = self
             .ops
             .iter()

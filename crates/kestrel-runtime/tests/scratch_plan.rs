@@ -9,25 +9,6 @@ use kestrel_format::writer::KesModel;
 use kestrel_format::{FormatError, OpScratch, WeightLayout};
 use kestrel_runtime::{Error, Model};
 
-fn ranges(m: &KesModel) -> Vec<(u64, u64)> {
-    m.tensors
-        .iter()
-        .map(|t| {
-            let n: u64 = t.dims.iter().map(|&d| d as u64).product();
-            (t.offset as u64, t.offset as u64 + n * t.dtype.size() as u64)
-        })
-        .collect()
-}
-
-fn life(m: &KesModel) -> Vec<(usize, usize)> {
-    let ops: Vec<liveness::Operands> = m
-        .ops
-        .iter()
-        .map(|op| (op.input, op.residual.map(|r| r.tensor), op.output))
-        .collect();
-    liveness::lifetimes(m.tensors.len(), m.input, m.output, &ops)
-}
-
 #[test]
 fn every_packed_convs_scratch_lies_apart_from_the_tensors_live_at_its_step() {
     for layout in [
@@ -40,7 +21,7 @@ fn every_packed_convs_scratch_lies_apart_from_the_tensors_live_at_its_step() {
         for limit in [None, Some(1)] {
             let mut m = portable.clone();
             m.pack_convs_within(layout, limit);
-            let (ranges, life) = (ranges(&m), life(&m));
+            let (ranges, life) = (m.tensor_ranges(), m.lifetimes());
             let mut most = 0;
             for (i, op) in m.ops.iter().enumerate() {
                 let Some(OpScratch { offset, bytes }) = op.scratch else {
