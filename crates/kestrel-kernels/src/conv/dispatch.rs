@@ -22,7 +22,7 @@ pub enum Tile {
     Vnni4x4c16,
     Scalar4x16c4,
     Sdot4x16c4,
-    Avx2_4x16c4,
+    Avx2_4x8c4,
     Vnni8x32c4,
     Scalar4x4p16,
     Smlad2x4p16,
@@ -54,7 +54,7 @@ pub const TABLE: [Row; 18] = [
     row(Packing::Lanes16, Isa::ArmDsp, Tile::Scalar4x16c4),
     row(Packing::Lanes16, Isa::Neon, Tile::Scalar4x16c4),
     row(Packing::Lanes16, Isa::NeonDot, Tile::Sdot4x16c4),
-    row(Packing::Lanes16, Isa::Avx2, Tile::Avx2_4x16c4),
+    row(Packing::Lanes16, Isa::Avx2, Tile::Avx2_4x8c4),
     row(Packing::Lanes16, Isa::Avx512Vnni, Tile::Vnni8x32c4),
     row(Packing::Pairs4, Isa::Scalar, Tile::Scalar4x4p16),
     row(Packing::Pairs4, Isa::ArmDsp, Tile::Smlad2x4p16),
@@ -76,7 +76,7 @@ impl Tile {
             Tile::Vnni4x4c16 => "vnni_4x4c16",
             Tile::Scalar4x16c4 => "scalar_4x16c4",
             Tile::Sdot4x16c4 => "sdot_4x16c4",
-            Tile::Avx2_4x16c4 => "avx2_4x16c4",
+            Tile::Avx2_4x8c4 => "avx2_4x8c4",
             Tile::Vnni8x32c4 => "vnni_8x32c4",
             Tile::Scalar4x4p16 => "scalar_4x4p16",
             Tile::Smlad2x4p16 => "smlad_2x4p16",
@@ -91,7 +91,7 @@ impl Tile {
             Tile::Smlad2x4c16 | Tile::Smlad2x4p16 => Isa::ArmDsp,
             Tile::Smlal4x4c16 => Isa::Neon,
             Tile::Sdot4x4c16 | Tile::Sdot4x16c4 => Isa::NeonDot,
-            Tile::Avx2_4x4c16 | Tile::Avx2_4x16c4 => Isa::Avx2,
+            Tile::Avx2_4x4c16 | Tile::Avx2_4x8c4 => Isa::Avx2,
             Tile::Vnni4x4c16 | Tile::Vnni8x32c4 => Isa::Avx512Vnni,
         }
     }
@@ -163,9 +163,9 @@ impl Tile {
                 direct: None,
             },
             #[cfg(target_arch = "x86_64")]
-            Tile::Avx2_4x16c4 => MicroKernel {
-                input: plain(4),
-                panel: crate::arch::x86_64::avx2_4x16c4::avx2_4x16c4,
+            Tile::Avx2_4x8c4 => MicroKernel {
+                input: plain(crate::arch::x86_64::avx2_4x8c4::MR),
+                panel: crate::arch::x86_64::avx2_4x8c4::avx2_4x8c4,
                 direct: None,
             },
             #[cfg(target_arch = "x86_64")]

@@ -6,7 +6,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::arch::x86_64::epilogue::{Quant16, ResidualQuant};
+use crate::arch::x86_64::epilogue::avx512::{Quant16, ResidualQuant};
 use crate::conv::contract::{Conv, Packing, KC};
 use crate::conv::kernel::Panel;
 use crate::conv::layout::{lanes16, Shape};
