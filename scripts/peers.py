@@ -7,10 +7,14 @@ Runtime float, and ONNX Runtime int8 (its own `quantize_static`: QDQ, per-channe
 weights, calibrated on the same calibration images). One thread, then all threads for
 the peers that have a thread pool. Prints a markdown table with latency ratios.
 
-    python3 -m pip install onnxruntime onnx numpy pillow
+    python3 -m pip install onnxruntime onnx numpy pillow sympy
     cargo build --profile host -p kestrel-tools
     python3 scripts/peers.py                    # synthetic ResNet-18 224 + the CIFAR ResNets
     python3 scripts/peers.py --models resnet20_cifar10 --iters 20
+    python3 scripts/peers.py --models resnet18_synthetic_224 --kernels avx2   # Kestrel's AVX2 path
+
+ONNX Runtime always runs the best path of this CPU; `--kernels` picks Kestrel's
+(`kestrel bench --kernels`), e.g. to time its AVX2 path on an AVX-512 machine.
 """
 
 import argparse
@@ -34,7 +38,7 @@ def need(module):
     try:
         return importlib.import_module(module)
     except ImportError:
-        sys.exit(f"peers: python module '{module}' is missing: python3 -m pip install onnxruntime onnx numpy pillow")
+        sys.exit(f"peers: python module '{module}' is missing: python3 -m pip install onnxruntime onnx numpy pillow sympy")
 
 
 def run(cmd):
@@ -42,15 +46,16 @@ def run(cmd):
     return out.stdout
 
 
-def kestrel_bench(model, iters, threads=1):
-    return json.loads(run([KESTREL, "bench", model, "--iters", iters, "--threads", threads, "--json"]))
+def kestrel_bench(model, iters, threads=1, kernels=None):
+    cmd = [KESTREL, "bench", model, "--iters", iters, "--threads", threads, "--json"]
+    return json.loads(run(cmd + (["--kernels", kernels] if kernels else [])))
 
 
 def model_path(name):
-    if name == "resnet18_synthetic_224":
-        path = WORK / "resnet18_synthetic_224.onnx"
+    if name in ("resnet18_synthetic_224", "resnet50_synthetic_224"):
+        path = WORK / f"{name}.onnx"
         if not path.exists():
-            run([KESTREL, "synth", "--arch", "resnet18", "--calib", CALIB, "-o", path])
+            run([KESTREL, "synth", "--arch", name.split("_")[0], "--calib", CALIB, "-o", path])
         return path
     path = SHARED / "models" / f"{name}.onnx"
     if not path.exists():
@@ -140,6 +145,8 @@ def main():
         "resnet18_synthetic_224", "resnet20_cifar10", "resnet32_cifar10", "resnet44_cifar10",
         "resnet56_cifar10", "resnet8_tiny_cifar10", "resnet18_cifar10_64px"])
     ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--kernels", choices=["scalar", "avx2", "avx-vnni", "avx512-vnni"],
+                    help="Kestrel's kernel path (default: the best this CPU runs)")
     ap.add_argument("--calib-count", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved rounds; each figure is the median of its rounds' medians")
@@ -154,8 +161,8 @@ def main():
     WORK.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
     print(f"machine: {cores} cores; onnxruntime {ort.__version__}; one run: {args.rounds} interleaved rounds, medians of {args.iters}\n")
-    print("| model | Kestrel int8 1T (ms) | ORT int8 1T | Kestrel / ORT 1T | Kestrel int8 {0}T | ORT int8 {0}T | Kestrel / ORT {0}T | ORT f32 1T | tract f32 1T | ORT f32 {0}T |".format(cores))
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| model | Kestrel path | Kestrel int8 1T (ms) | ORT int8 1T | Kestrel / ORT 1T | Kestrel int8 {0}T | ORT int8 {0}T | Kestrel / ORT {0}T | ORT f32 1T | tract f32 1T | ORT f32 {0}T |".format(cores))
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in args.models:
         src = model_path(name)
         pre = preprocessing(onnx.load(str(src)))
@@ -168,21 +175,23 @@ def main():
         # A shared machine's speed drifts: alternate the runtimes, round after round, and
         # keep the median of each one's round medians.
         runs = {
-            "k": lambda: kestrel_bench(kes, args.iters)["latency_ms_median"],
+            "k": lambda: kestrel_bench(kes, args.iters, 1, args.kernels)["latency_ms_median"],
             "oi1": lambda: ort_latency(qdq, pre, 1, args.iters),
-            "kn": lambda: kestrel_bench(kes, args.iters, cores)["latency_ms_median"],
+            "kn": lambda: kestrel_bench(kes, args.iters, cores, args.kernels)["latency_ms_median"],
             "oin": lambda: ort_latency(qdq, pre, cores, args.iters),
             "of1": lambda: ort_latency(src, pre, 1, args.iters),
             "tract": lambda: kestrel_bench(src, args.iters)["latency_ms_median"],
             "ofn": lambda: ort_latency(src, pre, cores, args.iters),
         }
+        ran = kestrel_bench(kes, 1, 1, args.kernels)
+        path = f"{ran['kernels']} ({ran['conv_tile']})"
         seen = {key: [] for key in runs}
         for _ in range(args.rounds):
             for key, measure in runs.items():
                 seen[key].append(measure())
         m = {key: statistics.median(v) for key, v in seen.items()}
         k, kn, tract, oi1, of1, oin, ofn = (m[x] for x in ("k", "kn", "tract", "oi1", "of1", "oin", "ofn"))
-        print(f"| {name} | {k:.2f} | {oi1:.2f} | {k / oi1:.2f} | {kn:.2f} | {oin:.2f} | {kn / oin:.2f} | {of1:.2f} | {tract:.2f} | {ofn:.2f} |")
+        print(f"| {name} | {path} | {k:.2f} | {oi1:.2f} | {k / oi1:.2f} | {kn:.2f} | {oin:.2f} | {kn / oin:.2f} | {of1:.2f} | {tract:.2f} | {ofn:.2f} |")
     print("\ntract has no thread pool of its own: its column is one thread.")
 
 

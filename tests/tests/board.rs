@@ -392,7 +392,7 @@ fn which_kernels_have_a_tile_for_a_file_and_package_refuses_the_rest() {
         .expect("lanes16 has no NEON tile");
     assert_eq!(mismatch.target, Some("rpi5"));
     assert!(mismatch.to_string().contains("lanes16"), "{mismatch}");
-    for isa in [Isa::NeonDot, Isa::Avx2, Isa::Avx512Vnni] {
+    for isa in [Isa::NeonDot, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni] {
         assert_eq!(model.kernel_mismatch(isa), None, "{isa}");
     }
     assert!(model.kernel_mismatch(Isa::Scalar).is_some());

@@ -97,7 +97,7 @@ enum Command {
         /// Evaluate this many images, spread over the classes.
         #[arg(long)]
         limit: Option<usize>,
-        /// Int8 kernels: scalar, neon, neon-dot, avx2, avx512-vnni or auto.
+        /// Int8 kernels: scalar, neon, neon-dot, avx2, avx-vnni, avx512-vnni or auto.
         #[arg(long, default_value = "auto", value_parser = parse_kernels)]
         kernels: Kernels,
         /// The float ONNX model the .kes was compiled from: also report how often the two
@@ -119,7 +119,7 @@ enum Command {
         card: Option<PathBuf>,
         #[arg(long, default_value_t = 5)]
         top: usize,
-        /// Int8 kernels: scalar, neon, neon-dot, avx2, avx512-vnni or auto.
+        /// Int8 kernels: scalar, neon, neon-dot, avx2, avx-vnni, avx512-vnni or auto.
         #[arg(long, default_value = "auto", value_parser = parse_kernels)]
         kernels: Kernels,
         /// Inference threads (convolutions split over a worker pool).
@@ -136,7 +136,7 @@ enum Command {
         iters: usize,
         #[arg(long, default_value_t = 3)]
         warmup: usize,
-        /// Int8 kernels: scalar, neon, neon-dot, avx2, avx512-vnni or auto.
+        /// Int8 kernels: scalar, neon, neon-dot, avx2, avx-vnni, avx512-vnni or auto.
         #[arg(long, default_value = "auto", value_parser = parse_kernels)]
         kernels: Kernels,
         #[arg(long, default_value_t = 1)]
@@ -244,7 +244,9 @@ fn parse_kernels(name: &str) -> Result<Kernels, String> {
     }
     kestrel_runtime::Isa::from_name(name)
         .map(Some)
-        .ok_or_else(|| "expected scalar, neon, neon-dot, avx2, avx512-vnni or auto".to_string())
+        .ok_or_else(|| {
+            "expected scalar, neon, neon-dot, avx2, avx-vnni, avx512-vnni or auto".to_string()
+        })
 }
 
 fn main() -> ExitCode {

@@ -164,7 +164,7 @@ pub fn target_mismatch(c: &Classifier, kernels: Isa) -> Option<String> {
     }
     let board = match kernels {
         Isa::Neon | Isa::NeonDot => "aarch64",
-        Isa::Avx2 | Isa::Avx512Vnni => "x86-64",
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => "x86-64",
         Isa::ArmDsp => "cortex-m",
         Isa::Scalar => return None,
     };

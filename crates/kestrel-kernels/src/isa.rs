@@ -17,17 +17,21 @@ pub enum Isa {
     NeonDot,
     /// x86-64 AVX2.
     Avx2,
+    /// x86-64 AVX2 with 256-bit VNNI (`vpdpbusd` on `ymm`): AVX-VNNI (Alder Lake and later
+    /// Intel cores, the Atom-class N100), or AVX-512 VNNI's `ymm` form.
+    AvxVnni,
     /// x86-64 AVX-512 with VNNI (`vpdpbusd`).
     Avx512Vnni,
 }
 
 impl Isa {
-    pub const ALL: [Isa; 6] = [
+    pub const ALL: [Isa; 7] = [
         Isa::Scalar,
         Isa::ArmDsp,
         Isa::Neon,
         Isa::NeonDot,
         Isa::Avx2,
+        Isa::AvxVnni,
         Isa::Avx512Vnni,
     ];
 
@@ -39,8 +43,14 @@ impl Isa {
             Isa::Neon => "neon",
             Isa::NeonDot => "neon-dot",
             Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avx-vnni",
             Isa::Avx512Vnni => "avx512-vnni",
         }
+    }
+
+    /// Whether every CPU that runs this path runs `other` too (AVX-VNNI's CPUs run AVX2).
+    pub fn includes(self, other: Isa) -> bool {
+        CpuFeatures::least(self).supports(other)
     }
 
     pub fn from_name(name: &str) -> Option<Isa> {
@@ -63,6 +73,9 @@ pub struct CpuFeatures {
     pub neon: bool,
     pub dotprod: bool,
     pub avx2: bool,
+    /// AVX-VNNI: `vpdpbusd` on `ymm` in its VEX form.
+    pub avx_vnni: bool,
+    /// AVX-512 F, BW, VL and VNNI.
     pub avx512_vnni: bool,
 }
 
@@ -82,8 +95,10 @@ impl CpuFeatures {
         {
             CpuFeatures {
                 avx2: std::arch::is_x86_feature_detected!("avx2"),
+                avx_vnni: std::arch::is_x86_feature_detected!("avxvnni"),
                 avx512_vnni: std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
                     && std::arch::is_x86_feature_detected!("avx512vnni"),
                 ..CpuFeatures::default()
             }
@@ -108,13 +123,41 @@ impl CpuFeatures {
                 neon: cfg!(all(target_arch = "aarch64", target_feature = "neon")),
                 dotprod: cfg!(all(target_arch = "aarch64", target_feature = "dotprod")),
                 avx2: cfg!(all(target_arch = "x86_64", target_feature = "avx2")),
+                avx_vnni: cfg!(all(target_arch = "x86_64", target_feature = "avxvnni")),
                 avx512_vnni: cfg!(all(
                     target_arch = "x86_64",
                     target_feature = "avx512f",
                     target_feature = "avx512bw",
+                    target_feature = "avx512vl",
                     target_feature = "avx512vnni"
                 )),
             }
+        }
+    }
+
+    /// The fewest features a CPU running `isa` has.
+    pub fn least(isa: Isa) -> CpuFeatures {
+        let none = CpuFeatures::default();
+        match isa {
+            Isa::Scalar => none,
+            Isa::ArmDsp => CpuFeatures { dsp: true, ..none },
+            Isa::Neon => CpuFeatures { neon: true, ..none },
+            Isa::NeonDot => CpuFeatures {
+                neon: true,
+                dotprod: true,
+                ..none
+            },
+            Isa::Avx2 => CpuFeatures { avx2: true, ..none },
+            Isa::AvxVnni => CpuFeatures {
+                avx2: true,
+                avx_vnni: true,
+                ..none
+            },
+            Isa::Avx512Vnni => CpuFeatures {
+                avx2: true,
+                avx512_vnni: true,
+                ..none
+            },
         }
     }
 
@@ -126,6 +169,8 @@ impl CpuFeatures {
             Isa::Neon => self.neon,
             Isa::NeonDot => self.neon && self.dotprod,
             Isa::Avx2 => self.avx2,
+            // Either encoding of the 256-bit `vpdpbusd` (the kernel picks the one there is).
+            Isa::AvxVnni => self.avx2 && (self.avx_vnni || self.avx512_vnni),
             Isa::Avx512Vnni => self.avx2 && self.avx512_vnni,
         }
     }
@@ -164,6 +209,19 @@ mod tests {
         assert!(!a72.supports(Isa::NeonDot));
         assert_eq!(a76.best(), Isa::NeonDot);
         assert_eq!(vnni.best(), Isa::Avx512Vnni);
+        assert!(vnni.supports(Isa::AvxVnni));
+        let n100 = CpuFeatures {
+            avx2: true,
+            avx_vnni: true,
+            ..Default::default()
+        };
+        assert_eq!(n100.best(), Isa::AvxVnni);
+        assert!(!n100.supports(Isa::Avx512Vnni));
+        assert!(Isa::AvxVnni.includes(Isa::Avx2) && Isa::NeonDot.includes(Isa::Neon));
+        assert!(!Isa::AvxVnni.includes(Isa::Avx512Vnni) && !Isa::Avx2.includes(Isa::AvxVnni));
+        for isa in Isa::ALL {
+            assert!(CpuFeatures::least(isa).supports(isa) && isa.includes(Isa::Scalar));
+        }
         assert_eq!(CpuFeatures::default().best(), Isa::Scalar);
         let m4 = CpuFeatures {
             dsp: true,

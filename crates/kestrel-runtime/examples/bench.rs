@@ -7,7 +7,7 @@
 //! ```text
 //! cargo build --release -p kestrel-runtime --example bench --target aarch64-unknown-linux-gnu
 //! ../shared/arm/qcount.sh cortex-a76 target/aarch64-unknown-linux-gnu/release/examples/bench resnet18.kes --iters 1
-//! bench MODEL.kes [--iters N] [--kernels scalar|neon|neon-dot|avx2|avx512-vnni|auto]
+//! bench MODEL.kes [--iters N] [--kernels scalar|neon|neon-dot|avx2|avx-vnni|avx512-vnni|auto]
 //!                 [--rgb FILE --size WxH]      (raw interleaved RGB bytes as the input image)
 //!                 [--threads N]                (with --features std)
 //! ```

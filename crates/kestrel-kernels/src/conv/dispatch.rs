@@ -23,6 +23,7 @@ pub enum Tile {
     Scalar4x16c4,
     Sdot4x16c4,
     Avx2_4x8c4,
+    AvxVnni6x16c4,
     Vnni8x32c4,
     Scalar4x4p16,
     Smlad2x4p16,
@@ -42,25 +43,29 @@ const fn row(packing: Packing, isa: Isa, tile: Tile) -> Row {
 
 /// Every (layout, ISA) pair. `Lanes16` on the Cortex-A72 and on a Cortex-M have no tile
 /// of their own (their kernels read 4-channel blocks), nor `Pairs4` (int16 weights, for
-/// the Cortex-M's `SMLAD`) anywhere else: they fall back to the portable one.
-pub const TABLE: [Row; 18] = [
+/// the Cortex-M's `SMLAD`) anywhere else: they fall back to the portable one. AVX-VNNI
+/// runs AVX2's tile on `Blocks4`.
+pub const TABLE: [Row; 21] = [
     row(Packing::Blocks4, Isa::Scalar, Tile::Scalar4x4c16),
     row(Packing::Blocks4, Isa::ArmDsp, Tile::Smlad2x4c16),
     row(Packing::Blocks4, Isa::Neon, Tile::Smlal4x4c16),
     row(Packing::Blocks4, Isa::NeonDot, Tile::Sdot4x4c16),
     row(Packing::Blocks4, Isa::Avx2, Tile::Avx2_4x4c16),
+    row(Packing::Blocks4, Isa::AvxVnni, Tile::Avx2_4x4c16),
     row(Packing::Blocks4, Isa::Avx512Vnni, Tile::Vnni4x4c16),
     row(Packing::Lanes16, Isa::Scalar, Tile::Scalar4x16c4),
     row(Packing::Lanes16, Isa::ArmDsp, Tile::Scalar4x16c4),
     row(Packing::Lanes16, Isa::Neon, Tile::Scalar4x16c4),
     row(Packing::Lanes16, Isa::NeonDot, Tile::Sdot4x16c4),
     row(Packing::Lanes16, Isa::Avx2, Tile::Avx2_4x8c4),
+    row(Packing::Lanes16, Isa::AvxVnni, Tile::AvxVnni6x16c4),
     row(Packing::Lanes16, Isa::Avx512Vnni, Tile::Vnni8x32c4),
     row(Packing::Pairs4, Isa::Scalar, Tile::Scalar4x4p16),
     row(Packing::Pairs4, Isa::ArmDsp, Tile::Smlad2x4p16),
     row(Packing::Pairs4, Isa::Neon, Tile::Scalar4x4p16),
     row(Packing::Pairs4, Isa::NeonDot, Tile::Scalar4x4p16),
     row(Packing::Pairs4, Isa::Avx2, Tile::Scalar4x4p16),
+    row(Packing::Pairs4, Isa::AvxVnni, Tile::Scalar4x4p16),
     row(Packing::Pairs4, Isa::Avx512Vnni, Tile::Scalar4x4p16),
 ];
 
@@ -77,6 +82,7 @@ impl Tile {
             Tile::Scalar4x16c4 => "scalar_4x16c4",
             Tile::Sdot4x16c4 => "sdot_4x16c4",
             Tile::Avx2_4x8c4 => "avx2_4x8c4",
+            Tile::AvxVnni6x16c4 => "avxvnni_6x16c4",
             Tile::Vnni8x32c4 => "vnni_8x32c4",
             Tile::Scalar4x4p16 => "scalar_4x4p16",
             Tile::Smlad2x4p16 => "smlad_2x4p16",
@@ -92,6 +98,7 @@ impl Tile {
             Tile::Smlal4x4c16 => Isa::Neon,
             Tile::Sdot4x4c16 | Tile::Sdot4x16c4 => Isa::NeonDot,
             Tile::Avx2_4x4c16 | Tile::Avx2_4x8c4 => Isa::Avx2,
+            Tile::AvxVnni6x16c4 => Isa::AvxVnni,
             Tile::Vnni4x4c16 | Tile::Vnni8x32c4 => Isa::Avx512Vnni,
         }
     }
@@ -169,6 +176,16 @@ impl Tile {
                 direct: None,
             },
             #[cfg(target_arch = "x86_64")]
+            Tile::AvxVnni6x16c4 => MicroKernel {
+                input: InputFormat {
+                    group: crate::arch::x86_64::avxvnni_6x16c4::MR,
+                    flip: true,
+                    wide_chunks: false,
+                },
+                panel: crate::arch::x86_64::avxvnni_6x16c4::kernel(),
+                direct: None,
+            },
+            #[cfg(target_arch = "x86_64")]
             Tile::Vnni8x32c4 => MicroKernel {
                 input: InputFormat {
                     group: crate::arch::x86_64::vnni_8x32c4::MR,
@@ -208,11 +225,12 @@ impl Packing {
             .map_or(Tile::portable(self), |r| r.tile)
     }
 
-    /// Whether `isa` has a micro-kernel of its own for this layout. Without one, `conv2d`
+    /// Whether `isa` runs a micro-kernel of its own (or of an ISA it includes) on this
+    /// layout. Without one, `conv2d`
     /// runs the portable tile: the same results, several times slower (a `--target rpi5`
     /// file on a Cortex-A72).
     pub fn has_tile(self, isa: Isa) -> bool {
-        isa != Isa::Scalar && self.tile(isa).isa() == isa
+        isa != Isa::Scalar && self.tile(isa) != Tile::portable(self)
     }
 
     /// The conv on weights packed this way, on the tile the table gives `isa`: same
@@ -242,11 +260,9 @@ mod tests {
                     .collect();
                 assert_eq!(rows.len(), 1, "{packing:?}/{isa}");
                 let tile = rows[0].tile;
-                // Its own ISA's tile, or the portable one: never one needing more.
-                assert!(
-                    tile.isa() == isa || tile == Tile::portable(packing),
-                    "{packing:?}/{isa}"
-                );
+                // A tile of this ISA or of one every such CPU runs (AVX2's on AVX-VNNI),
+                // or the portable one: never one needing more.
+                assert!(isa.includes(tile.isa()), "{packing:?}/{isa}");
                 // Each tile reads one layout.
                 let layout_of = |t: Tile| {
                     TABLE
@@ -265,5 +281,7 @@ mod tests {
         assert!(!Packing::Blocks4.has_tile(Isa::Scalar));
         assert!(Packing::Pairs4.has_tile(Isa::ArmDsp));
         assert!(!Packing::Pairs4.has_tile(Isa::NeonDot));
+        assert!(Packing::Blocks4.has_tile(Isa::AvxVnni));
+        assert_eq!(Packing::Lanes16.tile(Isa::AvxVnni), Tile::AvxVnni6x16c4);
     }
 }

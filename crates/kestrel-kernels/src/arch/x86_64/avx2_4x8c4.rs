@@ -38,7 +38,7 @@ pub unsafe fn avx2_4x8c4(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
             .as_ptr()
             .add(block + (o0 % lanes16::CHANNELS) * lanes16::LANE_K);
         if o0 + epi::LANES <= oc {
-            let quant = Quant8::load(c, o0);
+            let quant = Quant8::load(c, o0, |_| 0);
             for m0 in (0..p.count).step_by(MR) {
                 let sums = tile(p, m0, w);
                 for (m, &s) in sums.iter().enumerate().take(p.count - m0) {

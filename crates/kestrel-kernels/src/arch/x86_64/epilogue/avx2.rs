@@ -174,16 +174,18 @@ pub struct Quant8 {
 }
 
 impl Quant8 {
-    /// Channels `o0 .. o0 + 8` of `c` (all of them exist).
+    /// Channels `o0 .. o0 + 8` of `c` (all of them exist), each bias less
+    /// `offset(channel)` (VNNI's `128 · Σw`, or none).
     ///
     /// # Safety
     /// The CPU has AVX2.
     #[inline(always)]
-    pub unsafe fn load(c: &Conv<'_>, o0: usize) -> Self {
+    pub unsafe fn load(c: &Conv<'_>, o0: usize, offset: impl Fn(usize) -> i32) -> Self {
         debug_assert!(o0 + LANES <= c.window.out_c);
         let (mut bias, mut mult, mut shift) = ([0i32; LANES], [0i32; LANES], [0i32; LANES]);
         for j in 0..LANES {
             (bias[j], mult[j], shift[j]) = params::record(c.params, o0 + j);
+            bias[j] = bias[j].wrapping_sub(offset(o0 + j));
         }
         let load = |v: &[i32; LANES]| _mm256_loadu_si256(v.as_ptr() as *const __m256i);
         let zp = c.out.zero_point;
@@ -210,6 +212,18 @@ impl Quant8 {
         let v = _mm256_min_epi32(_mm256_max_epi32(v, self.lo), self.hi);
         _mm256_add_epi32(v, self.zero_point)
     }
+}
+
+/// The epilogue of sixteen channels of one pixel (sums in channel order, eight a
+/// vector), stored at `out + at`.
+///
+/// # Safety
+/// The CPU has AVX2; `out + at ..+ 16` (and the residual's) are in bounds.
+#[inline(always)]
+pub unsafe fn store16(q: &[Quant8; 2], acc: [__m256i; 2], r: &Residual8, at: usize, out: *mut i8) {
+    let a = q[0].finish(acc[0], r, at, out);
+    let b = q[1].finish(acc[1], r, at + LANES, out);
+    _mm_storeu_si128(out.add(at) as *mut __m128i, bytes(a, b));
 }
 
 /// The epilogue of eight channels of one pixel, stored at `out + at`.
