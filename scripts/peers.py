@@ -11,7 +11,7 @@ the peers that have a thread pool. Prints a markdown table with latency ratios.
     cargo build --profile host -p kestrel-tools
     python3 scripts/peers.py                    # synthetic ResNet-18 224 + the CIFAR ResNets
     python3 scripts/peers.py --models resnet20_cifar10 --iters 20
-    python3 scripts/peers.py --models resnet18_synthetic_224 --kernels avx2   # Kestrel's AVX2 path
+    python3 scripts/peers.py --models resnet18_synthetic_224 --kernels avx2 avx-vnni   # a row each
 
 ONNX Runtime always runs the best path of this CPU; `--kernels` picks Kestrel's
 (`kestrel bench --kernels`), e.g. to time its AVX2 path on an AVX-512 machine.
@@ -139,14 +139,38 @@ def ort_latency(path, pre, threads, iters, warmup=3):
     return statistics.median(times)
 
 
+def peer_row(name, src, pre, kes, qdq, kernels, cores, args):
+    """One table row: Kestrel on `kernels` and the peers, alternated round after round (a
+    shared machine's speed drifts), each figure the median of its rounds' medians."""
+    runs = {
+        "k": lambda: kestrel_bench(kes, args.iters, 1, kernels)["latency_ms_median"],
+        "oi1": lambda: ort_latency(qdq, pre, 1, args.iters),
+        "kn": lambda: kestrel_bench(kes, args.iters, cores, kernels)["latency_ms_median"],
+        "oin": lambda: ort_latency(qdq, pre, cores, args.iters),
+        "of1": lambda: ort_latency(src, pre, 1, args.iters),
+        "tract": lambda: kestrel_bench(src, args.iters)["latency_ms_median"],
+        "ofn": lambda: ort_latency(src, pre, cores, args.iters),
+    }
+    ran = kestrel_bench(kes, 1, 1, kernels)
+    path = f"{ran['kernels']} ({ran['conv_tile']})"
+    seen = {key: [] for key in runs}
+    for _ in range(args.rounds):
+        for key, measure in runs.items():
+            seen[key].append(measure())
+    m = {key: statistics.median(v) for key, v in seen.items()}
+    k, kn, tract, oi1, of1, oin, ofn = (m[x] for x in ("k", "kn", "tract", "oi1", "of1", "oin", "ofn"))
+    return f"| {name} | {path} | {k:.2f} | {oi1:.2f} | {k / oi1:.2f} | {kn:.2f} | {oin:.2f} | {kn / oin:.2f} | {of1:.2f} | {tract:.2f} | {ofn:.2f} |"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=[
         "resnet18_synthetic_224", "resnet20_cifar10", "resnet32_cifar10", "resnet44_cifar10",
         "resnet56_cifar10", "resnet8_tiny_cifar10", "resnet18_cifar10_64px"])
     ap.add_argument("--iters", type=int, default=30)
-    ap.add_argument("--kernels", choices=["scalar", "avx2", "avx-vnni", "avx512-vnni"],
-                    help="Kestrel's kernel path (default: the best this CPU runs)")
+    ap.add_argument("--kernels", nargs="+", default=[None],
+                    choices=["scalar", "avx2", "avx-vnni", "avx512-vnni"],
+                    help="Kestrel's kernel paths, a row each (default: the best this CPU runs)")
     ap.add_argument("--calib-count", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved rounds; each figure is the median of its rounds' medians")
@@ -172,26 +196,8 @@ def main():
         qdq = WORK / f"{name}.qdq.onnx"
         if not qdq.exists():
             ort_quantize(src, qdq, pre, calibration_images(pre, args.calib_count))
-        # A shared machine's speed drifts: alternate the runtimes, round after round, and
-        # keep the median of each one's round medians.
-        runs = {
-            "k": lambda: kestrel_bench(kes, args.iters, 1, args.kernels)["latency_ms_median"],
-            "oi1": lambda: ort_latency(qdq, pre, 1, args.iters),
-            "kn": lambda: kestrel_bench(kes, args.iters, cores, args.kernels)["latency_ms_median"],
-            "oin": lambda: ort_latency(qdq, pre, cores, args.iters),
-            "of1": lambda: ort_latency(src, pre, 1, args.iters),
-            "tract": lambda: kestrel_bench(src, args.iters)["latency_ms_median"],
-            "ofn": lambda: ort_latency(src, pre, cores, args.iters),
-        }
-        ran = kestrel_bench(kes, 1, 1, args.kernels)
-        path = f"{ran['kernels']} ({ran['conv_tile']})"
-        seen = {key: [] for key in runs}
-        for _ in range(args.rounds):
-            for key, measure in runs.items():
-                seen[key].append(measure())
-        m = {key: statistics.median(v) for key, v in seen.items()}
-        k, kn, tract, oi1, of1, oin, ofn = (m[x] for x in ("k", "kn", "tract", "oi1", "of1", "oin", "ofn"))
-        print(f"| {name} | {path} | {k:.2f} | {oi1:.2f} | {k / oi1:.2f} | {kn:.2f} | {oin:.2f} | {kn / oin:.2f} | {of1:.2f} | {tract:.2f} | {ofn:.2f} |")
+        for kernels in args.kernels:
+            print(peer_row(name, src, pre, kes, qdq, kernels, cores, args))
     print("\ntract has no thread pool of its own: its column is one thread.")
 
 

@@ -54,6 +54,21 @@ pub const fn panel_slots_in(k: usize, scratch: usize) -> usize {
     }
 }
 
+/// Pixels per panel of int16 values ([`crate::conv::input::InputFormat::int16`]) in
+/// `scratch` bytes: as many as fit at two bytes a value, in whole steps of half a
+/// [`PANEL_STEP`] (so a minimal scratch still holds one panel), at most half of
+/// [`panel_slots`].
+pub const fn int16_panel_slots_in(k: usize, scratch: usize) -> usize {
+    let step = PANEL_STEP / 2;
+    let fit = scratch / (2 * round_up(k, KC)) / step * step;
+    let most = panel_slots(k) / 2;
+    if fit < most {
+        fit
+    } else {
+        most
+    }
+}
+
 impl Packing {
     /// Scratch bytes the conv paths of this layout use at most for reduction depth `k`.
     pub const fn scratch_len(self, k: usize) -> usize {

@@ -121,6 +121,7 @@ impl Tile {
             group,
             flip: false,
             wide_chunks: false,
+            int16: false,
         };
         match self {
             #[cfg(all(target_arch = "arm", feature = "dsp"))]
@@ -165,13 +166,19 @@ impl Tile {
                     group: 4,
                     flip: true,
                     wide_chunks: false,
+                    int16: false,
                 },
                 panel: crate::arch::x86_64::vnni_4x4c16::vnni_4x4c16,
                 direct: None,
             },
             #[cfg(target_arch = "x86_64")]
             Tile::Avx2_4x8c4 => MicroKernel {
-                input: plain(crate::arch::x86_64::avx2_4x8c4::MR),
+                input: InputFormat {
+                    group: crate::arch::x86_64::avx2_4x8c4::MR,
+                    flip: false,
+                    wide_chunks: false,
+                    int16: true,
+                },
                 panel: crate::arch::x86_64::avx2_4x8c4::avx2_4x8c4,
                 direct: None,
             },
@@ -181,6 +188,7 @@ impl Tile {
                     group: crate::arch::x86_64::avxvnni_6x16c4::MR,
                     flip: true,
                     wide_chunks: false,
+                    int16: false,
                 },
                 panel: crate::arch::x86_64::avxvnni_6x16c4::kernel(),
                 direct: None,
@@ -191,6 +199,7 @@ impl Tile {
                     group: crate::arch::x86_64::vnni_8x32c4::MR,
                     flip: true,
                     wide_chunks: true,
+                    int16: false,
                 },
                 panel: crate::arch::x86_64::vnni_8x32c4::vnni_8x32c4,
                 direct: None,

@@ -3,7 +3,9 @@
 //! and the shape allows, bands of padded input instead. It knows no ISA: the kernel comes
 //! from [`crate::conv::dispatch`].
 
-use crate::conv::budget::{band_rows, panel_slots_in, scratch_len, DIRECT_PIXELS, DIRECT_TAPS};
+use crate::conv::budget::{
+    band_rows, int16_panel_slots_in, panel_slots_in, scratch_len, DIRECT_PIXELS, DIRECT_TAPS,
+};
 use crate::conv::contract::{round_up, Conv, ShiftForm, KC};
 use crate::conv::input::{fill_band, pack_panel};
 use crate::conv::kernel::{Direct, DirectKernel, MicroKernel, Panel};
@@ -26,10 +28,14 @@ pub unsafe fn conv2d(kernel: &MicroKernel, c: &Conv<'_>, output: &mut [i8], scra
             return bands(direct, kernel.input.group, c, output, band, rows, shifts);
         }
     }
-    let slots = panel_slots_in(k, scratch.len());
+    let (slots, width) = if kernel.input.int16 {
+        (int16_panel_slots_in(k, scratch.len()), 2)
+    } else {
+        (panel_slots_in(k, scratch.len()), 1)
+    };
     assert!(slots > 0, "the scratch holds less than one panel");
     let pixels = c.pixels(output);
-    let a = &mut scratch[..slots * round_up(k, KC)];
+    let a = &mut scratch[..slots * round_up(k, KC) * width];
     let mut p0 = 0;
     while p0 < pixels {
         let count = slots.min(pixels - p0);

@@ -3,7 +3,9 @@
 //!
 //! Exact products without VNNI: `vpmaddubsw` would saturate its int16 pair sums
 //! (255 · 127 · 2 > 32767), so both operands are sign-extended to int16 and multiplied by
-//! `vpmaddwd`, whose pair sums (at most 2 · 128 · 127) are exact in int32.
+//! `vpmaddwd`, whose pair sums (at most 2 · 128 · 127) are exact in int32. The panel is
+//! widened once when packed ([`InputFormat::int16`](crate::conv::input::InputFormat)), so
+//! a pixel's four inputs are one 64-bit broadcast load; the weights are widened per use.
 
 use core::arch::x86_64::*;
 
@@ -28,6 +30,7 @@ const NW: usize = 2;
 pub unsafe fn avx2_4x8c4(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
     let oc = c.window.out_c;
     assert!(output.len() >= (p.p0 + p.count) * oc && p.slots.group == MR);
+    assert!(p.a.len() >= 2 * p.slots.bytes(p.count), "an int16 panel");
     let residual = Residual8::new(&c.residual);
     let out = output.as_mut_ptr();
     for o0 in (0..oc).step_by(epi::LANES) {
@@ -66,9 +69,10 @@ pub unsafe fn avx2_4x8c4(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
 unsafe fn tile(p: &Panel<'_>, m0: usize, w: *const i8) -> [__m256i; MR] {
     // acc[m][j]: channels 4j .. 4j + 4 of the half, two partial sums per channel.
     let mut acc = [[_mm256_setzero_si256(); NW]; MR];
-    let a = p.tile(m0, MR).as_ptr();
+    // The panel holds int16 values: the tile's group at twice its int8 offset.
+    let a = p.a.as_ptr().add(2 * p.slots.group_at(m0)) as *const i16;
     for s in 0..p.steps() {
-        // The tile's 16 bytes of step s, pixel by pixel.
+        // The tile's 16 values of step s, pixel by pixel.
         let step = a.add(s * MR * KC);
         for g in 0..KC / lanes16::LANE_K {
             let wp = w.add(s * lanes16::STEP_BYTES + g * lanes16::GROUP_BYTES);
@@ -76,9 +80,9 @@ unsafe fn tile(p: &Panel<'_>, m0: usize, w: *const i8) -> [__m256i; MR] {
                 _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(16 * j) as *const __m128i))
             });
             for (m, acc_m) in acc.iter_mut().enumerate() {
-                let four = core::ptr::read_unaligned(step.add(m * KC + g * 4) as *const i32);
-                // The pixel's four inputs as int16, once per 64-bit lane.
-                let x = _mm256_cvtepi8_epi16(_mm_set1_epi32(four));
+                // The pixel's four inputs, once per 64-bit lane.
+                let four = core::ptr::read_unaligned(step.add(m * KC + g * 4) as *const i64);
+                let x = _mm256_set1_epi64x(four);
                 for (acc_mj, &wj) in acc_m.iter_mut().zip(&wv) {
                     *acc_mj = _mm256_add_epi32(*acc_mj, _mm256_madd_epi16(x, wj));
                 }

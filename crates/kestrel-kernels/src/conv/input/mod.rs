@@ -24,6 +24,10 @@ pub struct InputFormat {
     /// 64-byte chunks where the input channels allow (`IC % 64 == 0`), packed with
     /// AVX-512 copies. Only kernels whose ISA includes AVX-512 F/BW set it.
     pub wide_chunks: bool,
+    /// Every value sign-extended to int16 once packed (AVX2's `vpmaddwd` reads them as
+    /// they lie), at twice the bytes: `Slots` positions count int16s. Only kernels whose
+    /// ISA includes AVX2 set it.
+    pub int16: bool,
 }
 
 /// Packs pixels `first .. first + count` of `c` into `a` as `format` says; returns the
@@ -53,6 +57,28 @@ pub fn pack_panel(
             chunk: 64,
         };
     }
+    #[cfg(target_arch = "x86_64")]
+    if format.int16 {
+        // Packed into the upper half, then widened into the whole.
+        let bytes = Slots::new(format.group, k_pad).bytes(count);
+        let (a, packed) = a.split_at_mut(bytes);
+        let (window, input, zp) = (c.window, c.input, c.zero_point);
+        pack_input(
+            window,
+            input,
+            zp,
+            first,
+            count,
+            format.group,
+            k,
+            format.flip,
+            packed,
+        );
+        // SAFETY: only kernels that need AVX2 ask for int16 (the session checked the CPU);
+        // `a` then `packed` are `bytes` bytes each, one after the other.
+        unsafe { widen_avx2(a.as_mut_ptr(), bytes) };
+        return Slots::new(format.group, k_pad);
+    }
     pack_input(
         c.window,
         c.input,
@@ -65,6 +91,23 @@ pub fn pack_panel(
         a,
     );
     Slots::new(format.group, k_pad)
+}
+
+/// Sign-extends the `n` bytes at `a + n` to `n` int16s at `a` (`n` a multiple of 16),
+/// in place: each 16 bytes are read before the 32 they become are written, and those
+/// never reach bytes not read yet.
+///
+/// # Safety
+/// The CPU has AVX2; `a .. a + 2n` is writable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn widen_avx2(a: *mut i8, n: usize) {
+    use core::arch::x86_64::*;
+    debug_assert!(n.is_multiple_of(16));
+    for i in (0..n).step_by(16) {
+        let bytes = _mm_loadu_si128(a.add(n + i) as *const __m128i);
+        _mm256_storeu_si256(a.add(2 * i) as *mut __m256i, _mm256_cvtepi8_epi16(bytes));
+    }
 }
 
 /// Fills the scratch with the im2col rows of pixels `p0 .. p0 + count`, in groups of
@@ -95,6 +138,7 @@ pub fn pack_input(
         let args = (s, input, zero_point, p0, count, a);
         match (flip != 0, group) {
             (false, 4) => pack_input_chunks::<false, 4>(args),
+            (true, 6) => pack_input_chunks::<true, 6>(args),
             (true, 8) => pack_input_chunks::<true, 8>(args),
             (false, _) => pack_input_chunks_any::<false, KC>(args, group),
             (true, _) => pack_input_chunks_any::<true, KC>(args, group),
