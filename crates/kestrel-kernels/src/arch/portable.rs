@@ -93,5 +93,5 @@ pub unsafe fn scalar_4x4p16(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
 /// # Safety
 /// None needed, as [`scalar_4x4c16`].
 pub unsafe fn scalar_4x16c4(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
-    tiles::lanes16::<MR>(c, p, output, |_| 0, |m0, w| tile_4x16c4(p, m0, w));
+    tiles::lanes16::<MR>(c, p, output, |m0, w| tile_4x16c4(p, m0, w));
 }

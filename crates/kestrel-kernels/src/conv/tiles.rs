@@ -1,7 +1,7 @@
 //! A panel run tile by tile for kernels whose tile hands its sums back (the portable
-//! ones, AVX2, VNNI on 4-channel blocks): the loops over pixels and blocks of channels,
-//! and the element-by-element epilogue. `offset(o)` is taken off channel `o`'s bias
-//! (VNNI's `128 · Σw`, or none).
+//! ones; AVX2 and VNNI on 4-channel blocks): the loops over pixels and blocks of channels,
+//! and the element-by-element epilogue. On 4-channel blocks `offset(o)` is taken off
+//! channel `o`'s bias (VNNI's `128 · Σw`, or none).
 
 use crate::conv::contract::{Conv, Packing};
 use crate::conv::epilogue::TileStore;
@@ -49,7 +49,6 @@ pub fn lanes16<const M: usize>(
     c: &Conv<'_>,
     p: &Panel<'_>,
     output: &mut [i8],
-    offset: impl Fn(usize) -> i32,
     tile: impl Fn(usize, &[i8]) -> [[i32; lanes16::CHANNELS]; M],
 ) {
     let oc = c.window.out_c;
@@ -63,7 +62,7 @@ pub fn lanes16<const M: usize>(
             store.lanes(
                 lanes16::CHANNELS.min(oc - o0),
                 |m, n| acc[m][n],
-                &offset,
+                |_| 0,
                 output,
             );
         }
