@@ -12,6 +12,7 @@ the peers that have a thread pool. Prints a markdown table with latency ratios.
     python3 scripts/peers.py                    # synthetic ResNet-18 224 + the CIFAR ResNets
     python3 scripts/peers.py --models resnet20_cifar10 --iters 20
     python3 scripts/peers.py --models resnet18_synthetic_224 --kernels avx2 avx-vnni   # a row each
+    python3 scripts/peers.py --models resnet18_synthetic_224 --stat min   # fastest iterations
 
 ONNX Runtime always runs the best path of this CPU; `--kernels` picks Kestrel's
 (`kestrel bench --kernels`), e.g. to time its AVX2 path on an AVX-512 machine.
@@ -121,7 +122,7 @@ def ort_quantize(src, dst, pre, images, activations="uint8"):
     )
 
 
-def ort_latency(path, pre, threads, iters, warmup=3):
+def ort_latency(path, pre, threads, iters, stat="median", warmup=3):
     ort = need("onnxruntime")
     np = need("numpy")
     opts = ort.SessionOptions()
@@ -136,20 +137,23 @@ def ort_latency(path, pre, threads, iters, warmup=3):
         t = time.perf_counter()
         sess.run(None, {pre["name"]: x})
         times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    return min(times) if stat == "min" else statistics.median(times)
 
 
 def peer_row(name, src, pre, kes, qdq, kernels, cores, args):
     """One table row: Kestrel on `kernels` and the peers, alternated round after round (a
-    shared machine's speed drifts), each figure the median of its rounds' medians."""
+    shared machine's speed drifts), each figure the median of its rounds' medians, or with
+    `--stat min` the fastest iteration of all rounds."""
+    stat = args.stat
+    field = f"latency_ms_{stat}"
     runs = {
-        "k": lambda: kestrel_bench(kes, args.iters, 1, kernels)["latency_ms_median"],
-        "oi1": lambda: ort_latency(qdq, pre, 1, args.iters),
-        "kn": lambda: kestrel_bench(kes, args.iters, cores, kernels)["latency_ms_median"],
-        "oin": lambda: ort_latency(qdq, pre, cores, args.iters),
-        "of1": lambda: ort_latency(src, pre, 1, args.iters),
-        "tract": lambda: kestrel_bench(src, args.iters)["latency_ms_median"],
-        "ofn": lambda: ort_latency(src, pre, cores, args.iters),
+        "k": lambda: kestrel_bench(kes, args.iters, 1, kernels)[field],
+        "oi1": lambda: ort_latency(qdq, pre, 1, args.iters, stat),
+        "kn": lambda: kestrel_bench(kes, args.iters, cores, kernels)[field],
+        "oin": lambda: ort_latency(qdq, pre, cores, args.iters, stat),
+        "of1": lambda: ort_latency(src, pre, 1, args.iters, stat),
+        "tract": lambda: kestrel_bench(src, args.iters)[field],
+        "ofn": lambda: ort_latency(src, pre, cores, args.iters, stat),
     }
     ran = kestrel_bench(kes, 1, 1, kernels)
     path = f"{ran['kernels']} ({ran['conv_tile']})"
@@ -157,7 +161,8 @@ def peer_row(name, src, pre, kes, qdq, kernels, cores, args):
     for _ in range(args.rounds):
         for key, measure in runs.items():
             seen[key].append(measure())
-    m = {key: statistics.median(v) for key, v in seen.items()}
+    combine = min if stat == "min" else statistics.median
+    m = {key: combine(v) for key, v in seen.items()}
     k, kn, tract, oi1, of1, oin, ofn = (m[x] for x in ("k", "kn", "tract", "oi1", "of1", "oin", "ofn"))
     return f"| {name} | {path} | {k:.2f} | {oi1:.2f} | {k / oi1:.2f} | {kn:.2f} | {oin:.2f} | {kn / oin:.2f} | {of1:.2f} | {tract:.2f} | {ofn:.2f} |"
 
@@ -174,6 +179,8 @@ def main():
     ap.add_argument("--calib-count", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved rounds; each figure is the median of its rounds' medians")
+    ap.add_argument("--stat", choices=["median", "min"], default="median",
+                    help="min: the fastest iteration of all rounds, steadier than medians on a VM whose neighbours load it")
     args = ap.parse_args()
     import logging
 
@@ -184,7 +191,8 @@ def main():
         sys.exit("peers: build the CLI first: cargo build --profile host -p kestrel-tools")
     WORK.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
-    print(f"machine: {cores} cores; onnxruntime {ort.__version__}; one run: {args.rounds} interleaved rounds, medians of {args.iters}\n")
+    what = "fastest of" if args.stat == "min" else "medians of"
+    print(f"machine: {cores} cores; onnxruntime {ort.__version__}; one run: {args.rounds} interleaved rounds, {what} {args.iters}\n")
     print("| model | Kestrel path | Kestrel int8 1T (ms) | ORT int8 1T | Kestrel / ORT 1T | Kestrel int8 {0}T | ORT int8 {0}T | Kestrel / ORT {0}T | ORT f32 1T | tract f32 1T | ORT f32 {0}T |".format(cores))
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in args.models:
