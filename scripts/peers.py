@@ -35,6 +35,10 @@ WORK = REPO / "target" / "peers"
 CALIB = SHARED / "data" / "cifar10" / "calib"
 
 
+# How a run's iteration times, and then its rounds' figures, become one figure (`--stat`).
+STATS = {"median": statistics.median, "min": min}
+
+
 def need(module):
     try:
         return importlib.import_module(module)
@@ -137,7 +141,7 @@ def ort_latency(path, pre, threads, iters, stat="median", warmup=3):
         t = time.perf_counter()
         sess.run(None, {pre["name"]: x})
         times.append((time.perf_counter() - t) * 1e3)
-    return min(times) if stat == "min" else statistics.median(times)
+    return STATS[stat](times)
 
 
 def peer_row(name, src, pre, kes, qdq, kernels, cores, args):
@@ -161,8 +165,7 @@ def peer_row(name, src, pre, kes, qdq, kernels, cores, args):
     for _ in range(args.rounds):
         for key, measure in runs.items():
             seen[key].append(measure())
-    combine = min if stat == "min" else statistics.median
-    m = {key: combine(v) for key, v in seen.items()}
+    m = {key: STATS[stat](v) for key, v in seen.items()}
     k, kn, tract, oi1, of1, oin, ofn = (m[x] for x in ("k", "kn", "tract", "oi1", "of1", "oin", "ofn"))
     return f"| {name} | {path} | {k:.2f} | {oi1:.2f} | {k / oi1:.2f} | {kn:.2f} | {oin:.2f} | {kn / oin:.2f} | {of1:.2f} | {tract:.2f} | {ofn:.2f} |"
 
@@ -178,8 +181,8 @@ def main():
                     help="Kestrel's kernel paths, a row each (default: the best this CPU runs)")
     ap.add_argument("--calib-count", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3,
-                    help="interleaved rounds; each figure is the median of its rounds' medians")
-    ap.add_argument("--stat", choices=["median", "min"], default="median",
+                    help="interleaved rounds; each figure is the median of its rounds' medians (--stat min: the fastest of all)")
+    ap.add_argument("--stat", choices=list(STATS), default="median",
                     help="min: the fastest iteration of all rounds, steadier than medians on a VM whose neighbours load it")
     args = ap.parse_args()
     import logging
