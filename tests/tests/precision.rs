@@ -81,6 +81,41 @@ fn error_and_agreement(kes: &Path) -> (f64, usize) {
     (error, agree)
 }
 
+/// The file's logits on 20 dev images, bit for bit the scalar path's on every path this CPU
+/// runs (its f16 convs run on the SIMD f16 tiles there).
+fn same_logits_on_every_path(kes: &Path) {
+    use kestrel_runtime::{CpuFeatures, Isa, Model, Session};
+    let bytes = std::fs::read(kes).unwrap();
+    let model = Model::parse(&bytes).unwrap();
+    let loaded = Loaded::open(kes, None).unwrap();
+    let images = dataset::spread(
+        &dataset::list(&shared_dir().join("data/cifar10/dev")).unwrap(),
+        20,
+    );
+    let run = |isa: Isa, x: &[f32]| {
+        let mut arena = vec![0u8; model.arena_bytes()];
+        let mut session = Session::with_kernels(&model, &mut arena, isa).unwrap();
+        session.set_input_nchw_f32(x).unwrap();
+        session.run();
+        let mut out = vec![0.0f32; model.classes()];
+        session.logits(&mut out).unwrap();
+        out
+    };
+    let cpu = CpuFeatures::detect();
+    for isa in Isa::ALL.into_iter().filter(|&i| i != Isa::Scalar) {
+        if !cpu.supports(isa) {
+            println!("skipped {isa}: this CPU lacks it");
+            continue;
+        }
+        for img in &images {
+            let x = loaded.preprocess.load(&img.path).unwrap();
+            let want = run(Isa::Scalar, &x);
+            assert_eq!(run(isa, &x), want, "{isa} on {}", img.path.display());
+        }
+        println!("{isa}: the scalar path's logits on {} images", images.len());
+    }
+}
+
 #[test]
 fn every_layer_kept_f16_leaves_almost_none_of_the_int8_error() {
     let (all, logits) = every_layer(WideKind::F16);
@@ -112,6 +147,7 @@ fn every_layer_kept_f16_leaves_almost_none_of_the_int8_error() {
         f16, weighted,
         "every conv and dense layer kept wide has f16 weights"
     );
+    same_logits_on_every_path(&wide);
     let (e8, a8) = error_and_agreement(&int8);
     let (ew, aw) = error_and_agreement(&wide);
     assert!(ew < 0.1 * e8, "logit error {ew} kept f16 vs {e8} int8");

@@ -15,7 +15,7 @@ pub enum Isa {
     Neon,
     /// AArch64 with the `sdot` dot product (Cortex-A76/A78).
     NeonDot,
-    /// x86-64 AVX2.
+    /// x86-64 AVX2 (with F16C, which every AVX2 CPU has).
     Avx2,
     /// x86-64 AVX2 with 256-bit VNNI (`vpdpbusd` on `ymm`): AVX-VNNI (Alder Lake and later
     /// Intel cores, the Atom-class N100), or AVX-512 VNNI's `ymm` form.
@@ -94,7 +94,9 @@ impl CpuFeatures {
         #[cfg(target_arch = "x86_64")]
         {
             CpuFeatures {
-                avx2: std::arch::is_x86_feature_detected!("avx2"),
+                // Every AVX2 CPU has F16C (the f16 tile's conversions); a VM may hide it.
+                avx2: std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("f16c"),
                 avx_vnni: std::arch::is_x86_feature_detected!("avxvnni"),
                 avx512_vnni: std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
@@ -122,7 +124,11 @@ impl CpuFeatures {
                 dsp: cfg!(all(target_arch = "arm", feature = "dsp")),
                 neon: cfg!(all(target_arch = "aarch64", target_feature = "neon")),
                 dotprod: cfg!(all(target_arch = "aarch64", target_feature = "dotprod")),
-                avx2: cfg!(all(target_arch = "x86_64", target_feature = "avx2")),
+                avx2: cfg!(all(
+                    target_arch = "x86_64",
+                    target_feature = "avx2",
+                    target_feature = "f16c"
+                )),
                 avx_vnni: cfg!(all(target_arch = "x86_64", target_feature = "avxvnni")),
                 avx512_vnni: cfg!(all(
                     target_arch = "x86_64",

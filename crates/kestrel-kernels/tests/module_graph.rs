@@ -178,8 +178,8 @@ fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
     None
 }
 
-/// What the conv contract and its data modules are.
-const FOUNDATION: [&str; 8] = [
+/// What the conv contract, the wide kernels' contract and their data modules are.
+const FOUNDATION: [&str; 9] = [
     "conv::contract",
     "conv::params",
     "conv::layout",
@@ -188,6 +188,7 @@ const FOUNDATION: [&str; 8] = [
     "conv::budget",
     "quant",
     "window",
+    "wide::contract",
 ];
 
 #[test]

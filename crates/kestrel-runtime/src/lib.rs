@@ -619,6 +619,7 @@ impl Session<'_, '_> {
                     }
                 };
                 wide::conv2d(
+                    self.kernels,
                     &win,
                     input,
                     x.zero_point,

@@ -10,130 +10,17 @@
 //! A wide layer may also keep its weights as IEEE half floats ([`Weights::F16`]): sums in
 //! f32, in one fixed order (this file's loops; no FMA, no reassociation), so f16 layers
 //! too give the same bits on every CPU. f16 is storage here: FP16 arithmetic (Cortex-A76
-//! `FEAT_FP16`) would round differently and is not used.
+//! `FEAT_FP16`) would round differently and is not used. Their convs run on SIMD tiles
+//! where the CPU has one (`arch::x86_64::avx2_f16_4x16`, `arch::aarch64::neon_f16_4x16`:
+//! one lane per output channel, the same order and roundings, so the same bits); the tiles
+//! read [`contract`].
 
+pub mod contract;
+
+use crate::isa::Isa;
 use crate::window::Window;
-
-/// An activation tensor: int8 or little-endian int16 values.
-#[derive(Clone, Copy, Debug)]
-pub struct Act<'a> {
-    pub bytes: &'a [u8],
-    pub wide: bool,
-}
-
-impl Act<'_> {
-    #[inline]
-    pub fn get(&self, i: usize) -> i32 {
-        load(self.bytes, self.wide, i)
-    }
-    pub fn len(&self) -> usize {
-        self.bytes.len() >> self.wide as usize
-    }
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-}
-
-/// An activation tensor being written.
-#[derive(Debug)]
-pub struct ActMut<'a> {
-    pub bytes: &'a mut [u8],
-    pub wide: bool,
-}
-
-impl ActMut<'_> {
-    #[inline]
-    pub fn get(&self, i: usize) -> i32 {
-        load(self.bytes, self.wide, i)
-    }
-    /// Stores `v`, already inside the type's range.
-    #[inline]
-    pub fn set(&mut self, i: usize, v: i32) {
-        if self.wide {
-            self.bytes[2 * i..2 * i + 2].copy_from_slice(&(v as i16).to_le_bytes());
-        } else {
-            self.bytes[i] = v as i8 as u8;
-        }
-    }
-    pub fn len(&self) -> usize {
-        self.bytes.len() >> self.wide as usize
-    }
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-}
-
-#[inline]
-fn load(bytes: &[u8], wide: bool, i: usize) -> i32 {
-    if wide {
-        i16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]) as i32
-    } else {
-        bytes[i] as i8 as i32
-    }
-}
-
-/// Output zero point and clamp, in the output type's units.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OutRange {
-    pub zero_point: i32,
-    pub min: i32,
-    pub max: i32,
-}
-
-impl OutRange {
-    /// From a `.kes` op's int8 clamp fields: on an int16 output `i8::MIN`/`i8::MAX` stand
-    /// for the int16 limits (a fused ReLU's clamp is the zero point, 0).
-    pub fn from_fields(wide: bool, zero_point: i32, min: i8, max: i8) -> OutRange {
-        let widen = |v: i8, limit: i32| {
-            if wide && (v == i8::MIN || v == i8::MAX) {
-                limit
-            } else {
-                v as i32
-            }
-        };
-        OutRange {
-            zero_point,
-            min: widen(min, i16::MIN as i32),
-            max: widen(max, i16::MAX as i32),
-        }
-    }
-
-    #[inline]
-    fn finish(&self, scaled: i64, residual: i64) -> i32 {
-        let v = scaled
-            .saturating_add(residual)
-            .saturating_add(self.zero_point as i64);
-        v.clamp(self.min as i64, self.max as i64) as i32
-    }
-}
-
-/// The residual operand of a fused conv.
-#[derive(Clone, Copy, Debug)]
-pub enum Residual<'a> {
-    None,
-    Separate {
-        data: Act<'a>,
-        zero_point: i32,
-        multiplier: i32,
-        shift: i32,
-    },
-    /// The output buffer holds the residual (of the output's type) on entry.
-    InPlace {
-        zero_point: i32,
-        multiplier: i32,
-        shift: i32,
-    },
-}
-
-/// A wide layer's weights and what its channel records `(a, b, c)` mean.
-#[derive(Clone, Copy, Debug)]
-pub enum Weights<'a> {
-    /// int8, as everywhere else: `(bias, multiplier, shift)`, the bias holding `−z_in·Σw`.
-    Int8(&'a [i8]),
-    /// Little-endian f16 bits: `(f32 bias / s_in, f32 s_in / s_out, 0)` as bit patterns;
-    /// the sums run over `x − z_in`.
-    F16(&'a [u8]),
-}
+pub use contract::{Act, ActMut, OutRange, Residual, Weights};
+use contract::{F16Conv, F16Tile, F16_CHANNELS, F16_PIXELS};
 
 /// One channel's sums over a window: int8 weights in `i64`, f16 weights in `f32`.
 trait Sums {
@@ -211,8 +98,20 @@ impl<P: Fn(usize) -> (i32, i32, i32)> Sums for F16Sums<'_, P> {
     }
     #[inline]
     fn scaled(&self, acc: f32, channel: usize) -> i64 {
-        let v = acc * f32::from_bits((self.params)(channel).1 as u32);
-        // Half away from zero without libm; `as` saturates (and takes NaN to 0).
+        Self::round(acc * self.scale(channel))
+    }
+}
+
+impl<P: Fn(usize) -> (i32, i32, i32)> F16Sums<'_, P> {
+    /// `s_in / s_out` of a channel.
+    #[inline]
+    fn scale(&self, channel: usize) -> f32 {
+        f32::from_bits((self.params)(channel).1 as u32)
+    }
+
+    /// Half away from zero without libm; `as` saturates (and takes NaN to 0).
+    #[inline]
+    fn round(v: f32) -> i64 {
         (if v >= 0.0 { v + 0.5 } else { v - 0.5 }) as i64
     }
 }
@@ -247,9 +146,12 @@ fn residual_term(residual: &Residual<'_>, idx: usize, output: &ActMut<'_>) -> i6
 }
 
 /// Convolution over NHWC, weights `[KH][KW][IC][OC]`, with bias, requantisation, optional
-/// fused residual and clamp: [`crate::scalar::conv2d`] for int8 or int16 tensors.
+/// fused residual and clamp: [`crate::scalar::conv2d`] for int8 or int16 tensors. On f16
+/// weights, the blocks of 16 channels run on `kernels`' f16 tile if it has one (the same
+/// bits as this file's loops, which take the rest).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d(
+    kernels: Isa,
     s: &Window,
     input: Act<'_>,
     input_zero_point: i32,
@@ -268,21 +170,100 @@ pub fn conv2d(
             out,
             residual,
             output,
+            0,
         ),
-        Weights::F16(weights) => conv_body(
-            s,
-            input,
-            input_zero_point,
-            &F16Sums {
+        Weights::F16(weights) => {
+            let sums = F16Sums {
                 weights,
                 params,
                 zero_point: input_zero_point,
-            },
-            out,
-            residual,
-            output,
-        ),
+            };
+            let conv = F16Conv {
+                window: s,
+                input,
+                zero_point: input_zero_point,
+                weights,
+            };
+            let tiled = match f16_tile(kernels) {
+                Some((_, tile)) => f16_blocks(tile, &conv, &sums, out, residual, output),
+                None => 0,
+            };
+            conv_body(
+                s,
+                input,
+                input_zero_point,
+                &sums,
+                out,
+                residual,
+                output,
+                tiled,
+            );
+        }
     }
+}
+
+/// The f16 sum tile of `kernels` and its name, if it has one.
+pub fn f16_tile(kernels: Isa) -> Option<(&'static str, F16Tile)> {
+    #[cfg(target_arch = "x86_64")]
+    if kernels.includes(Isa::Avx2) {
+        return Some((
+            "avx2_f16_4x16",
+            crate::arch::x86_64::avx2_f16_4x16::avx2_f16_4x16,
+        ));
+    }
+    #[cfg(target_arch = "aarch64")]
+    if kernels.includes(Isa::Neon) {
+        return Some((
+            "neon_f16_4x16",
+            crate::arch::aarch64::neon_f16_4x16::neon_f16_4x16,
+        ));
+    }
+    let _ = kernels;
+    None
+}
+
+/// Every whole block of [`F16_CHANNELS`] output channels on `tile`, finished as
+/// [`conv_body`] finishes; returns how many channels that was.
+fn f16_blocks<P: Fn(usize) -> (i32, i32, i32)>(
+    tile: F16Tile,
+    conv: &F16Conv<'_>,
+    sums: &F16Sums<'_, P>,
+    out: OutRange,
+    residual: Residual<'_>,
+    output: &mut ActMut<'_>,
+) -> usize {
+    let s = conv.window;
+    let (c, oc) = (s.in_c, s.out_c);
+    let channels = oc / F16_CHANNELS * F16_CHANNELS;
+    // What the tile reads unchecked.
+    assert!(
+        conv.input.len() >= s.in_h * s.in_w * c
+            && conv.weights.len() >= 2 * s.kernel[0] * s.kernel[1] * c * oc
+            && output.len() >= s.out_h * s.out_w * oc,
+        "f16 conv operands smaller than its window"
+    );
+    let mut acc = [[0f32; F16_CHANNELS]; F16_PIXELS];
+    // Block by block, so each channel's record is decoded once per conv.
+    for o0 in (0..channels).step_by(F16_CHANNELS) {
+        let bias = core::array::from_fn(|j| sums.start(o0 + j));
+        let scale: [f32; F16_CHANNELS] = core::array::from_fn(|j| sums.scale(o0 + j));
+        for oy in 0..s.out_h {
+            for ox0 in (0..s.out_w).step_by(F16_PIXELS) {
+                let t = F16_PIXELS.min(s.out_w - ox0);
+                // SAFETY: the caller's `kernels` run on this CPU; the bounds hold by the
+                // loops and the assertion above.
+                unsafe { tile(conv, oy, ox0, t, o0, &bias, &mut acc) };
+                for (p, a) in acc[..t].iter().enumerate() {
+                    let base = (oy * s.out_w + ox0 + p) * oc + o0;
+                    for (j, (&v, &m)) in a.iter().zip(&scale).enumerate() {
+                        let res = residual_term(&residual, base + j, output);
+                        output.set(base + j, out.finish(F16Sums::<P>::round(v * m), res));
+                    }
+                }
+            }
+        }
+    }
+    channels
 }
 
 /// Output pixels of a row computed together, so each decoded weight serves all of them.
@@ -290,8 +271,9 @@ const TILE: usize = 8;
 /// Output channels accumulated together.
 const CHANNELS: usize = 32;
 
-/// Every output element sums its window in the order (ky, kx, ci), whatever the tiling, so
-/// f32 sums round the same way on every CPU.
+/// Output channels `first..` of the conv. Every output element sums its window in the order
+/// (ky, kx, ci), whatever the tiling, so f32 sums round the same way on every CPU.
+#[allow(clippy::too_many_arguments)]
 fn conv_body<S: Sums>(
     s: &Window,
     input: Act<'_>,
@@ -300,6 +282,7 @@ fn conv_body<S: Sums>(
     out: OutRange,
     residual: Residual<'_>,
     output: &mut ActMut<'_>,
+    first: usize,
 ) {
     let [kh, kw] = s.kernel;
     let (c, oc) = (s.in_c, s.out_c);
@@ -308,7 +291,7 @@ fn conv_body<S: Sums>(
     for oy in 0..s.out_h {
         for ox0 in (0..s.out_w).step_by(TILE) {
             let t = TILE.min(s.out_w - ox0);
-            for o0 in (0..oc).step_by(CHANNELS) {
+            for o0 in (first..oc).step_by(CHANNELS) {
                 let n = CHANNELS.min(oc - o0);
                 for a in acc[..t].iter_mut() {
                     for (j, v) in a[..n].iter_mut().enumerate() {
@@ -657,6 +640,7 @@ mod tests {
                 );
                 let mut got = vec![0u8; residual.len()];
                 conv2d(
+                    Isa::Scalar,
                     &s,
                     Act {
                         bytes: bytes(&input),
@@ -724,6 +708,7 @@ mod tests {
                 let wide_input = widen(&input, factor);
                 let mut got = vec![0u8; n];
                 conv2d(
+                    Isa::Scalar,
                     &s,
                     Act {
                         bytes: &wide_input,
@@ -781,6 +766,7 @@ mod tests {
                 );
                 let mut got = vec![0u8; 2 * n];
                 conv2d(
+                    Isa::Scalar,
                     &s,
                     Act {
                         bytes: bytes(&input),
@@ -842,6 +828,7 @@ mod tests {
             let n = s.out_h * s.out_w * s.out_c;
             let mut got = vec![0u8; 2 * n];
             conv2d(
+                Isa::Scalar,
                 &s,
                 Act {
                     bytes: bytes(&input),
@@ -976,6 +963,243 @@ mod tests {
         };
         for c in 0..4 {
             assert_eq!(pooled.get(c), data[(3 + 1) * 4 + c] as i32);
+        }
+    }
+
+    /// f16 weights of every magnitude and sign (so the f32 sums round), shapes whose
+    /// channels are off the tile's 16 and 8-value runs, deep inputs over several staged
+    /// runs; int8 and int16 inputs, fused residuals.
+    fn f16_case(rng: &mut Rng, s: &Window) -> (Vec<u8>, Vec<(i32, i32, i32)>) {
+        let f16: Vec<u8> = (0..s.kernel[0] * s.kernel[1] * s.in_c * s.out_c)
+            .flat_map(|_| {
+                let mantissa = rng.range(-2047, 2047) as f32;
+                let scale = [1.0 / 4096.0, 1.0 / 512.0, 1.0 / 64.0][rng.range(0, 2) as usize];
+                half::f16::from_f32(mantissa * scale)
+                    .to_bits()
+                    .to_le_bytes()
+            })
+            .collect();
+        let records = (0..s.out_c)
+            .map(|_| {
+                let bias = rng.range(-4000, 4000) as f32 / 7.0;
+                let m = rng.range(1, 1000) as f32 / 3000.0;
+                (bias.to_bits() as i32, m.to_bits() as i32, 0)
+            })
+            .collect();
+        (f16, records)
+    }
+
+    fn f16_windows() -> Vec<Window> {
+        let mut out = windows();
+        for &(h, w, c, oc, k, st, pads) in &[
+            (5, 6, 70, 33, 3, 1, [1, 1, 1, 1]),
+            (4, 9, 16, 16, 3, 2, [1, 1, 0, 1]),
+            (3, 5, 130, 48, 1, 1, [0, 0, 0, 0]),
+            (9, 9, 3, 17, 7, 2, [3, 3, 3, 3]),
+        ] {
+            let out_h = (h + pads[0] + pads[2] - k) / st + 1;
+            let out_w = (w + pads[1] + pads[3] - k) / st + 1;
+            out.push(Window {
+                in_h: h,
+                in_w: w,
+                in_c: c,
+                out_h,
+                out_w,
+                out_c: oc,
+                kernel: [k, k],
+                stride: [st, st],
+                pads,
+            });
+        }
+        out
+    }
+
+    fn supported() -> Vec<Isa> {
+        let cpu = crate::isa::CpuFeatures::available();
+        Isa::ALL.into_iter().filter(|&i| cpu.supports(i)).collect()
+    }
+
+    #[test]
+    fn f16_tiles_give_the_reference_bits() {
+        let isas: Vec<Isa> = supported()
+            .into_iter()
+            .filter(|&i| f16_tile(i).is_some())
+            .collect();
+        let tiles: Vec<&str> = isas
+            .iter()
+            .filter_map(|&i| f16_tile(i))
+            .map(|t| t.0)
+            .collect();
+        if isas.is_empty() {
+            std::println!("skipped: this CPU has no f16 tile (only the scalar loops run)");
+        } else {
+            std::println!("checking {isas:?} ({tiles:?}) against the scalar loops");
+        }
+        let mut rng = Rng(0x5851_F42D_4C95_7F2D);
+        let mut compared = 0usize;
+        for s in f16_windows() {
+            let (f16, records) = f16_case(&mut rng, &s);
+            let n_in = s.in_h * s.in_w * s.in_c;
+            let n = s.out_h * s.out_w * s.out_c;
+            for wide_in in [false, true] {
+                let input: Vec<u8> = if wide_in {
+                    (0..n_in)
+                        .flat_map(|_| (rng.range(-32768, 32767) as i16).to_le_bytes())
+                        .collect()
+                } else {
+                    (0..n_in).map(|_| rng.i8() as u8).collect()
+                };
+                // int16 tensors are symmetric.
+                let zx = if wide_in { 0 } else { rng.range(-128, 127) };
+                let residual: Vec<u8> = (0..n)
+                    .flat_map(|_| (rng.range(-32768, 32767) as i16).to_le_bytes())
+                    .collect();
+                let (rm, rs) = (rng.range(1 << 30, i32::MAX), rng.range(-3, 1));
+                for (case, in_place) in [(0, false), (1, false), (2, true)] {
+                    let run = |isa: Isa| {
+                        let mut got = if in_place {
+                            residual.clone()
+                        } else {
+                            vec![0u8; 2 * n]
+                        };
+                        let res = match case {
+                            0 => Residual::None,
+                            1 => Residual::Separate {
+                                data: Act {
+                                    bytes: &residual,
+                                    wide: true,
+                                },
+                                zero_point: 0,
+                                multiplier: rm,
+                                shift: rs,
+                            },
+                            _ => Residual::InPlace {
+                                zero_point: 0,
+                                multiplier: rm,
+                                shift: rs,
+                            },
+                        };
+                        conv2d(
+                            isa,
+                            &s,
+                            Act {
+                                bytes: &input,
+                                wide: wide_in,
+                            },
+                            zx,
+                            Weights::F16(&f16),
+                            |c| records[c],
+                            OutRange::from_fields(true, 0, i8::MIN, i8::MAX),
+                            res,
+                            &mut ActMut {
+                                bytes: &mut got,
+                                wide: true,
+                            },
+                        );
+                        got
+                    };
+                    let expected = run(Isa::Scalar);
+                    // The outputs must move with the inputs, or equality proves nothing.
+                    assert!(
+                        expected.chunks(2).any(|v| v != [0, 0]),
+                        "{s:?}: all outputs 0"
+                    );
+                    for &isa in &isas {
+                        assert_eq!(run(isa), expected, "{isa:?} {s:?} int16 input {wide_in}");
+                        compared += 1;
+                    }
+                }
+            }
+        }
+        if !isas.is_empty() {
+            assert!(compared > 0);
+        }
+    }
+
+    /// The tile's raw f32 sums, bit for bit, against the order the contract states (the
+    /// requantised outputs could hide a last-bit difference).
+    #[test]
+    fn f16_tile_sums_are_the_stated_order_bit_for_bit() {
+        let Some((name, tile)) = supported().into_iter().rev().find_map(f16_tile) else {
+            std::println!("skipped: this CPU has no f16 tile");
+            return;
+        };
+        std::println!("checking {name}");
+        let mut rng = Rng(0x1405_7B7E_F767_814F);
+        // int16 inputs make the products inexact in f32, so a fused multiply-add would show.
+        for (s, wide) in f16_windows()
+            .into_iter()
+            .filter(|s| s.out_c >= F16_CHANNELS)
+            .flat_map(|s| [(s, false), (s, true)])
+        {
+            let (f16, records) = f16_case(&mut rng, &s);
+            let values: Vec<i32> = (0..s.in_h * s.in_w * s.in_c)
+                .map(|_| {
+                    if wide {
+                        rng.range(-32768, 32767)
+                    } else {
+                        rng.i8() as i32
+                    }
+                })
+                .collect();
+            let input: Vec<u8> = if wide {
+                values
+                    .iter()
+                    .flat_map(|&v| (v as i16).to_le_bytes())
+                    .collect()
+            } else {
+                values.iter().map(|&v| v as i8 as u8).collect()
+            };
+            let zx = if wide { 0 } else { rng.range(-128, 127) };
+            let conv = F16Conv {
+                window: &s,
+                input: Act {
+                    bytes: &input,
+                    wide,
+                },
+                zero_point: zx,
+                weights: &f16,
+            };
+            let weight = |i: usize| {
+                half::f16::from_bits(u16::from_le_bytes([f16[2 * i], f16[2 * i + 1]])).to_f32()
+            };
+            let o0 = s.out_c / F16_CHANNELS * F16_CHANNELS - F16_CHANNELS;
+            let bias: [f32; F16_CHANNELS] =
+                core::array::from_fn(|j| f32::from_bits(records[o0 + j].0 as u32));
+            for oy in 0..s.out_h {
+                for ox0 in (0..s.out_w).step_by(F16_PIXELS) {
+                    let t = F16_PIXELS.min(s.out_w - ox0);
+                    let mut got = [[f32::NAN; F16_CHANNELS]; F16_PIXELS];
+                    // SAFETY: the CPU has the tile's features; the indices are in range.
+                    unsafe { tile(&conv, oy, ox0, t, o0, &bias, &mut got) };
+                    for (p, row) in got.iter().enumerate().take(t) {
+                        for (j, &sum) in row.iter().enumerate() {
+                            let mut want = bias[j];
+                            for ky in 0..s.kernel[0] {
+                                for kx in 0..s.kernel[1] {
+                                    let at = contract::tap_offsets(&s, oy, ox0, t, ky, kx)[p];
+                                    for ci in 0..s.in_c {
+                                        let x = at.map_or(0, |a| values[a + ci] - zx);
+                                        let w = weight(
+                                            ((ky * s.kernel[1] + kx) * s.in_c + ci) * s.out_c
+                                                + o0
+                                                + j,
+                                        );
+                                        want += x as f32 * w;
+                                    }
+                                }
+                            }
+                            assert_eq!(
+                                sum.to_bits(),
+                                want.to_bits(),
+                                "{name} {s:?} int16 input {wide} ({oy}, {}) channel {}",
+                                ox0 + p,
+                                o0 + j
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 }
