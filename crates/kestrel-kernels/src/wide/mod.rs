@@ -255,15 +255,130 @@ fn f16_blocks<P: Fn(usize) -> (i32, i32, i32)>(
                 unsafe { tile(conv, oy, ox0, t, o0, &bias, &mut acc) };
                 for (p, a) in acc[..t].iter().enumerate() {
                     let base = (oy * s.out_w + ox0 + p) * oc + o0;
-                    for (j, (&v, &m)) in a.iter().zip(&scale).enumerate() {
-                        let res = residual_term(&residual, base + j, output);
-                        output.set(base + j, out.finish(F16Sums::<P>::round(v * m), res));
-                    }
+                    finish_block(a, &scale, out, &residual, base, output);
                 }
             }
         }
     }
     channels
+}
+
+/// `sum · scale` rounded half away from zero, as `i32` (saturating; NaN to 0): what
+/// [`F16Sums::round`] gives wherever that fits `i32`, branch-free so a block vectorises.
+/// (`v + copysign(½, v)` differs from the reference's choice only on −0, which rounds to 0
+/// either way.)
+#[inline]
+fn round_i32(sum: f32, scale: f32) -> i32 {
+    let v = sum * scale;
+    (v + 0.5f32.copysign(v)) as i32
+}
+
+/// One pixel's block of [`F16_CHANNELS`] outputs from their f32 sums: [`OutRange::finish`]
+/// of the rounded sums and the residual, branch-free where the values allow.
+fn finish_block(
+    sums: &[f32; F16_CHANNELS],
+    scale: &[f32; F16_CHANNELS],
+    out: OutRange,
+    residual: &Residual<'_>,
+    base: usize,
+    output: &mut ActMut<'_>,
+) {
+    let rounded: [i32; F16_CHANNELS] = core::array::from_fn(|j| round_i32(sums[j], scale[j]));
+    let mut v = [0i32; F16_CHANNELS];
+    if let Residual::None = residual {
+        // clamp(s + z, min, max) = clamp(s, min − z, max − z) + z for every integer s, so a
+        // saturated `s` lands where the reference's 64-bit one does.
+        let (lo, hi) = (out.min - out.zero_point, out.max - out.zero_point);
+        for (v, &s) in v.iter_mut().zip(&rounded) {
+            *v = s.clamp(lo, hi) + out.zero_point;
+        }
+    } else {
+        finish_residual(sums, scale, &rounded, out, residual, base, output, &mut v);
+    }
+    if output.wide {
+        let bytes = &mut output.bytes[2 * base..2 * (base + F16_CHANNELS)];
+        for (b, &x) in bytes.chunks_exact_mut(2).zip(&v) {
+            b.copy_from_slice(&(x as i16).to_le_bytes());
+        }
+    } else {
+        for (b, &x) in output.bytes[base..base + F16_CHANNELS].iter_mut().zip(&v) {
+            *b = x as i8 as u8;
+        }
+    }
+}
+
+/// [`finish_block`]'s values with a residual.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn finish_residual(
+    sums: &[f32; F16_CHANNELS],
+    scale: &[f32; F16_CHANNELS],
+    rounded: &[i32; F16_CHANNELS],
+    out: OutRange,
+    residual: &Residual<'_>,
+    base: usize,
+    output: &ActMut<'_>,
+    values: &mut [i32; F16_CHANNELS],
+) {
+    let res = residual_block(residual, base, output);
+    let z = out.zero_point as i64;
+    for (j, v) in values.iter_mut().enumerate() {
+        // A residual and zero point this small cannot bring a sum saturated at `i32` back
+        // inside the clamp, so the `i32` rounding stands for the reference's 64-bit one.
+        *v = if res[j].abs() + z.abs() < 1 << 30 {
+            (rounded[j] as i64 + res[j] + z).clamp(out.min as i64, out.max as i64) as i32
+        } else {
+            out.finish(
+                F16Sums::<fn(usize) -> (i32, i32, i32)>::round(sums[j] * scale[j]),
+                res[j],
+            )
+        };
+    }
+}
+
+/// [`residual_term`] of a block of [`F16_CHANNELS`] outputs from `base`: in `i64` where
+/// the product cannot pass it (a shift left of at most 14 on values under 2^17, a total
+/// shift of at most 62), else in [`requantize`]'s 128 bits; the same values either way.
+fn residual_block(
+    residual: &Residual<'_>,
+    base: usize,
+    output: &ActMut<'_>,
+) -> [i64; F16_CHANNELS] {
+    let (data, zero_point, multiplier, shift) = match *residual {
+        Residual::None => return [0; F16_CHANNELS],
+        Residual::Separate {
+            data,
+            zero_point,
+            multiplier,
+            shift,
+        } => (data, zero_point, multiplier, shift),
+        Residual::InPlace {
+            zero_point,
+            multiplier,
+            shift,
+        } => (
+            Act {
+                bytes: output.bytes,
+                wide: output.wide,
+            },
+            zero_point,
+            multiplier,
+            shift,
+        ),
+    };
+    let (left, right) = (shift.max(0) as u32, (-shift).max(0) as u32);
+    let total = 31 + right;
+    let fits = left <= 14 && total <= 62;
+    let mut terms = [0i64; F16_CHANNELS];
+    for (j, term) in terms.iter_mut().enumerate() {
+        let d = data.get(base + j) as i64 - zero_point as i64;
+        *term = if fits && d.abs() < 1 << 17 {
+            ((d << left) * multiplier as i64 + (1i64 << (total - 1))) >> total
+        } else {
+            requantize(d, multiplier, shift)
+        };
+    }
+    terms
 }
 
 /// Output pixels of a row computed together, so each decoded weight serves all of them.

@@ -112,7 +112,7 @@ unsafe fn stage(conv: &F16Conv<'_>, at: Option<usize>, n: usize, row: &mut [f32;
         vst1q_f32(out.add(i + 4), vcvtq_f32_s32(hi));
         i += 8;
     }
-    for (j, v) in row.iter_mut().enumerate().take(n).skip(i) {
-        *v = (conv.input.get(at + j) - conv.zero_point) as f32;
+    for (j, v) in row[i..n].iter_mut().enumerate() {
+        *v = (conv.input.get(at + i + j) - conv.zero_point) as f32;
     }
 }

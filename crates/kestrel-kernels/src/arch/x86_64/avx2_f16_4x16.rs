@@ -85,7 +85,7 @@ unsafe fn stage(conv: &F16Conv<'_>, at: Option<usize>, n: usize, row: &mut [f32;
         _mm256_storeu_ps(row.as_mut_ptr().add(i), x);
         i += 8;
     }
-    for (j, v) in row.iter_mut().enumerate().take(n).skip(i) {
-        *v = (conv.input.get(at + j) - conv.zero_point) as f32;
+    for (j, v) in row[i..n].iter_mut().enumerate() {
+        *v = (conv.input.get(at + i + j) - conv.zero_point) as f32;
     }
 }
