@@ -40,6 +40,9 @@ pub struct BenchReport {
     /// The micro-kernel the packed convs ran (`sdot_4x16c4`, …), if the file has any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conv_tile: Option<String>,
+    /// What the convs on f16 weights ran on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub f16_tile: Option<String>,
     pub threads: usize,
     pub iters: usize,
     pub latency_ms_median: f64,
@@ -151,6 +154,7 @@ pub fn bench(name: &str, bytes: &[u8], opts: &BenchOptions) -> anyhow::Result<Be
         model: name.to_string(),
         kernels: kernels.name().to_string(),
         conv_tile: model.conv_tile(kernels).map(|t| t.name().to_string()),
+        f16_tile: model.f16_tile(kernels).map(str::to_string),
         threads: opts.threads,
         iters: opts.iters,
         latency_ms_median: median,
@@ -193,6 +197,7 @@ pub fn bench_onnx(path: &std::path::Path, opts: &BenchOptions) -> anyhow::Result
         model: path.display().to_string(),
         kernels: "tract-f32".into(),
         conv_tile: None,
+        f16_tile: None,
         threads: 1,
         iters: opts.iters,
         latency_ms_median: median,
@@ -213,6 +218,9 @@ pub fn print(r: &BenchReport) {
     );
     if let Some(tile) = &r.conv_tile {
         println!("conv tile    {tile}");
+    }
+    if let Some(tile) = &r.f16_tile {
+        println!("f16 tile     {tile}");
     }
     if let Some(m) = &r.kernel_mismatch {
         println!("warning      {m}");

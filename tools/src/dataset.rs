@@ -162,10 +162,22 @@ pub fn read_labels_file(file: &Path, dir: &Path) -> Result<Vec<(PathBuf, Truth)>
 
 /// `count` items spread evenly over the list (class-sorted lists: every class is represented).
 pub fn spread<T: Clone>(items: &[T], count: usize) -> Vec<T> {
+    spread_and_rest(items, count).0
+}
+
+/// [`spread`]'s pick, and every item it left, in order.
+pub fn spread_and_rest<T: Clone>(items: &[T], count: usize) -> (Vec<T>, Vec<T>) {
     let count = count.min(items.len());
-    (0..count)
-        .map(|i| items[i * items.len() / count].clone())
-        .collect()
+    let picked: Vec<usize> = (0..count).map(|i| i * items.len() / count).collect();
+    let mut is_picked = vec![false; items.len()];
+    picked.iter().for_each(|&i| is_picked[i] = true);
+    let rest = items
+        .iter()
+        .zip(&is_picked)
+        .filter(|(_, &p)| !p)
+        .map(|(x, _)| x.clone())
+        .collect();
+    (picked.into_iter().map(|i| items[i].clone()).collect(), rest)
 }
 
 /// Preprocessed NCHW float32 inputs from a `.npy` file (`[N, C, H, W]`, or one `[C, H, W]`)
@@ -240,6 +252,20 @@ mod tests {
             path: PathBuf::from(format!("{class}/{n}.jpg")),
             class: class.into(),
         }
+    }
+
+    #[test]
+    fn the_rest_of_a_spread_is_every_item_it_left() {
+        let items: Vec<usize> = (0..1000).collect();
+        let (picked, rest) = spread_and_rest(&items, 500);
+        assert_eq!(picked.len(), 500);
+        assert_eq!(rest.len(), 500);
+        assert!(picked.iter().all(|x| !rest.contains(x)));
+        let mut all = [picked, rest].concat();
+        all.sort();
+        assert_eq!(all, items);
+        let (all_picked, none) = spread_and_rest(&items[..7], 20);
+        assert_eq!((all_picked.len(), none.len()), (7, 0));
     }
 
     #[test]

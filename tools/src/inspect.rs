@@ -61,6 +61,9 @@ pub struct InspectReport {
     /// The micro-kernel the packed convs run on them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conv_tile_here: Option<String>,
+    /// What its convs on f16 weights run on here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub f16_tile_here: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_mismatch: Option<String>,
 }
@@ -144,6 +147,10 @@ pub fn inspect(bytes: &[u8]) -> Result<InspectReport, FormatError> {
             .as_ref()
             .and_then(|m| m.conv_tile(here))
             .map(|t| t.name().to_string()),
+        f16_tile_here: model
+            .as_ref()
+            .and_then(|m| m.f16_tile(here))
+            .map(str::to_string),
         kernel_mismatch: model
             .as_ref()
             .and_then(|m| m.kernel_mismatch(here))
@@ -183,6 +190,9 @@ pub fn print(r: &InspectReport) {
     }
     if let Some(tile) = &r.conv_tile_here {
         println!("conv tile    {tile}");
+    }
+    if let Some(tile) = &r.f16_tile_here {
+        println!("f16 tile     {tile}");
     }
     let ratio = |bound: u64| r.arena_bytes as f64 / bound.max(1) as f64;
     println!(

@@ -4,9 +4,10 @@
 //! 1. Sensitivity: on a sample of the calibration inputs, each candidate layer alone is kept
 //!    wide and the logits' squared error against float is measured; the layers are ranked
 //!    by how much of the all-int8 error that removes.
-//! 2. Budget: the shortest prefix of that ranking whose file agrees with float on the
-//!    calibration inputs at least as often as asked (binary search: agreement grows with
-//!    the prefix, up to noise).
+//! 2. Budget: the shortest prefix of that ranking whose file agrees with float at least as
+//!    often as asked (binary search: agreement grows with the prefix, up to noise), checked
+//!    on inputs calibration did not see when there are any (on its own inputs a file agrees
+//!    more often than in the field).
 
 use std::collections::HashSet;
 
@@ -49,8 +50,7 @@ impl WideKind {
     }
 }
 
-/// How many calibration inputs the per-layer sensitivity pass runs (the budget check runs
-/// them all).
+/// How many calibration inputs the per-layer sensitivity pass runs.
 const SENSITIVITY_INPUTS: usize = 64;
 
 /// Tensors that can be kept wider: the input image and the measured outputs of
@@ -101,8 +101,10 @@ pub struct BudgetReport {
     /// The agreement asked for, in percent.
     pub budget: f64,
     pub kind: WideKind,
+    /// How many inputs agreement was checked on, and whether calibration had not seen them.
     pub inputs: usize,
-    /// Agreement of the all-int8 file and of the chosen one, on the calibration inputs.
+    pub held_out: bool,
+    /// Agreement of the all-int8 file and of the chosen one, on those inputs.
     pub int8_agreement: f64,
     pub chosen_agreement: f64,
     /// Layers kept wide, most useful first.
@@ -112,20 +114,41 @@ pub struct BudgetReport {
     pub unmet: bool,
 }
 
-/// Runs a lowering of `graph` with the layers in `wide` kept wide over `inputs`:
-/// `(agreement count with `float_top`, Σ squared logit error against `float`)`.
+/// Runs a lowering of `graph` with the layers in `wide` kept wide over inputs paired with
+/// their float logits: `(agreement count, Σ squared logit error against float)`.
 struct Trial<'a> {
     graph: &'a Graph,
     stats: &'a [TensorStats],
     method: Method,
     pre: &'a Preprocess,
-    inputs: &'a [Vec<f32>],
-    float: Vec<Vec<f32>>,
     kind: WideKind,
 }
 
+/// Inputs and their float logits.
+struct Labelled<'a> {
+    inputs: &'a [Vec<f32>],
+    float: Vec<Vec<f32>>,
+}
+
+impl<'a> Labelled<'a> {
+    fn new(graph: &Graph, inputs: &'a [Vec<f32>]) -> anyhow::Result<Self> {
+        let float = crate::parallel::map_chunks(inputs, |part| {
+            part.iter()
+                .map(|x| Ok(reference::run(graph, x)?))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })?
+        .concat();
+        Ok(Labelled { inputs, float })
+    }
+}
+
 impl Trial<'_> {
-    fn run(&self, wide: &HashSet<ValueId>, count: usize) -> anyhow::Result<(usize, f64)> {
+    fn run(
+        &self,
+        wide: &HashSet<ValueId>,
+        on: &Labelled<'_>,
+        count: usize,
+    ) -> anyhow::Result<(usize, f64)> {
         let lowered = quantize::lower(
             self.graph,
             Some(self.stats),
@@ -138,7 +161,7 @@ impl Trial<'_> {
         let bytes = lowered.model.to_bytes();
         let model = kestrel_runtime::Model::parse(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
         let pairs: Vec<(&Vec<f32>, &Vec<f32>)> =
-            self.inputs.iter().zip(&self.float).take(count).collect();
+            on.inputs.iter().zip(&on.float).take(count).collect();
         let parts = crate::parallel::map_chunks(&pairs, |part| {
             let mut arena = vec![0u8; model.arena_bytes()];
             let mut logits = vec![0f32; model.classes()];
@@ -168,17 +191,20 @@ impl Trial<'_> {
     }
 }
 
-/// A calibrated model: what the lowering needs, and the inputs it was calibrated on.
+/// A calibrated model: what the lowering needs, the inputs it was calibrated on, and the
+/// inputs agreement is checked on (`held_out`: ones calibration did not see).
 pub struct Calibrated<'a> {
     pub graph: &'a Graph,
     pub stats: &'a [TensorStats],
     pub method: Method,
     pub pre: &'a Preprocess,
     pub inputs: &'a [Vec<f32>],
+    pub check: &'a [Vec<f32>],
+    pub held_out: bool,
 }
 
 /// Chooses the fewest layers to keep wide (as `kind`) for `budget` percent agreement with
-/// float on the calibration inputs.
+/// float on the check inputs.
 pub fn choose_wide_layers(
     calibrated: &Calibrated<'_>,
     budget: f64,
@@ -191,27 +217,24 @@ pub fn choose_wide_layers(
         method,
         pre,
         inputs,
+        check,
+        held_out,
     } = *calibrated;
-    let float = crate::parallel::map_chunks(inputs, |part| {
-        part.iter()
-            .map(|x| Ok(reference::run(graph, x)?))
-            .collect::<anyhow::Result<Vec<_>>>()
-    })?
-    .concat();
+    let sample = &inputs[..SENSITIVITY_INPUTS.min(inputs.len())];
+    let sample = Labelled::new(graph, sample)?;
+    let check = Labelled::new(graph, check)?;
     let trial = Trial {
         graph,
         stats,
         method,
         pre,
-        inputs,
-        float,
         kind,
     };
-    let n = inputs.len();
-    let sample = SENSITIVITY_INPUTS.min(n);
+    let n = check.inputs.len();
+    let all = sample.inputs.len();
     let none = HashSet::new();
-    let (base_agree, _) = trial.run(&none, n)?;
-    let (_, base_error) = trial.run(&none, sample)?;
+    let (base_agree, _) = trial.run(&none, &check, n)?;
+    let (_, base_error) = trial.run(&none, &sample, all)?;
     let candidates = candidates(graph, kind);
     let bar = if progress {
         indicatif::ProgressBar::new(candidates.len() as u64).with_style(
@@ -225,7 +248,7 @@ pub fn choose_wide_layers(
     for &v in &candidates {
         bar.inc(1);
         // A layer some consumer cannot take at int16 (average pooling, a QDQ add) stays int8.
-        let Ok((_, error)) = trial.run(&HashSet::from([v]), sample) else {
+        let Ok((_, error)) = trial.run(&HashSet::from([v]), &sample, all) else {
             continue;
         };
         ranking.push((v, error / base_error.max(1e-30)));
@@ -240,12 +263,12 @@ pub fn choose_wide_layers(
     if meets(base_agree) {
         best = (0, Some(base_agree));
     } else {
-        let (all_agree, _) = trial.run(&prefix(hi), n)?;
+        let (all_agree, _) = trial.run(&prefix(hi), &check, n)?;
         best.1 = Some(all_agree);
         if meets(all_agree) {
             while lo + 1 < hi {
                 let mid = (lo + hi) / 2;
-                let (agree, _) = trial.run(&prefix(mid), n)?;
+                let (agree, _) = trial.run(&prefix(mid), &check, n)?;
                 if meets(agree) {
                     hi = mid;
                     best = (mid, Some(agree));
@@ -261,6 +284,7 @@ pub fn choose_wide_layers(
         budget,
         kind,
         inputs: n,
+        held_out,
         int8_agreement: base_agree as f64 / n.max(1) as f64,
         chosen_agreement: chosen_agree as f64 / n.max(1) as f64,
         wide_layers: ranking[..k].iter().map(|r| name(r.0)).collect(),

@@ -177,6 +177,15 @@ impl<'a> Model<'a> {
             .map(|p| p.tile(kernels))
     }
 
+    /// What the file's convs on f16 weights (layers kept wider) run on `kernels`: an f16
+    /// tile, or the wide kernels' scalar loops; `None` for a file without them.
+    pub fn f16_tile(&self, kernels: Isa) -> Option<&'static str> {
+        let has_f16 = (0..self.file.op_count())
+            .filter_map(|i| self.file.op(i))
+            .any(|op| op.kind == OpKind::Conv && op.layout == WeightLayout::F16);
+        has_f16.then(|| kestrel_kernels::wide::f16_tile(kernels).map_or("scalar loops", |t| t.0))
+    }
+
     pub fn arena_bytes(&self) -> usize {
         self.file.plan.arena_bytes as usize
     }
@@ -618,17 +627,33 @@ impl Session<'_, '_> {
                         }
                     }
                 };
-                wide::conv2d(
-                    self.kernels,
-                    &win,
-                    input,
-                    x.zero_point,
-                    weights,
-                    params,
-                    out,
-                    residual,
-                    &mut output,
-                );
+                let kernels = self.kernels;
+                let conv_rows = |rows: core::ops::Range<usize>, part: &mut [u8]| {
+                    let row = win.out_w * oc;
+                    let residual = residual.part(rows.start * row, rows.len() * row);
+                    let mut part = ActMut {
+                        bytes: part,
+                        wide: output.wide,
+                    };
+                    wide::conv2d(
+                        kernels,
+                        &win,
+                        rows,
+                        input,
+                        x.zero_point,
+                        weights,
+                        params,
+                        out,
+                        residual,
+                        &mut part,
+                    );
+                };
+                match self.parallel {
+                    Some(parallel) if parallel.threads() > 1 && win.out_h > 1 => {
+                        wide_rows_parallel(&win, output.wide, output.bytes, parallel, &conv_rows)
+                    }
+                    _ => conv_rows(0..win.out_h, output.bytes),
+                }
             }
             OpKind::Dense if y.dtype == DType::I32 => {
                 wide::dense_i32(input, x.zero_point, weights, params, oc, |n, v| {
@@ -775,6 +800,30 @@ fn conv_parallel(
             ..*conv
         };
         packing.conv2d(isa, &task, part, scratch);
+    });
+}
+
+/// Splits a wide conv's output rows in equal runs, one task per thread (fixed by the
+/// shape and the thread count, so each thread's share is the same every run).
+fn wide_rows_parallel(
+    win: &Window,
+    wide: bool,
+    output: &mut [u8],
+    parallel: &dyn Parallel,
+    conv_rows: &(dyn Fn(core::ops::Range<usize>, &mut [u8]) + Sync),
+) {
+    let row = (win.out_w * win.out_c) << wide as usize;
+    let tasks = parallel.threads().min(win.out_h);
+    let start = |t: usize| win.out_h * t / tasks;
+    let shared = SharedOutput(output.as_mut_ptr() as *mut i8, output.len());
+    parallel.run(tasks, &|t, _| {
+        let rows = start(t)..start(t + 1);
+        // SAFETY: task t owns output rows start(t) .. start(t + 1), disjoint from every
+        // other task's and inside the output (`start(tasks) = out_h`).
+        let part = unsafe { shared.part(rows.start * row, rows.len() * row) };
+        // SAFETY: i8 and u8 have the same size and alignment.
+        let part = unsafe { &mut *(part as *mut [i8] as *mut [u8]) };
+        conv_rows(rows, part);
     });
 }
 

@@ -116,6 +116,33 @@ pub enum Residual<'a> {
     },
 }
 
+impl Residual<'_> {
+    /// The residual of output elements `start .. start + len` (a run of rows a thread
+    /// takes): a separate operand cut to them; in place or none, as it is.
+    pub fn part(&self, start: usize, len: usize) -> Self {
+        match *self {
+            Residual::Separate {
+                data,
+                zero_point,
+                multiplier,
+                shift,
+            } => {
+                let w = data.wide as usize;
+                Residual::Separate {
+                    data: Act {
+                        bytes: &data.bytes[start << w..(start + len) << w],
+                        wide: data.wide,
+                    },
+                    zero_point,
+                    multiplier,
+                    shift,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
 /// A wide layer's weights and what its channel records `(a, b, c)` mean.
 #[derive(Clone, Copy, Debug)]
 pub enum Weights<'a> {

@@ -21,6 +21,7 @@ use crate::isa::Isa;
 use crate::window::Window;
 pub use contract::{Act, ActMut, OutRange, Residual, Weights};
 use contract::{F16Conv, F16Tile, F16_CHANNELS, F16_PIXELS};
+use core::ops::Range;
 
 /// One channel's sums over a window: int8 weights in `i64`, f16 weights in `f32`.
 trait Sums {
@@ -149,10 +150,14 @@ fn residual_term(residual: &Residual<'_>, idx: usize, output: &ActMut<'_>) -> i6
 /// fused residual and clamp: [`crate::scalar::conv2d`] for int8 or int16 tensors. On f16
 /// weights, the blocks of 16 channels run on `kernels`' f16 tile if it has one (the same
 /// bits as this file's loops, which take the rest).
+///
+/// Computes output rows `rows` only: `output` (and a separate residual) hold just those
+/// rows, so threads can each take a run of them.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d(
     kernels: Isa,
     s: &Window,
+    rows: Range<usize>,
     input: Act<'_>,
     input_zero_point: i32,
     weights: Weights<'_>,
@@ -164,6 +169,7 @@ pub fn conv2d(
     match weights {
         Weights::Int8(weights) => conv_body(
             s,
+            rows,
             input,
             input_zero_point,
             &Int8Sums { weights, params },
@@ -185,11 +191,14 @@ pub fn conv2d(
                 weights,
             };
             let tiled = match f16_tile(kernels) {
-                Some((_, tile)) => f16_blocks(tile, &conv, &sums, out, residual, output),
+                Some((_, tile)) => {
+                    f16_blocks(tile, &conv, rows.clone(), &sums, out, residual, output)
+                }
                 None => 0,
             };
             conv_body(
                 s,
+                rows,
                 input,
                 input_zero_point,
                 &sums,
@@ -227,6 +236,7 @@ pub fn f16_tile(kernels: Isa) -> Option<(&'static str, F16Tile)> {
 fn f16_blocks<P: Fn(usize) -> (i32, i32, i32)>(
     tile: F16Tile,
     conv: &F16Conv<'_>,
+    rows: Range<usize>,
     sums: &F16Sums<'_, P>,
     out: OutRange,
     residual: Residual<'_>,
@@ -239,7 +249,8 @@ fn f16_blocks<P: Fn(usize) -> (i32, i32, i32)>(
     assert!(
         conv.input.len() >= s.in_h * s.in_w * c
             && conv.weights.len() >= 2 * s.kernel[0] * s.kernel[1] * c * oc
-            && output.len() >= s.out_h * s.out_w * oc,
+            && rows.end <= s.out_h
+            && output.len() >= rows.len() * s.out_w * oc,
         "f16 conv operands smaller than its window"
     );
     let mut acc = [[0f32; F16_CHANNELS]; F16_PIXELS];
@@ -247,14 +258,14 @@ fn f16_blocks<P: Fn(usize) -> (i32, i32, i32)>(
     for o0 in (0..channels).step_by(F16_CHANNELS) {
         let bias = core::array::from_fn(|j| sums.start(o0 + j));
         let scale: [f32; F16_CHANNELS] = core::array::from_fn(|j| sums.scale(o0 + j));
-        for oy in 0..s.out_h {
+        for oy in rows.clone() {
             for ox0 in (0..s.out_w).step_by(F16_PIXELS) {
                 let t = F16_PIXELS.min(s.out_w - ox0);
                 // SAFETY: the caller's `kernels` run on this CPU; the bounds hold by the
                 // loops and the assertion above.
                 unsafe { tile(conv, oy, ox0, t, o0, &bias, &mut acc) };
                 for (p, a) in acc[..t].iter().enumerate() {
-                    let base = (oy * s.out_w + ox0 + p) * oc + o0;
+                    let base = ((oy - rows.start) * s.out_w + ox0 + p) * oc + o0;
                     finish_block(a, &scale, out, &residual, base, output);
                 }
             }
@@ -391,6 +402,7 @@ const CHANNELS: usize = 32;
 #[allow(clippy::too_many_arguments)]
 fn conv_body<S: Sums>(
     s: &Window,
+    rows: Range<usize>,
     input: Act<'_>,
     input_zero_point: i32,
     sums: &S,
@@ -403,7 +415,7 @@ fn conv_body<S: Sums>(
     let (c, oc) = (s.in_c, s.out_c);
     let mut acc = [[S::Acc::default(); CHANNELS]; TILE];
     let mut w = [S::W::default(); CHANNELS];
-    for oy in 0..s.out_h {
+    for oy in rows.clone() {
         for ox0 in (0..s.out_w).step_by(TILE) {
             let t = TILE.min(s.out_w - ox0);
             for o0 in (first..oc).step_by(CHANNELS) {
@@ -440,7 +452,7 @@ fn conv_body<S: Sums>(
                     }
                 }
                 for (p, a) in acc[..t].iter().enumerate() {
-                    let base = (oy * s.out_w + ox0 + p) * oc + o0;
+                    let base = ((oy - rows.start) * s.out_w + ox0 + p) * oc + o0;
                     for (j, &v) in a[..n].iter().enumerate() {
                         let res = residual_term(&residual, base + j, output);
                         output.set(base + j, out.finish(sums.scaled(v, o0 + j), res));
@@ -757,6 +769,7 @@ mod tests {
                 conv2d(
                     Isa::Scalar,
                     &s,
+                    0..s.out_h,
                     Act {
                         bytes: bytes(&input),
                         wide: false,
@@ -825,6 +838,7 @@ mod tests {
                 conv2d(
                     Isa::Scalar,
                     &s,
+                    0..s.out_h,
                     Act {
                         bytes: &wide_input,
                         wide: true,
@@ -883,6 +897,7 @@ mod tests {
                 conv2d(
                     Isa::Scalar,
                     &s,
+                    0..s.out_h,
                     Act {
                         bytes: bytes(&input),
                         wide: false,
@@ -945,6 +960,7 @@ mod tests {
             conv2d(
                 Isa::Scalar,
                 &s,
+                0..s.out_h,
                 Act {
                     bytes: bytes(&input),
                     wide: false,
@@ -1197,6 +1213,7 @@ mod tests {
                         conv2d(
                             isa,
                             &s,
+                            0..s.out_h,
                             Act {
                                 bytes: &input,
                                 wide: wide_in,
@@ -1313,6 +1330,77 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Runs of output rows (as threads take them), each with its own part of the output and
+    /// of a separate residual, give the whole conv's bytes on every path.
+    #[test]
+    fn row_runs_give_the_whole_conv() {
+        let mut isas = vec![Isa::Scalar];
+        isas.extend(supported().into_iter().filter(|&i| f16_tile(i).is_some()));
+        let mut rng = Rng(0x94D0_49BB_1331_11EB);
+        for s in f16_windows().into_iter().filter(|s| s.out_h >= 3) {
+            let (f16, records) = f16_case(&mut rng, &s);
+            let input: Vec<u8> = (0..s.in_h * s.in_w * s.in_c)
+                .map(|_| rng.i8() as u8)
+                .collect();
+            let n = s.out_h * s.out_w * s.out_c;
+            let residual: Vec<u8> = (0..n)
+                .flat_map(|_| (rng.range(-32768, 32767) as i16).to_le_bytes())
+                .collect();
+            let row = 2 * s.out_w * s.out_c;
+            for &isa in &isas {
+                for in_place in [false, true] {
+                    let run = |rows: core::ops::Range<usize>, got: &mut [u8]| {
+                        let res_part = &residual[rows.start * row..rows.end * row];
+                        let res = if in_place {
+                            got.copy_from_slice(res_part);
+                            Residual::InPlace {
+                                zero_point: 0,
+                                multiplier: 1 << 30,
+                                shift: 0,
+                            }
+                        } else {
+                            Residual::Separate {
+                                data: Act {
+                                    bytes: res_part,
+                                    wide: true,
+                                },
+                                zero_point: 0,
+                                multiplier: 1 << 30,
+                                shift: 0,
+                            }
+                        };
+                        conv2d(
+                            isa,
+                            &s,
+                            rows,
+                            Act {
+                                bytes: &input,
+                                wide: false,
+                            },
+                            3,
+                            Weights::F16(&f16),
+                            |c| records[c],
+                            OutRange::from_fields(true, 0, i8::MIN, i8::MAX),
+                            res,
+                            &mut ActMut {
+                                bytes: got,
+                                wide: true,
+                            },
+                        );
+                    };
+                    let mut whole = vec![0u8; 2 * n];
+                    run(0..s.out_h, &mut whole);
+                    let cut = [0, 1, s.out_h / 2 + 1, s.out_h];
+                    let mut parts = vec![0u8; 2 * n];
+                    for w in cut.windows(2) {
+                        run(w[0]..w[1], &mut parts[w[0] * row..w[1] * row]);
+                    }
+                    assert_eq!(parts, whole, "{isa:?} {s:?} in place {in_place}");
                 }
             }
         }
