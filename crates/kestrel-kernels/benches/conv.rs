@@ -1,5 +1,6 @@
 //! Convolution kernels, one benchmark per kernel path and weight layout this CPU runs,
-//! on ResNet-18's shapes (stem, a 3×3 of each stage, a strided 1×1 shortcut).
+//! on ResNet-18's shapes (stem, a 3×3 of each stage, a strided 1×1 shortcut); and the
+//! convs of layers kept at f16, scalar loops against the f16 tile.
 //!
 //! ```text
 //! cargo bench -p kestrel-kernels --features std --bench conv
@@ -86,5 +87,79 @@ fn conv(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, conv);
+/// `(name, input h = w, in channels, out channels)`: 3×3 stride-1 convs of the CIFAR
+/// ResNets' stages, the layers `--budget` keeps at f16.
+const F16_SHAPES: [(&str, usize, usize, usize); 3] = [
+    ("3x3c16", 32, 16, 16),
+    ("3x3c32", 16, 32, 32),
+    ("3x3c64", 8, 64, 64),
+];
+
+/// Convs on f16 weights (int16 activations), on the scalar loops and on this CPU's f16 tile.
+fn wide_f16(c: &mut Criterion) {
+    use kestrel_kernels::wide::{self, Act, ActMut, OutRange, Weights};
+    let best = CpuFeatures::available().best();
+    for (name, hw, ic, oc) in F16_SHAPES {
+        let win = Window {
+            in_h: hw,
+            in_w: hw,
+            in_c: ic,
+            out_h: hw,
+            out_w: hw,
+            out_c: oc,
+            kernel: [3; 2],
+            stride: [1; 2],
+            pads: [1; 4],
+        };
+        let depth = 9 * ic;
+        let input: Vec<u8> = values(hw * hw * ic, 3)
+            .iter()
+            .flat_map(|&v| (v as i16 * 100).to_le_bytes())
+            .collect();
+        let weights: Vec<u8> = values(depth * oc, 4)
+            .iter()
+            .flat_map(|&v| {
+                half::f16::from_f32(v as f32 / 512.0)
+                    .to_bits()
+                    .to_le_bytes()
+            })
+            .collect();
+        let record = (0.5f32.to_bits() as i32, (1.0f32 / 64.0).to_bits() as i32, 0);
+        let mut output = vec![0u8; 2 * hw * hw * oc];
+        let mut group = c.benchmark_group(format!("wide_f16/{name}"));
+        group.throughput(Throughput::Elements((hw * hw * oc * depth) as u64));
+        group.sample_size(20);
+        let mut paths = vec![(Isa::Scalar, "scalar loops")];
+        if let Some((tile, _)) = wide::f16_tile(best) {
+            paths.push((best, tile));
+        }
+        for (isa, path) in paths {
+            group.bench_function(BenchmarkId::from_parameter(path), |b| {
+                b.iter(|| {
+                    wide::conv2d(
+                        isa,
+                        &win,
+                        0..hw,
+                        Act {
+                            bytes: &input,
+                            wide: true,
+                        },
+                        0,
+                        Weights::F16(&weights),
+                        |_| record,
+                        OutRange::from_fields(true, 0, 0, i8::MAX),
+                        wide::Residual::None,
+                        &mut ActMut {
+                            bytes: &mut output,
+                            wide: true,
+                        },
+                    )
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, conv, wide_f16);
 criterion_main!(benches);
