@@ -106,9 +106,11 @@ pub struct CompileOptions {
     pub keep_wide: Vec<String>,
     /// What a layer kept wider gets.
     pub wide_as: precision::WideKind,
-    /// Keep the fewest layers wide for this top-1 agreement with float (percent) on the
-    /// calibration inputs.
+    /// Keep the fewest layers wide for this top-1 agreement with float (percent), checked
+    /// on `budget_data` or else on calibration images calibration did not use.
     pub budget: Option<f64>,
+    /// Images (any depth) the budget is checked on: ones the model never trained on.
+    pub budget_data: Option<PathBuf>,
     /// Fold each layer's mean drift from float on calibration inputs into its bias.
     pub bias_correction: bool,
     /// Cross-layer equalisation of conv → ReLU → conv pairs before calibrating.
@@ -128,6 +130,7 @@ impl CompileOptions {
             progress: false,
             keep_wide: Vec::new(),
             budget: None,
+            budget_data: None,
             wide_as: precision::WideKind::F16,
             bias_correction: false,
             equalize: false,
@@ -486,8 +489,22 @@ fn choose_precision(
         "--budget is a top-1 agreement in percent, 0 to 100 (got {budget})"
     );
     // Agreement is checked on images calibration did not see, when the source has them: on
-    // its own inputs a file agrees more often than it will in the field.
-    let held_out = c.held_out(BUDGET_CHECK_INPUTS, &p.preprocess);
+    // its own inputs a file agrees more often than it will in the field (and on images the
+    // model was trained on, as calibration images often are, far more: `--budget-data`).
+    let held_out = match &opts.budget_data {
+        Some(dir) => {
+            let check = load_calibration(
+                dir,
+                BUDGET_CHECK_INPUTS,
+                &p.preprocess,
+                p.graph.values[p.graph.input].len(),
+                false,
+            )
+            .with_context(|| format!("--budget-data {}", dir.display()))?;
+            check.inputs
+        }
+        None => c.held_out(BUDGET_CHECK_INPUTS, &p.preprocess),
+    };
     let calibrated = precision::Calibrated {
         graph: &p.graph,
         stats,
@@ -531,18 +548,20 @@ pub fn summary(output: &Path, r: &CompileReport, target_defaulted: bool) -> Stri
     };
     let precision = match (&r.budget, r.wide_layers.len()) {
         (Some(b), n) => format!(
-            "\nbudget {}%: {n} of {} layers kept {} ({}), agreement with float on {} {:.2}% (all int8: {:.2}%){}",
+            "\nbudget {}%: {n} of {} layers kept {} ({}), agreement with float on {} {:.2}%, predicted from the logit noise {:.2}% (all int8: {:.2}%, predicted {:.2}%){}",
             b.budget,
             b.ranking.len(),
             r.wide_as.name(),
             r.wide_layers.join(", "),
             if b.held_out {
-                format!("{} held-out calibration inputs", b.inputs)
+                format!("{} inputs calibration did not use", b.inputs)
             } else {
                 format!("the {} calibration inputs (none left over to hold out)", b.inputs)
             },
             100.0 * b.chosen_agreement,
+            100.0 * b.chosen_predicted,
             100.0 * b.int8_agreement,
+            100.0 * b.int8_predicted,
             if b.unmet { " — budget not met even with every layer kept wider" } else { "" }
         ),
         (None, 0) => String::new(),

@@ -62,9 +62,14 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         keep_wide: Vec<String>,
         /// Keep the fewest layers wider than int8 for this top-1 agreement with the float
-        /// model, in percent, on the calibration images (e.g. 99.9).
+        /// model, in percent (e.g. 99.9), checked on up to 500 --budget-data images, else on
+        /// --calib images calibration did not use.
         #[arg(long)]
         budget: Option<f64>,
+        /// Images (a folder, any depth) to check --budget on: ideally ones the model was not
+        /// trained on (calibration images often are, and agree more often than new ones).
+        #[arg(long, requires = "budget")]
+        budget_data: Option<PathBuf>,
         /// What a layer kept wider gets: 16x8 (int16 activations) or f16 (int16
         /// activations and f16 weights).
         #[arg(long, value_enum, default_value = "f16")]
@@ -298,6 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target,
             keep_wide,
             budget,
+            budget_data,
             wide_as,
             no_bias_correction,
             no_equalize,
@@ -312,6 +318,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 progress: true,
                 keep_wide,
                 budget,
+                budget_data,
                 wide_as,
                 bias_correction: !no_bias_correction,
                 equalize: !no_equalize,
