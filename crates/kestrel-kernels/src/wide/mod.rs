@@ -99,7 +99,7 @@ impl<P: Fn(usize) -> (i32, i32, i32)> Sums for F16Sums<'_, P> {
     }
     #[inline]
     fn scaled(&self, acc: f32, channel: usize) -> i64 {
-        Self::round(acc * self.scale(channel))
+        round_f32(acc * self.scale(channel))
     }
 }
 
@@ -109,12 +109,13 @@ impl<P: Fn(usize) -> (i32, i32, i32)> F16Sums<'_, P> {
     fn scale(&self, channel: usize) -> f32 {
         f32::from_bits((self.params)(channel).1 as u32)
     }
+}
 
-    /// Half away from zero without libm; `as` saturates (and takes NaN to 0).
-    #[inline]
-    fn round(v: f32) -> i64 {
-        (if v >= 0.0 { v + 0.5 } else { v - 0.5 }) as i64
-    }
+/// An f16 layer's scaled sum to an integer: half away from zero without libm; `as`
+/// saturates (and takes NaN to 0).
+#[inline]
+fn round_f32(v: f32) -> i64 {
+    (if v >= 0.0 { v + 0.5 } else { v - 0.5 }) as i64
 }
 
 /// [`crate::quant::requantize`] on a 64-bit accumulator: the same saturating left shift and
@@ -275,7 +276,7 @@ fn f16_blocks<P: Fn(usize) -> (i32, i32, i32)>(
 }
 
 /// `sum · scale` rounded half away from zero, as `i32` (saturating; NaN to 0): what
-/// [`F16Sums::round`] gives wherever that fits `i32`, branch-free so a block vectorises.
+/// [`round_f32`] gives wherever that fits `i32`, branch-free so a block vectorises.
 /// (`v + copysign(½, v)` differs from the reference's choice only on −0, which rounds to 0
 /// either way.)
 #[inline]
@@ -339,10 +340,7 @@ fn finish_residual(
         *v = if res[j].abs() + z.abs() < 1 << 30 {
             (rounded[j] as i64 + res[j] + z).clamp(out.min as i64, out.max as i64) as i32
         } else {
-            out.finish(
-                F16Sums::<fn(usize) -> (i32, i32, i32)>::round(sums[j] * scale[j]),
-                res[j],
-            )
+            out.finish(round_f32(sums[j] * scale[j]), res[j])
         };
     }
 }
