@@ -1,6 +1,6 @@
 //! What the wide kernels share with the tiles that speed them up: the activation views
-//! (int8 or int16), the output range, the residual and weight operands, and what an f16 sum
-//! tile is given and must compute. Data only; the kernels are in [`crate::wide`] and
+//! (int8 or int16), the output range, the residual and weight operands, and what a wide sum tile
+//! (f16 or int8 weights) is given and must compute. Data only; the kernels are in [`crate::wide`] and
 //! `crate::arch`.
 
 use crate::window::Window;
@@ -153,38 +153,60 @@ pub enum Weights<'a> {
     F16(&'a [u8]),
 }
 
-/// Output pixels of a row an f16 tile sums at once.
-pub const F16_PIXELS: usize = 4;
-/// Output channels an f16 tile sums at once.
-pub const F16_CHANNELS: usize = 16;
+/// Output pixels of a row a wide tile sums at once.
+pub const TILE_PIXELS: usize = 4;
+/// Output channels a wide tile sums at once.
+pub const TILE_CHANNELS: usize = 16;
 
-/// A conv on f16 weights, as an f16 tile reads it. The wrapper that builds it has checked
-/// that `input` holds `in_h·in_w·in_c` values and `weights` `kh·kw·in_c·out_c` f16 values.
+/// A wide conv as a tile reads it. The wrapper that builds it has checked that `input`
+/// holds `in_h·in_w·in_c` values and `weights` `kh·kw·in_c·out_c` weights.
 #[derive(Clone, Copy, Debug)]
-pub struct F16Conv<'a> {
+pub struct TileConv<'a> {
     pub window: &'a Window,
     pub input: Act<'a>,
     pub zero_point: i32,
-    /// Little-endian f16 bits, `[KH][KW][IC][OC]`.
+    /// `[KH][KW][IC][OC]`: little-endian f16 bits for an [`F16Tile`], int8 for an
+    /// [`IntTile`].
     pub weights: &'a [u8],
 }
 
-/// Sums of one tile: for pixel `p < pixels` of output row `oy` (column `ox0 + p`) and
-/// channel `o0 + j`, `sums[p][j]` starts at `bias[j]` and adds `(x − z) · w` over the
-/// window in the order (ky, kx, ci), each product and each sum rounded to f32 (no FMA), a
-/// padded tap adding `0 · w`: the scalar reference's arithmetic, so every tile gives its bits.
+/// Sums of one tile on f16 weights: for pixel `p < pixels` of output row `oy` (column
+/// `ox0 + p`) and channel `o0 + j`, `sums[p][j]` starts at `bias[j]` and adds `(x − z) · w`
+/// over the window in the order (ky, kx, ci), each product and each sum rounded to f32 (no
+/// FMA), a padded tap adding `0 · w`: the scalar reference's arithmetic, so every tile gives
+/// its bits.
 ///
 /// # Safety
-/// The CPU has the tile's features; `1 ≤ pixels ≤ F16_PIXELS`, `ox0 + pixels ≤ out_w`,
-/// `oy < out_h`, `o0 + F16_CHANNELS ≤ out_c`, and `conv` is as [`F16Conv`] says.
+/// The CPU has the tile's features; `1 ≤ pixels ≤ TILE_PIXELS`, `ox0 + pixels ≤ out_w`,
+/// `oy < out_h`, `o0 + TILE_CHANNELS ≤ out_c`, and `conv` is as [`TileConv`] says.
 pub type F16Tile = unsafe fn(
-    conv: &F16Conv<'_>,
+    conv: &TileConv<'_>,
     oy: usize,
     ox0: usize,
     pixels: usize,
     o0: usize,
-    bias: &[f32; F16_CHANNELS],
-    sums: &mut [[f32; F16_CHANNELS]; F16_PIXELS],
+    bias: &[f32; TILE_CHANNELS],
+    sums: &mut [[f32; TILE_CHANNELS]; TILE_PIXELS],
+);
+
+/// Products an [`IntTile`] may add in `i32` before it widens them: an int16 × int8 product
+/// is at most 2^22 in magnitude, so 511 of them stay inside `i32`.
+pub const INT_TILE_RUN: usize = 510;
+
+/// Sums of one tile on int8 weights (16x8): `sums[p][j]` = Σ `x · w` over the window, `x`
+/// the stored input value (a padded tap reads `zero_point`, as the reference does; the
+/// bias record holds the zero point's share). Integer sums are exact in any order, so a
+/// tile may add in `i32` runs of at most [`INT_TILE_RUN`] products before widening to `i64`.
+///
+/// # Safety
+/// As [`F16Tile`].
+pub type IntTile = unsafe fn(
+    conv: &TileConv<'_>,
+    oy: usize,
+    ox0: usize,
+    pixels: usize,
+    o0: usize,
+    sums: &mut [[i64; TILE_CHANNELS]; TILE_PIXELS],
 );
 
 /// Where each tap row starts for the pixels of a tile: the input index of `(iy, ix, 0)`, or
@@ -197,9 +219,9 @@ pub fn tap_offsets(
     pixels: usize,
     ky: usize,
     kx: usize,
-) -> [Option<usize>; F16_PIXELS] {
+) -> [Option<usize>; TILE_PIXELS] {
     let iy = (oy * s.stride[0] + ky) as isize - s.pads[0] as isize;
-    let mut at = [None; F16_PIXELS];
+    let mut at = [None; TILE_PIXELS];
     if iy < 0 || iy >= s.in_h as isize {
         return at;
     }

@@ -5,7 +5,10 @@
 //! Accumulators are `i64` (an int16 × int8 dot product of a 3×3×512 window can pass
 //! `i32`), and requantisation is [`crate::quant::requantize`]'s arithmetic carried out in 64 bits:
 //! on int8 tensors whose sums fit `i32` these kernels give exactly what [`crate::scalar`] gives.
-//! Tensors are byte slices (little-endian int16), so the arena needs no alignment.
+//! Tensors are byte slices (little-endian int16), so the arena needs no alignment. Their
+//! convs run on SIMD tiles where the CPU has one (`arch::x86_64::avx2_16x8_4x16`,
+//! `arch::aarch64::neon_16x8_4x16`): `i32` lanes over runs short enough not to wrap, then
+//! `i64`, so the same exact sums.
 //!
 //! A wide layer may also keep its weights as IEEE half floats ([`Weights::F16`]): sums in
 //! f32, in one fixed order (this file's loops; no FMA, no reassociation), so f16 layers
@@ -20,7 +23,7 @@ pub mod contract;
 use crate::isa::Isa;
 use crate::window::Window;
 pub use contract::{Act, ActMut, OutRange, Residual, Weights};
-use contract::{F16Conv, F16Tile, F16_CHANNELS, F16_PIXELS};
+use contract::{F16Tile, IntTile, TileConv, TILE_CHANNELS, TILE_PIXELS};
 use core::ops::Range;
 
 /// One channel's sums over a window: int8 weights in `i64`, f16 weights in `f32`.
@@ -167,34 +170,57 @@ pub fn conv2d(
     residual: Residual<'_>,
     output: &mut ActMut<'_>,
 ) {
+    let conv = TileConv {
+        window: s,
+        input,
+        zero_point: input_zero_point,
+        weights: match weights {
+            Weights::Int8(w) => as_bytes(w),
+            Weights::F16(w) => w,
+        },
+    };
     match weights {
-        Weights::Int8(weights) => conv_body(
-            s,
-            rows,
-            input,
-            input_zero_point,
-            &Int8Sums { weights, params },
-            out,
-            residual,
-            output,
-            0,
-        ),
+        Weights::Int8(weights) => {
+            let sums = Int8Sums { weights, params };
+            // The tiles stage inputs (and padding) as int16.
+            let tiled = match int_tile(kernels) {
+                Some((_, tile)) if i16::try_from(input_zero_point).is_ok() => tile_blocks(
+                    &IntBlocks { tile, sums: &sums },
+                    &conv,
+                    rows.clone(),
+                    out,
+                    residual,
+                    output,
+                ),
+                _ => 0,
+            };
+            conv_body(
+                s,
+                rows,
+                input,
+                input_zero_point,
+                &sums,
+                out,
+                residual,
+                output,
+                tiled,
+            )
+        }
         Weights::F16(weights) => {
             let sums = F16Sums {
                 weights,
                 params,
                 zero_point: input_zero_point,
             };
-            let conv = F16Conv {
-                window: s,
-                input,
-                zero_point: input_zero_point,
-                weights,
-            };
             let tiled = match f16_tile(kernels) {
-                Some((_, tile)) => {
-                    f16_blocks(tile, &conv, rows.clone(), &sums, out, residual, output)
-                }
+                Some((_, tile)) => tile_blocks(
+                    &F16Blocks { tile, sums: &sums },
+                    &conv,
+                    rows.clone(),
+                    out,
+                    residual,
+                    output,
+                ),
                 None => 0,
             };
             conv_body(
@@ -210,6 +236,31 @@ pub fn conv2d(
             );
         }
     }
+}
+
+fn as_bytes(v: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size and alignment, and every bit pattern is valid.
+    unsafe { core::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()) }
+}
+
+/// The int8-weight (16x8) sum tile of `kernels` and its name, if it has one.
+pub fn int_tile(kernels: Isa) -> Option<(&'static str, IntTile)> {
+    #[cfg(target_arch = "x86_64")]
+    if kernels.includes(Isa::Avx2) {
+        return Some((
+            "avx2_16x8_4x16",
+            crate::arch::x86_64::avx2_16x8_4x16::avx2_16x8_4x16,
+        ));
+    }
+    #[cfg(target_arch = "aarch64")]
+    if kernels.includes(Isa::Neon) {
+        return Some((
+            "neon_16x8_4x16",
+            crate::arch::aarch64::neon_16x8_4x16::neon_16x8_4x16,
+        ));
+    }
+    let _ = kernels;
+    None
 }
 
 /// The f16 sum tile of `kernels` and its name, if it has one.
@@ -232,42 +283,188 @@ pub fn f16_tile(kernels: Isa) -> Option<(&'static str, F16Tile)> {
     None
 }
 
-/// Every whole block of [`F16_CHANNELS`] output channels on `tile`, finished as
-/// [`conv_body`] finishes; returns how many channels that was.
-fn f16_blocks<P: Fn(usize) -> (i32, i32, i32)>(
+/// A kind of wide tile, as [`tile_blocks`] drives it: the sums of one tile, and how a
+/// pixel's block of them becomes outputs.
+trait Blocks {
+    type Sum: Copy + Default;
+    /// Bytes of one weight.
+    const WEIGHT_BYTES: usize;
+    /// A block's channel records, decoded once per conv.
+    type Records;
+    fn records(&self, o0: usize) -> Self::Records;
+    /// # Safety
+    /// As the tile's ([`F16Tile`], [`IntTile`]).
+    unsafe fn sums(
+        &self,
+        conv: &TileConv<'_>,
+        at: [usize; 3],
+        records: &Self::Records,
+        sums: &mut [[Self::Sum; TILE_CHANNELS]; TILE_PIXELS],
+    );
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        sums: &[Self::Sum; TILE_CHANNELS],
+        records: &Self::Records,
+        out: OutRange,
+        residual: &Residual<'_>,
+        base: usize,
+        output: &mut ActMut<'_>,
+    );
+}
+
+struct F16Blocks<'a, 'b, P> {
     tile: F16Tile,
-    conv: &F16Conv<'_>,
+    sums: &'b F16Sums<'a, P>,
+}
+
+impl<P: Fn(usize) -> (i32, i32, i32)> Blocks for F16Blocks<'_, '_, P> {
+    type Sum = f32;
+    const WEIGHT_BYTES: usize = 2;
+    /// Biases and scales.
+    type Records = ([f32; TILE_CHANNELS], [f32; TILE_CHANNELS]);
+    fn records(&self, o0: usize) -> Self::Records {
+        (
+            core::array::from_fn(|j| self.sums.start(o0 + j)),
+            core::array::from_fn(|j| self.sums.scale(o0 + j)),
+        )
+    }
+    unsafe fn sums(
+        &self,
+        conv: &TileConv<'_>,
+        [oy, ox0, o0]: [usize; 3],
+        records: &Self::Records,
+        sums: &mut [[f32; TILE_CHANNELS]; TILE_PIXELS],
+    ) {
+        let pixels = TILE_PIXELS.min(conv.window.out_w - ox0);
+        (self.tile)(conv, oy, ox0, pixels, o0, &records.0, sums)
+    }
+    fn finish(
+        &self,
+        sums: &[f32; TILE_CHANNELS],
+        records: &Self::Records,
+        out: OutRange,
+        residual: &Residual<'_>,
+        base: usize,
+        output: &mut ActMut<'_>,
+    ) {
+        finish_block(sums, &records.1, out, residual, base, output)
+    }
+}
+
+struct IntBlocks<'a, 'b, P> {
+    tile: IntTile,
+    sums: &'b Int8Sums<'a, P>,
+}
+
+impl<P: Fn(usize) -> (i32, i32, i32)> Blocks for IntBlocks<'_, '_, P> {
+    type Sum = i64;
+    const WEIGHT_BYTES: usize = 1;
+    type Records = [IntRecord; TILE_CHANNELS];
+    fn records(&self, o0: usize) -> Self::Records {
+        core::array::from_fn(|j| IntRecord::new((self.sums.params)(o0 + j)))
+    }
+    unsafe fn sums(
+        &self,
+        conv: &TileConv<'_>,
+        [oy, ox0, o0]: [usize; 3],
+        _: &Self::Records,
+        sums: &mut [[i64; TILE_CHANNELS]; TILE_PIXELS],
+    ) {
+        let pixels = TILE_PIXELS.min(conv.window.out_w - ox0);
+        (self.tile)(conv, oy, ox0, pixels, o0, sums)
+    }
+    fn finish(
+        &self,
+        sums: &[i64; TILE_CHANNELS],
+        records: &Self::Records,
+        out: OutRange,
+        residual: &Residual<'_>,
+        base: usize,
+        output: &mut ActMut<'_>,
+    ) {
+        let res = residual_block(residual, base, output);
+        let v: [i32; TILE_CHANNELS] =
+            core::array::from_fn(|j| out.finish(records[j].requantize(sums[j]), res[j]));
+        store_block(&v, base, output);
+    }
+}
+
+/// A 16x8 channel's record, decoded once per conv for [`IntBlocks::finish`].
+#[derive(Clone, Copy)]
+struct IntRecord {
+    bias: i64,
+    multiplier: i32,
+    shift: i32,
+    /// Sums below this in magnitude requantise in `i64`: `(x << left) · multiplier` stays
+    /// under 2^62 and the rounding term under 2^61. Zero when the total shift passes 62.
+    fast_below: u64,
+}
+
+impl IntRecord {
+    fn new((bias, multiplier, shift): (i32, i32, i32)) -> IntRecord {
+        let left = shift.max(0) as u32;
+        let total = 31 + (-shift).max(0) as u32;
+        IntRecord {
+            bias: bias as i64,
+            multiplier,
+            shift,
+            fast_below: if total <= 62 && left < 31 {
+                1 << (31 - left)
+            } else {
+                0
+            },
+        }
+    }
+
+    /// [`requantize`] of `sum + bias`, in `i64` where the operands allow (the same value).
+    #[inline]
+    fn requantize(&self, sum: i64) -> i64 {
+        let x = sum + self.bias;
+        if x.unsigned_abs() < self.fast_below {
+            let left = self.shift.max(0) as u32;
+            let total = 31 + (-self.shift).max(0) as u32;
+            ((x << left) * self.multiplier as i64 + (1i64 << (total - 1))) >> total
+        } else {
+            requantize(x, self.multiplier, self.shift)
+        }
+    }
+}
+
+/// Every whole block of [`TILE_CHANNELS`] output channels on `blocks`' tile, finished as
+/// [`conv_body`] finishes; returns how many channels that was.
+fn tile_blocks<B: Blocks>(
+    blocks: &B,
+    conv: &TileConv<'_>,
     rows: Range<usize>,
-    sums: &F16Sums<'_, P>,
     out: OutRange,
     residual: Residual<'_>,
     output: &mut ActMut<'_>,
 ) -> usize {
     let s = conv.window;
     let (c, oc) = (s.in_c, s.out_c);
-    let channels = oc / F16_CHANNELS * F16_CHANNELS;
+    let channels = oc / TILE_CHANNELS * TILE_CHANNELS;
     // What the tile reads unchecked.
     assert!(
         conv.input.len() >= s.in_h * s.in_w * c
-            && conv.weights.len() >= 2 * s.kernel[0] * s.kernel[1] * c * oc
+            && conv.weights.len() >= B::WEIGHT_BYTES * s.kernel[0] * s.kernel[1] * c * oc
             && rows.end <= s.out_h
             && output.len() >= rows.len() * s.out_w * oc,
-        "f16 conv operands smaller than its window"
+        "wide conv operands smaller than its window"
     );
-    let mut acc = [[0f32; F16_CHANNELS]; F16_PIXELS];
+    let mut acc = [[B::Sum::default(); TILE_CHANNELS]; TILE_PIXELS];
     // Block by block, so each channel's record is decoded once per conv.
-    for o0 in (0..channels).step_by(F16_CHANNELS) {
-        let bias = core::array::from_fn(|j| sums.start(o0 + j));
-        let scale: [f32; F16_CHANNELS] = core::array::from_fn(|j| sums.scale(o0 + j));
+    for o0 in (0..channels).step_by(TILE_CHANNELS) {
+        let records = blocks.records(o0);
         for oy in rows.clone() {
-            for ox0 in (0..s.out_w).step_by(F16_PIXELS) {
-                let t = F16_PIXELS.min(s.out_w - ox0);
+            for ox0 in (0..s.out_w).step_by(TILE_PIXELS) {
                 // SAFETY: the caller's `kernels` run on this CPU; the bounds hold by the
                 // loops and the assertion above.
-                unsafe { tile(conv, oy, ox0, t, o0, &bias, &mut acc) };
+                unsafe { blocks.sums(conv, [oy, ox0, o0], &records, &mut acc) };
+                let t = TILE_PIXELS.min(s.out_w - ox0);
                 for (p, a) in acc[..t].iter().enumerate() {
                     let base = ((oy - rows.start) * s.out_w + ox0 + p) * oc + o0;
-                    finish_block(a, &scale, out, &residual, base, output);
+                    blocks.finish(a, &records, out, &residual, base, output);
                 }
             }
         }
@@ -285,18 +482,18 @@ fn round_i32(sum: f32, scale: f32) -> i32 {
     (v + 0.5f32.copysign(v)) as i32
 }
 
-/// One pixel's block of [`F16_CHANNELS`] outputs from their f32 sums: [`OutRange::finish`]
+/// One pixel's block of [`TILE_CHANNELS`] outputs from their f32 sums: [`OutRange::finish`]
 /// of the rounded sums and the residual, branch-free where the values allow.
 fn finish_block(
-    sums: &[f32; F16_CHANNELS],
-    scale: &[f32; F16_CHANNELS],
+    sums: &[f32; TILE_CHANNELS],
+    scale: &[f32; TILE_CHANNELS],
     out: OutRange,
     residual: &Residual<'_>,
     base: usize,
     output: &mut ActMut<'_>,
 ) {
-    let rounded: [i32; F16_CHANNELS] = core::array::from_fn(|j| round_i32(sums[j], scale[j]));
-    let mut v = [0i32; F16_CHANNELS];
+    let rounded: [i32; TILE_CHANNELS] = core::array::from_fn(|j| round_i32(sums[j], scale[j]));
+    let mut v = [0i32; TILE_CHANNELS];
     if let Residual::None = residual {
         // clamp(s + z, min, max) = clamp(s, min − z, max − z) + z for every integer s, so a
         // saturated `s` lands where the reference's 64-bit one does.
@@ -307,13 +504,18 @@ fn finish_block(
     } else {
         finish_residual(sums, scale, &rounded, out, residual, base, output, &mut v);
     }
+    store_block(&v, base, output);
+}
+
+/// A pixel's block of [`TILE_CHANNELS`] finished outputs, each already inside its type.
+fn store_block(v: &[i32; TILE_CHANNELS], base: usize, output: &mut ActMut<'_>) {
     if output.wide {
-        let bytes = &mut output.bytes[2 * base..2 * (base + F16_CHANNELS)];
-        for (b, &x) in bytes.chunks_exact_mut(2).zip(&v) {
+        let bytes = &mut output.bytes[2 * base..2 * (base + TILE_CHANNELS)];
+        for (b, &x) in bytes.chunks_exact_mut(2).zip(v) {
             b.copy_from_slice(&(x as i16).to_le_bytes());
         }
     } else {
-        for (b, &x) in output.bytes[base..base + F16_CHANNELS].iter_mut().zip(&v) {
+        for (b, &x) in output.bytes[base..base + TILE_CHANNELS].iter_mut().zip(v) {
             *b = x as i8 as u8;
         }
     }
@@ -323,14 +525,14 @@ fn finish_block(
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn finish_residual(
-    sums: &[f32; F16_CHANNELS],
-    scale: &[f32; F16_CHANNELS],
-    rounded: &[i32; F16_CHANNELS],
+    sums: &[f32; TILE_CHANNELS],
+    scale: &[f32; TILE_CHANNELS],
+    rounded: &[i32; TILE_CHANNELS],
     out: OutRange,
     residual: &Residual<'_>,
     base: usize,
     output: &ActMut<'_>,
-    values: &mut [i32; F16_CHANNELS],
+    values: &mut [i32; TILE_CHANNELS],
 ) {
     let res = residual_block(residual, base, output);
     let z = out.zero_point as i64;
@@ -345,16 +547,16 @@ fn finish_residual(
     }
 }
 
-/// [`residual_term`] of a block of [`F16_CHANNELS`] outputs from `base`: in `i64` where
+/// [`residual_term`] of a block of [`TILE_CHANNELS`] outputs from `base`: in `i64` where
 /// the product cannot pass it (a shift left of at most 14 on values under 2^17, a total
 /// shift of at most 62), else in [`requantize`]'s 128 bits; the same values either way.
 fn residual_block(
     residual: &Residual<'_>,
     base: usize,
     output: &ActMut<'_>,
-) -> [i64; F16_CHANNELS] {
+) -> [i64; TILE_CHANNELS] {
     let (data, zero_point, multiplier, shift) = match *residual {
-        Residual::None => return [0; F16_CHANNELS],
+        Residual::None => return [0; TILE_CHANNELS],
         Residual::Separate {
             data,
             zero_point,
@@ -378,7 +580,7 @@ fn residual_block(
     let (left, right) = (shift.max(0) as u32, (-shift).max(0) as u32);
     let total = 31 + right;
     let fits = left <= 14 && total <= 62;
-    let mut terms = [0i64; F16_CHANNELS];
+    let mut terms = [0i64; TILE_CHANNELS];
     for (j, term) in terms.iter_mut().enumerate() {
         let d = data.get(base + j) as i64 - zero_point as i64;
         *term = if fits && d.abs() < 1 << 17 {
@@ -686,6 +888,29 @@ mod tests {
 
     /// Odd shapes: channel counts off every vector width and block, stride 2, asymmetric
     /// padding.
+    /// An `h × w × c` input, `oc` output channels, a square `k` kernel and stride `st`.
+    fn window(
+        h: usize,
+        w: usize,
+        c: usize,
+        oc: usize,
+        k: usize,
+        st: usize,
+        pads: [usize; 4],
+    ) -> Window {
+        Window {
+            in_h: h,
+            in_w: w,
+            in_c: c,
+            out_h: (h + pads[0] + pads[2] - k) / st + 1,
+            out_w: (w + pads[1] + pads[3] - k) / st + 1,
+            out_c: oc,
+            kernel: [k, k],
+            stride: [st, st],
+            pads,
+        }
+    }
+
     fn windows() -> Vec<Window> {
         let mut out = Vec::new();
         for &(h, w, c, oc, k, st, pads) in &[
@@ -696,19 +921,7 @@ mod tests {
             // Rows of several tiles and a tail, two channel blocks.
             (3, 19, 5, 37, 3, 1, [1, 1, 1, 1]),
         ] {
-            let out_h = (h + pads[0] + pads[2] - k) / st + 1;
-            let out_w = (w + pads[1] + pads[3] - k) / st + 1;
-            out.push(Window {
-                in_h: h,
-                in_w: w,
-                in_c: c,
-                out_h,
-                out_w,
-                out_c: oc,
-                kernel: [k, k],
-                stride: [st, st],
-                pads,
-            });
+            out.push(window(h, w, c, oc, k, st, pads));
         }
         out
     }
@@ -1038,6 +1251,41 @@ mod tests {
     }
 
     #[test]
+    fn the_16x8_records_requantize_as_the_reference() {
+        let mut rng = Rng(7);
+        let edges = [
+            0i64,
+            1,
+            -1,
+            (1 << 31) - 1,
+            -(1 << 31),
+            1 << 31,
+            1 << 40,
+            -(1 << 40),
+        ];
+        for i in 0..40000 {
+            let x = if i < 8000 {
+                edges[i % edges.len()] >> (i / edges.len() % 32)
+            } else {
+                (rng.next() as i64) >> rng.range(2, 62)
+            };
+            let m = if i % 5 == 0 {
+                i32::MAX
+            } else {
+                rng.range(1 << 30, i32::MAX)
+            };
+            let shift = rng.range(-40, 20);
+            let bias = rng.range(-1 << 20, 1 << 20);
+            let record = IntRecord::new((bias, m, shift));
+            assert_eq!(
+                record.requantize(x),
+                requantize(x + bias as i64, m, shift),
+                "sum {x} bias {bias} multiplier {m} shift {shift}"
+            );
+        }
+    }
+
+    #[test]
     fn int16_pass_through_ops_move_whole_values() {
         let data: Vec<i16> = (0..2 * 3 * 4).map(|i| (i as i16 - 7) * 1000).collect();
         let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -1118,7 +1366,9 @@ mod tests {
         (f16, records)
     }
 
-    fn f16_windows() -> Vec<Window> {
+    /// [`windows`] and shapes for the tiles: channels off their 16 and 8-value runs, deep
+    /// inputs over several staged runs.
+    fn tile_windows() -> Vec<Window> {
         let mut out = windows();
         for &(h, w, c, oc, k, st, pads) in &[
             (5, 6, 70, 33, 3, 1, [1, 1, 1, 1]),
@@ -1126,19 +1376,7 @@ mod tests {
             (3, 5, 130, 48, 1, 1, [0, 0, 0, 0]),
             (9, 9, 3, 17, 7, 2, [3, 3, 3, 3]),
         ] {
-            let out_h = (h + pads[0] + pads[2] - k) / st + 1;
-            let out_w = (w + pads[1] + pads[3] - k) / st + 1;
-            out.push(Window {
-                in_h: h,
-                in_w: w,
-                in_c: c,
-                out_h,
-                out_w,
-                out_c: oc,
-                kernel: [k, k],
-                stride: [st, st],
-                pads,
-            });
+            out.push(window(h, w, c, oc, k, st, pads));
         }
         out
     }
@@ -1148,101 +1386,254 @@ mod tests {
         Isa::ALL.into_iter().filter(|&i| cpu.supports(i)).collect()
     }
 
-    #[test]
-    fn f16_tiles_give_the_reference_bits() {
+    /// A wide conv's operands, run on any path with each kind of residual.
+    struct Case<'a> {
+        s: &'a Window,
+        input: Act<'a>,
+        zero_point: i32,
+        weights: Weights<'a>,
+        records: &'a [(i32, i32, i32)],
+        /// int16 (else int8) output; the residual is of the output's type.
+        wide_out: bool,
+        residual: &'a [u8],
+        residual_zero_point: i32,
+        residual_scale: (i32, i32),
+    }
+
+    impl Case<'_> {
+        /// `residual`: 0 none, 1 a separate operand, 2 in place.
+        fn run(&self, isa: Isa, residual: usize) -> Vec<u8> {
+            let s = self.s;
+            let n = s.out_h * s.out_w * s.out_c;
+            let mut got = if residual == 2 {
+                self.residual.to_vec()
+            } else {
+                vec![0u8; n << self.wide_out as usize]
+            };
+            let (zero_point, (multiplier, shift)) = (self.residual_zero_point, self.residual_scale);
+            let res = match residual {
+                0 => Residual::None,
+                1 => Residual::Separate {
+                    data: Act {
+                        bytes: self.residual,
+                        wide: self.wide_out,
+                    },
+                    zero_point,
+                    multiplier,
+                    shift,
+                },
+                _ => Residual::InPlace {
+                    zero_point,
+                    multiplier,
+                    shift,
+                },
+            };
+            conv2d(
+                isa,
+                s,
+                0..s.out_h,
+                self.input,
+                self.zero_point,
+                self.weights,
+                |c| self.records[c],
+                OutRange::from_fields(self.wide_out, 0, i8::MIN, i8::MAX),
+                res,
+                &mut ActMut {
+                    bytes: &mut got,
+                    wide: self.wide_out,
+                },
+            );
+            got
+        }
+    }
+
+    /// Random int8 or (full-range) int16 values, as bytes.
+    fn random_act(rng: &mut Rng, n: usize, wide: bool) -> Vec<u8> {
+        if wide {
+            (0..n)
+                .flat_map(|_| (rng.range(-32768, 32767) as i16).to_le_bytes())
+                .collect()
+        } else {
+            (0..n).map(|_| rng.i8() as u8).collect()
+        }
+    }
+
+    /// Every ISA this CPU runs whose tile (`tile(isa)`) exists; prints which, or that the
+    /// check is skipped.
+    fn tiled_isas(kind: &str, tile: impl Fn(Isa) -> Option<&'static str>) -> Vec<Isa> {
         let isas: Vec<Isa> = supported()
             .into_iter()
-            .filter(|&i| f16_tile(i).is_some())
+            .filter(|&i| tile(i).is_some())
             .collect();
-        let tiles: Vec<&str> = isas
-            .iter()
-            .filter_map(|&i| f16_tile(i))
-            .map(|t| t.0)
-            .collect();
+        let names: Vec<&str> = isas.iter().filter_map(|&i| tile(i)).collect();
         if isas.is_empty() {
-            std::println!("skipped: this CPU has no f16 tile (only the scalar loops run)");
+            std::println!("skipped: this CPU has no {kind} tile (only the scalar loops run)");
         } else {
-            std::println!("checking {isas:?} ({tiles:?}) against the scalar loops");
+            std::println!("checking {isas:?} ({names:?}) against the scalar loops");
         }
-        let mut rng = Rng(0x5851_F42D_4C95_7F2D);
+        isas
+    }
+
+    /// Each tiled path against the scalar loops on `weights(window)`: int8 and int16
+    /// inputs and outputs, every kind of residual.
+    fn tiles_match_the_scalar_loops(
+        isas: &[Isa],
+        rng: &mut Rng,
+        weights: impl Fn(&mut Rng, &Window) -> (Vec<u8>, Vec<(i32, i32, i32)>, bool),
+    ) {
         let mut compared = 0usize;
-        for s in f16_windows() {
-            let (f16, records) = f16_case(&mut rng, &s);
-            let n_in = s.in_h * s.in_w * s.in_c;
+        for s in tile_windows() {
+            let (w, records, f16) = weights(rng, &s);
             let n = s.out_h * s.out_w * s.out_c;
             for wide_in in [false, true] {
-                let input: Vec<u8> = if wide_in {
-                    (0..n_in)
-                        .flat_map(|_| (rng.range(-32768, 32767) as i16).to_le_bytes())
-                        .collect()
-                } else {
-                    (0..n_in).map(|_| rng.i8() as u8).collect()
-                };
-                // int16 tensors are symmetric.
-                let zx = if wide_in { 0 } else { rng.range(-128, 127) };
-                let residual: Vec<u8> = (0..n)
-                    .flat_map(|_| (rng.range(-32768, 32767) as i16).to_le_bytes())
-                    .collect();
-                let (rm, rs) = (rng.range(1 << 30, i32::MAX), rng.range(-3, 1));
-                for (case, in_place) in [(0, false), (1, false), (2, true)] {
-                    let run = |isa: Isa| {
-                        let mut got = if in_place {
-                            residual.clone()
+                let input = random_act(rng, s.in_h * s.in_w * s.in_c, wide_in);
+                for wide_out in [true, false] {
+                    let residual = random_act(rng, n, wide_out);
+                    let case = Case {
+                        s: &s,
+                        input: Act {
+                            bytes: &input,
+                            wide: wide_in,
+                        },
+                        // int16 tensors are symmetric.
+                        zero_point: if wide_in { 0 } else { rng.range(-128, 127) },
+                        weights: if f16 {
+                            Weights::F16(&w)
                         } else {
-                            vec![0u8; 2 * n]
-                        };
-                        let res = match case {
-                            0 => Residual::None,
-                            1 => Residual::Separate {
-                                data: Act {
-                                    bytes: &residual,
-                                    wide: true,
-                                },
-                                zero_point: 0,
-                                multiplier: rm,
-                                shift: rs,
-                            },
-                            _ => Residual::InPlace {
-                                zero_point: 0,
-                                multiplier: rm,
-                                shift: rs,
-                            },
-                        };
-                        conv2d(
-                            isa,
-                            &s,
-                            0..s.out_h,
-                            Act {
-                                bytes: &input,
-                                wide: wide_in,
-                            },
-                            zx,
-                            Weights::F16(&f16),
-                            |c| records[c],
-                            OutRange::from_fields(true, 0, i8::MIN, i8::MAX),
-                            res,
-                            &mut ActMut {
-                                bytes: &mut got,
-                                wide: true,
-                            },
-                        );
-                        got
+                            Weights::Int8(bytes_i8(&w))
+                        },
+                        records: &records,
+                        wide_out,
+                        residual: &residual,
+                        residual_zero_point: if wide_out { 0 } else { rng.range(-20, 20) },
+                        residual_scale: (rng.range(1 << 30, i32::MAX), rng.range(-3, 1)),
                     };
-                    let expected = run(Isa::Scalar);
-                    // The outputs must move with the inputs, or equality proves nothing.
-                    assert!(
-                        expected.chunks(2).any(|v| v != [0, 0]),
-                        "{s:?}: all outputs 0"
-                    );
-                    for &isa in &isas {
-                        assert_eq!(run(isa), expected, "{isa:?} {s:?} int16 input {wide_in}");
-                        compared += 1;
+                    for residual in 0..3 {
+                        let expected = case.run(Isa::Scalar, residual);
+                        // The outputs must move with the inputs, or equality proves nothing.
+                        let first = &expected[..1 + wide_out as usize];
+                        assert!(
+                            expected.chunks(1 + wide_out as usize).any(|v| v != first),
+                            "{s:?}: all outputs equal"
+                        );
+                        for &isa in isas {
+                            assert_eq!(
+                                case.run(isa, residual),
+                                expected,
+                                "{isa:?} {s:?} int16 input {wide_in} int16 output {wide_out} \
+                                 residual {residual}"
+                            );
+                            compared += 1;
+                        }
                     }
                 }
             }
         }
         if !isas.is_empty() {
             assert!(compared > 0);
+        }
+    }
+
+    fn bytes_i8(v: &[u8]) -> &[i8] {
+        // SAFETY: as `as_bytes`, the other way.
+        unsafe { core::slice::from_raw_parts(v.as_ptr() as *const i8, v.len()) }
+    }
+
+    #[test]
+    fn f16_tiles_give_the_reference_bits() {
+        let isas = tiled_isas("f16", |i| f16_tile(i).map(|t| t.0));
+        let mut rng = Rng(0x5851_F42D_4C95_7F2D);
+        tiles_match_the_scalar_loops(&isas, &mut rng, |rng, s| {
+            let (w, records) = f16_case(rng, s);
+            (w, records, true)
+        });
+    }
+
+    #[test]
+    fn int_tiles_give_the_reference_bits() {
+        let isas = tiled_isas("16x8", |i| int_tile(i).map(|t| t.0));
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        tiles_match_the_scalar_loops(&isas, &mut rng, |rng, s| {
+            let w = (0..s.kernel[0] * s.kernel[1] * s.in_c * s.out_c)
+                .map(|_| rng.i8() as u8)
+                .collect();
+            (w, random_params(rng, s.out_c), false)
+        });
+    }
+
+    /// The int tile's raw sums against exact `i64` sums, on random values and on the
+    /// largest products (−32768 × −128) over windows deep enough to pass `i32` many times.
+    #[test]
+    fn int_tile_sums_are_exact() {
+        let Some((name, tile)) = supported().into_iter().rev().find_map(int_tile) else {
+            std::println!("skipped: this CPU has no 16x8 tile");
+            return;
+        };
+        std::println!("checking {name}");
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut windows = tile_windows();
+        windows.push(window(2, 5, 1100, 16, 1, 1, [0, 0, 0, 0]));
+        windows.push(window(4, 4, 257, 32, 3, 1, [1, 1, 1, 1]));
+        for (s, extreme) in windows.into_iter().flat_map(|s| [(s, false), (s, true)]) {
+            if s.out_c < TILE_CHANNELS {
+                continue;
+            }
+            let n_w = s.kernel[0] * s.kernel[1] * s.in_c * s.out_c;
+            let (values, weights): (Vec<i32>, Vec<i8>) = if extreme {
+                (vec![-32768; s.in_h * s.in_w * s.in_c], vec![-128; n_w])
+            } else {
+                (
+                    (0..s.in_h * s.in_w * s.in_c)
+                        .map(|_| rng.range(-32768, 32767))
+                        .collect(),
+                    (0..n_w).map(|_| rng.i8()).collect(),
+                )
+            };
+            let input: Vec<u8> = values
+                .iter()
+                .flat_map(|&v| (v as i16).to_le_bytes())
+                .collect();
+            let zx = 0;
+            let conv = TileConv {
+                window: &s,
+                input: Act {
+                    bytes: &input,
+                    wide: true,
+                },
+                zero_point: zx,
+                weights: as_bytes(&weights),
+            };
+            let o0 = s.out_c / TILE_CHANNELS * TILE_CHANNELS - TILE_CHANNELS;
+            for oy in 0..s.out_h {
+                for ox0 in (0..s.out_w).step_by(TILE_PIXELS) {
+                    let t = TILE_PIXELS.min(s.out_w - ox0);
+                    let mut got = [[i64::MIN; TILE_CHANNELS]; TILE_PIXELS];
+                    // SAFETY: the CPU has the tile's features; the indices are in range.
+                    unsafe { tile(&conv, oy, ox0, t, o0, &mut got) };
+                    for (p, row) in got.iter().enumerate().take(t) {
+                        for (j, &sum) in row.iter().enumerate() {
+                            let mut want = 0i64;
+                            for ky in 0..s.kernel[0] {
+                                for kx in 0..s.kernel[1] {
+                                    let at = contract::tap_offsets(&s, oy, ox0, t, ky, kx)[p];
+                                    for ci in 0..s.in_c {
+                                        let x = at.map_or(zx, |a| values[a + ci]) as i64;
+                                        let k = (ky * s.kernel[1] + kx) * s.in_c + ci;
+                                        want += x * weights[k * s.out_c + o0 + j] as i64;
+                                    }
+                                }
+                            }
+                            assert_eq!(
+                                sum,
+                                want,
+                                "{name} {s:?} extreme {extreme} ({oy}, {}) channel {}",
+                                ox0 + p,
+                                o0 + j
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -1257,9 +1648,9 @@ mod tests {
         std::println!("checking {name}");
         let mut rng = Rng(0x1405_7B7E_F767_814F);
         // int16 inputs make the products inexact in f32, so a fused multiply-add would show.
-        for (s, wide) in f16_windows()
+        for (s, wide) in tile_windows()
             .into_iter()
-            .filter(|s| s.out_c >= F16_CHANNELS)
+            .filter(|s| s.out_c >= TILE_CHANNELS)
             .flat_map(|s| [(s, false), (s, true)])
         {
             let (f16, records) = f16_case(&mut rng, &s);
@@ -1281,7 +1672,7 @@ mod tests {
                 values.iter().map(|&v| v as i8 as u8).collect()
             };
             let zx = if wide { 0 } else { rng.range(-128, 127) };
-            let conv = F16Conv {
+            let conv = TileConv {
                 window: &s,
                 input: Act {
                     bytes: &input,
@@ -1293,13 +1684,13 @@ mod tests {
             let weight = |i: usize| {
                 half::f16::from_bits(u16::from_le_bytes([f16[2 * i], f16[2 * i + 1]])).to_f32()
             };
-            let o0 = s.out_c / F16_CHANNELS * F16_CHANNELS - F16_CHANNELS;
-            let bias: [f32; F16_CHANNELS] =
+            let o0 = s.out_c / TILE_CHANNELS * TILE_CHANNELS - TILE_CHANNELS;
+            let bias: [f32; TILE_CHANNELS] =
                 core::array::from_fn(|j| f32::from_bits(records[o0 + j].0 as u32));
             for oy in 0..s.out_h {
-                for ox0 in (0..s.out_w).step_by(F16_PIXELS) {
-                    let t = F16_PIXELS.min(s.out_w - ox0);
-                    let mut got = [[f32::NAN; F16_CHANNELS]; F16_PIXELS];
+                for ox0 in (0..s.out_w).step_by(TILE_PIXELS) {
+                    let t = TILE_PIXELS.min(s.out_w - ox0);
+                    let mut got = [[f32::NAN; TILE_CHANNELS]; TILE_PIXELS];
                     // SAFETY: the CPU has the tile's features; the indices are in range.
                     unsafe { tile(&conv, oy, ox0, t, o0, &bias, &mut got) };
                     for (p, row) in got.iter().enumerate().take(t) {
@@ -1338,10 +1729,26 @@ mod tests {
     #[test]
     fn row_runs_give_the_whole_conv() {
         let mut isas = vec![Isa::Scalar];
-        isas.extend(supported().into_iter().filter(|&i| f16_tile(i).is_some()));
+        isas.extend(
+            supported()
+                .into_iter()
+                .filter(|&i| f16_tile(i).is_some() || int_tile(i).is_some()),
+        );
         let mut rng = Rng(0x94D0_49BB_1331_11EB);
-        for s in f16_windows().into_iter().filter(|s| s.out_h >= 3) {
-            let (f16, records) = f16_case(&mut rng, &s);
+        let shapes = tile_windows().into_iter().filter(|s| s.out_h >= 3);
+        for (s, f16) in shapes.flat_map(|s| [(s, true), (s, false)]) {
+            let (w, records) = if f16 {
+                f16_case(&mut rng, &s)
+            } else {
+                let n = s.kernel[0] * s.kernel[1] * s.in_c * s.out_c;
+                let w = (0..n).map(|_| rng.i8() as u8).collect();
+                (w, random_params(&mut rng, s.out_c))
+            };
+            let weights = if f16 {
+                Weights::F16(&w)
+            } else {
+                Weights::Int8(bytes_i8(&w))
+            };
             let input: Vec<u8> = (0..s.in_h * s.in_w * s.in_c)
                 .map(|_| rng.i8() as u8)
                 .collect();
@@ -1381,7 +1788,7 @@ mod tests {
                                 wide: false,
                             },
                             3,
-                            Weights::F16(&f16),
+                            weights,
                             |c| records[c],
                             OutRange::from_fields(true, 0, i8::MIN, i8::MAX),
                             res,

@@ -9,7 +9,7 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
-use crate::wide::contract::{tap_offsets, F16Conv, F16_CHANNELS, F16_PIXELS};
+use crate::wide::contract::{tap_offsets, TileConv, TILE_CHANNELS, TILE_PIXELS};
 
 /// Input channels staged at a time.
 const RUN: usize = 64;
@@ -37,13 +37,13 @@ unsafe fn widen8(p: *const u8) -> (float32x4_t, float32x4_t) {
 /// As [`crate::wide::contract::F16Tile`]; the CPU has NEON.
 #[target_feature(enable = "neon")]
 pub unsafe fn neon_f16_4x16(
-    conv: &F16Conv<'_>,
+    conv: &TileConv<'_>,
     oy: usize,
     ox0: usize,
     pixels: usize,
     o0: usize,
-    bias: &[f32; F16_CHANNELS],
-    sums: &mut [[f32; F16_CHANNELS]; F16_PIXELS],
+    bias: &[f32; TILE_CHANNELS],
+    sums: &mut [[f32; TILE_CHANNELS]; TILE_PIXELS],
 ) {
     let s = conv.window;
     let (c, oc) = (s.in_c, s.out_c);
@@ -54,8 +54,8 @@ pub unsafe fn neon_f16_4x16(
         vld1q_f32(b.add(8)),
         vld1q_f32(b.add(12)),
     ];
-    let mut acc = [start; F16_PIXELS];
-    let mut staged = [[0f32; RUN]; F16_PIXELS];
+    let mut acc = [start; TILE_PIXELS];
+    let mut staged = [[0f32; RUN]; TILE_PIXELS];
     for ky in 0..s.kernel[0] {
         for kx in 0..s.kernel[1] {
             let at = tap_offsets(s, oy, ox0, pixels, ky, kx);
@@ -91,7 +91,7 @@ pub unsafe fn neon_f16_4x16(
 /// `x − z` as f32 for `n` channels from input index `at`; 0 for a padded tap (the
 /// reference's `z − z`).
 #[target_feature(enable = "neon")]
-unsafe fn stage(conv: &F16Conv<'_>, at: Option<usize>, n: usize, row: &mut [f32; RUN]) {
+unsafe fn stage(conv: &TileConv<'_>, at: Option<usize>, n: usize, row: &mut [f32; RUN]) {
     let Some(at) = at else {
         row[..n].fill(0.0);
         return;

@@ -8,7 +8,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::wide::contract::{tap_offsets, F16Conv, F16_CHANNELS, F16_PIXELS};
+use crate::wide::contract::{tap_offsets, TileConv, TILE_CHANNELS, TILE_PIXELS};
 
 /// Input channels staged at a time.
 const RUN: usize = 64;
@@ -19,22 +19,22 @@ const RUN: usize = 64;
 /// As [`crate::wide::contract::F16Tile`]; the CPU has AVX2 and F16C.
 #[target_feature(enable = "avx2,f16c")]
 pub unsafe fn avx2_f16_4x16(
-    conv: &F16Conv<'_>,
+    conv: &TileConv<'_>,
     oy: usize,
     ox0: usize,
     pixels: usize,
     o0: usize,
-    bias: &[f32; F16_CHANNELS],
-    sums: &mut [[f32; F16_CHANNELS]; F16_PIXELS],
+    bias: &[f32; TILE_CHANNELS],
+    sums: &mut [[f32; TILE_CHANNELS]; TILE_PIXELS],
 ) {
     let s = conv.window;
     let (c, oc) = (s.in_c, s.out_c);
-    let mut acc = [[_mm256_setzero_ps(); 2]; F16_PIXELS];
+    let mut acc = [[_mm256_setzero_ps(); 2]; TILE_PIXELS];
     for a in acc.iter_mut() {
         a[0] = _mm256_loadu_ps(bias.as_ptr());
         a[1] = _mm256_loadu_ps(bias.as_ptr().add(8));
     }
-    let mut staged = [[0f32; RUN]; F16_PIXELS];
+    let mut staged = [[0f32; RUN]; TILE_PIXELS];
     for ky in 0..s.kernel[0] {
         for kx in 0..s.kernel[1] {
             let at = tap_offsets(s, oy, ox0, pixels, ky, kx);
@@ -67,7 +67,7 @@ pub unsafe fn avx2_f16_4x16(
 /// `x − z` as f32 for `n` channels from input index `at`; 0 for a padded tap (the
 /// reference's `z − z`).
 #[target_feature(enable = "avx2")]
-unsafe fn stage(conv: &F16Conv<'_>, at: Option<usize>, n: usize, row: &mut [f32; RUN]) {
+unsafe fn stage(conv: &TileConv<'_>, at: Option<usize>, n: usize, row: &mut [f32; RUN]) {
     let Some(at) = at else {
         row[..n].fill(0.0);
         return;

@@ -1,7 +1,9 @@
 //! x86-64 micro-kernels, one file per tile: `avx2_4x4c16` and `vnni_4x4c16` on 4-channel
 //! blocks, `avx2_4x8c4`, `avxvnni_6x16c4` and `vnni_8x32c4` on 16-channel lanes, with
-//! their vector epilogues; `avx2_f16_4x16` sums the convs of layers kept at f16.
+//! their vector epilogues; `avx2_f16_4x16` sums the convs of layers kept at f16 and
+//! `avx2_16x8_4x16` the int8-weight convs next to them (int16 tensors).
 
+pub mod avx2_16x8_4x16;
 pub mod avx2_4x4c16;
 pub mod avx2_4x8c4;
 pub mod avx2_f16_4x16;
