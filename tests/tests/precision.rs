@@ -192,6 +192,9 @@ fn int16_activations_alone_lower_the_error_less() {
     assert_eq!(report.wide_as, WideKind::Int16);
     let inspect = kestrel_tools::inspect::inspect(&std::fs::read(&wide).unwrap()).unwrap();
     assert!(inspect.ops.iter().all(|o| o.layout != "f16"));
+    // It names what the 16x8 convs run on here, and they give the same bits on every path.
+    assert!(inspect.f16_tile_here.is_none() && inspect.int16_tile_here.is_some());
+    same_logits_on_every_path(&wide);
     let (e8, _) = error_and_agreement(&int8);
     let (ew, _) = error_and_agreement(&wide);
     // int8 weights stay: the error falls, but far from f16's.

@@ -43,6 +43,9 @@ pub struct BenchReport {
     /// What the convs on f16 weights ran on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub f16_tile: Option<String>,
+    /// What the int8-weight convs on int16 tensors (16x8) ran on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub int16_tile: Option<String>,
     pub threads: usize,
     pub iters: usize,
     pub latency_ms_median: f64,
@@ -155,6 +158,7 @@ pub fn bench(name: &str, bytes: &[u8], opts: &BenchOptions) -> anyhow::Result<Be
         kernels: kernels.name().to_string(),
         conv_tile: model.conv_tile(kernels).map(|t| t.name().to_string()),
         f16_tile: model.f16_tile(kernels).map(str::to_string),
+        int16_tile: model.int16_tile(kernels).map(str::to_string),
         threads: opts.threads,
         iters: opts.iters,
         latency_ms_median: median,
@@ -198,6 +202,7 @@ pub fn bench_onnx(path: &std::path::Path, opts: &BenchOptions) -> anyhow::Result
         kernels: "tract-f32".into(),
         conv_tile: None,
         f16_tile: None,
+        int16_tile: None,
         threads: 1,
         iters: opts.iters,
         latency_ms_median: median,
@@ -221,6 +226,9 @@ pub fn print(r: &BenchReport) {
     }
     if let Some(tile) = &r.f16_tile {
         println!("f16 tile     {tile}");
+    }
+    if let Some(tile) = &r.int16_tile {
+        println!("16x8 tile    {tile}");
     }
     if let Some(m) = &r.kernel_mismatch {
         println!("warning      {m}");

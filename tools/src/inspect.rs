@@ -64,6 +64,8 @@ pub struct InspectReport {
     /// What its convs on f16 weights run on here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub f16_tile_here: Option<String>,
+    /// What its int8-weight convs on int16 tensors run on here (16x8).
+    pub int16_tile_here: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_mismatch: Option<String>,
 }
@@ -151,6 +153,10 @@ pub fn inspect(bytes: &[u8]) -> Result<InspectReport, FormatError> {
             .as_ref()
             .and_then(|m| m.f16_tile(here))
             .map(str::to_string),
+        int16_tile_here: model
+            .as_ref()
+            .and_then(|m| m.int16_tile(here))
+            .map(str::to_string),
         kernel_mismatch: model
             .as_ref()
             .and_then(|m| m.kernel_mismatch(here))
@@ -193,6 +199,9 @@ pub fn print(r: &InspectReport) {
     }
     if let Some(tile) = &r.f16_tile_here {
         println!("f16 tile     {tile}");
+    }
+    if let Some(tile) = &r.int16_tile_here {
+        println!("16x8 tile    {tile}");
     }
     let ratio = |bound: u64| r.arena_bytes as f64 / bound.max(1) as f64;
     println!(

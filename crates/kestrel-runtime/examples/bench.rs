@@ -161,10 +161,11 @@ fn run() -> Result<(), String> {
     session.logits(&mut logits).map_err(|e| e.to_string())?;
     let list: Vec<String> = logits.iter().map(|v| format!("{v:?}")).collect();
     println!(
-        "{{\"kernels\":\"{}\",\"conv_tile\":\"{}\",\"f16_tile\":\"{}\",\"threads\":{},\"iters\":{},\"ms_per_inference\":{ms:.3},\"logits\":[{}]}}",
+        "{{\"kernels\":\"{}\",\"conv_tile\":\"{}\",\"f16_tile\":\"{}\",\"int16_tile\":\"{}\",\"threads\":{},\"iters\":{},\"ms_per_inference\":{ms:.3},\"logits\":[{}]}}",
         session.kernels(),
         model.conv_tile(session.kernels()).map_or("none", |t| t.name()),
         model.f16_tile(session.kernels()).unwrap_or("none"),
+        model.int16_tile(session.kernels()).unwrap_or("none"),
         session.threads(),
         args.iters,
         list.join(",")

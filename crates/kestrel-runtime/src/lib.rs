@@ -186,6 +186,27 @@ impl<'a> Model<'a> {
         has_f16.then(|| kestrel_kernels::wide::f16_tile(kernels).map_or("scalar loops", |t| t.0))
     }
 
+    /// What the file's convs on int8 weights with an int16 tensor (next to a layer kept
+    /// wider: "16x8") run on `kernels`: a 16x8 tile, or the wide kernels' scalar loops;
+    /// `None` for a file without them.
+    pub fn int16_tile(&self, kernels: Isa) -> Option<&'static str> {
+        let has_16x8 = (0..self.file.op_count())
+            .filter_map(|i| self.file.op(i))
+            .any(|op| {
+                op.kind == OpKind::Conv && op.layout != WeightLayout::F16 && self.runs_wide(&op)
+            });
+        has_16x8.then(|| kestrel_kernels::wide::int_tile(kernels).map_or("scalar loops", |t| t.0))
+    }
+
+    /// Whether `op` runs on the wide kernels: an int16 operand or f16 weights.
+    fn runs_wide(&self, op: &OpView) -> bool {
+        let wide = |t: u32| self.tensor(t).dtype == DType::I16;
+        wide(op.input)
+            || wide(op.output)
+            || op.residual.is_some_and(|r| wide(r.tensor))
+            || op.layout == WeightLayout::F16
+    }
+
     pub fn arena_bytes(&self) -> usize {
         self.file.plan.arena_bytes as usize
     }
@@ -421,11 +442,7 @@ impl<'m, 'a> Session<'m, 'a> {
         if op.kind == OpKind::Reshape {
             return; // output aliases input
         }
-        let residual_wide = op
-            .residual
-            .is_some_and(|r| m.tensor(r.tensor).dtype == DType::I16);
-        let f16 = op.layout == WeightLayout::F16;
-        if x.dtype == DType::I16 || y.dtype == DType::I16 || residual_wide || f16 {
+        if m.runs_wide(op) {
             self.execute_wide(op);
             return;
         }
