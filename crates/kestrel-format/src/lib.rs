@@ -28,8 +28,9 @@ pub mod writer;
 
 pub use container::{SectionKind, ALIGN, HEADER_LEN, MAGIC, SECTION_ENTRY_LEN, VERSION};
 pub use model::{
-    ChannelParams, DType, KesFile, Metadata, OpKind, OpScratch, OpView, Plan, PreprocessInfo,
-    Residual, TensorInfo, WeightLayout, CHANNEL_PARAMS_LEN, OP_RECORD_LEN, TENSOR_RECORD_LEN,
+    ChannelParams, DType, KesFile, Metadata, OpKind, OpScratch, OpView, Plan, PoolWindow,
+    PreprocessInfo, Residual, TensorInfo, WeightLayout, CHANNEL_PARAMS_LEN, OP_RECORD_LEN,
+    TENSOR_RECORD_LEN,
 };
 
 use core::fmt;

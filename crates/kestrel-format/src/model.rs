@@ -9,6 +9,8 @@ use crate::container::{parse_container, SectionKind};
 use crate::reader::Reader;
 use crate::FormatError;
 use kestrel_kernels::conv::Packing;
+use kestrel_kernels::stream::StreamedPool;
+use kestrel_kernels::window::Window;
 
 pub const TENSOR_RECORD_LEN: usize = 32;
 pub const OP_RECORD_LEN: usize = 64;
@@ -90,6 +92,11 @@ pub enum OpKind {
     /// scale (one parameter record: the input's multiplier and shift; the residual's in
     /// its own fields): a residual Add a quantised model rounds apart from its conv.
     Add = 10,
+    /// A stem's conv streamed into the max pooling after it, a band of pooled rows at a
+    /// time ([`kestrel_kernels::stream`]): the conv's record, the pool's window in
+    /// [`OpView::pool`]; the conv's map is never stored whole. The band lies at the front
+    /// of the op's scratch, a packed conv's panels after it.
+    ConvMaxPool = 11,
 }
 
 impl OpKind {
@@ -106,6 +113,7 @@ impl OpKind {
             Reshape,
             ChannelAffine,
             Add,
+            ConvMaxPool,
         ]
         .into_iter()
         .find(|k| *k as u8 == v)
@@ -123,6 +131,7 @@ impl OpKind {
             OpKind::Reshape => "reshape",
             OpKind::ChannelAffine => "channel_affine",
             OpKind::Add => "add",
+            OpKind::ConvMaxPool => "conv_max_pool",
         }
     }
 }
@@ -189,6 +198,96 @@ pub struct Residual {
     pub shift: i32,
 }
 
+/// The max pooling of a streamed stem ([`OpKind::ConvMaxPool`]). The record holds its
+/// window where a residual's multiplier and shift would be (pads, then kernel and
+/// stride, a byte each) and the pooled rows per band in `aux[0]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolWindow {
+    pub kernel: [u8; 2],
+    pub stride: [u8; 2],
+    /// `[top, left, bottom, right]`.
+    pub pads: [u8; 4],
+    pub band_rows: u16,
+}
+
+impl PoolWindow {
+    /// The record fields that hold it: (residual multiplier, residual shift, aux).
+    pub fn encode(&self) -> (i32, i32, [u16; 2]) {
+        let [k0, k1] = self.kernel;
+        let [s0, s1] = self.stride;
+        (
+            i32::from_le_bytes(self.pads),
+            i32::from_le_bytes([k0, k1, s0, s1]),
+            [self.band_rows, 0],
+        )
+    }
+
+    fn decode(multiplier: i32, shift: i32, aux: [u16; 2]) -> Option<Self> {
+        let [k0, k1, s0, s1] = shift.to_le_bytes();
+        (aux[1] == 0).then_some(PoolWindow {
+            kernel: [k0, k1],
+            stride: [s0, s1],
+            pads: multiplier.to_le_bytes(),
+            band_rows: aux[0],
+        })
+    }
+
+    /// The stem's conv (`kernel`, `stride`, `pads`) over an `[1, H, W, C]` input into `oc`
+    /// channels, and this pool over the conv's map; `None` if a window does not fit.
+    pub fn streamed(
+        &self,
+        input: [u32; 4],
+        oc: usize,
+        conv: ([u8; 2], [u8; 2], [u8; 4]),
+    ) -> Option<StreamedPool> {
+        let [_, h, w, c] = input.map(|d| d as usize);
+        let conv = window_over([h, w, c], oc, conv.0, conv.1, conv.2)?;
+        let pool = window_over(
+            [conv.out_h, conv.out_w, oc],
+            oc,
+            self.kernel,
+            self.stride,
+            self.pads,
+        )?;
+        Some(StreamedPool {
+            conv,
+            pool,
+            band_rows: self.band_rows as usize,
+        })
+    }
+}
+
+/// The window of `kernel`, `stride` and `pads` over an `[H, W, C]` map into `oc`
+/// channels, or `None` for a zero kernel or stride or a window larger than the padded map.
+fn window_over(
+    [h, w, c]: [usize; 3],
+    oc: usize,
+    kernel: [u8; 2],
+    stride: [u8; 2],
+    pads: [u8; 4],
+) -> Option<Window> {
+    let (kernel, stride, pads) = (
+        kernel.map(usize::from),
+        stride.map(usize::from),
+        pads.map(usize::from),
+    );
+    let out = |size: usize, k: usize, s: usize, lo: usize, hi: usize| {
+        let padded = size + lo + hi;
+        (k > 0 && s > 0 && padded >= k).then(|| (padded - k) / s + 1)
+    };
+    Some(Window {
+        in_h: h,
+        in_w: w,
+        in_c: c,
+        out_h: out(h, kernel[0], stride[0], pads[0], pads[2])?,
+        out_w: out(w, kernel[1], stride[1], pads[1], pads[3])?,
+        out_c: oc,
+        kernel,
+        stride,
+        pads,
+    })
+}
+
 /// One op, decoded. Weight and parameter slices point into the file.
 #[derive(Clone, Copy, Debug)]
 pub struct OpView<'a> {
@@ -214,6 +313,19 @@ pub struct OpView<'a> {
     /// A packed conv's own scratch: arena bytes dead while it runs, which the planner lent
     /// it. `None`: the plan's shared scratch.
     pub scratch: Option<OpScratch>,
+    /// A streamed stem's max pooling ([`OpKind::ConvMaxPool`] only).
+    pub pool: Option<PoolWindow>,
+}
+
+impl OpView<'_> {
+    /// A streamed stem's conv and pool windows over its input `x` into its output `y`.
+    pub fn streamed(&self, x: &TensorInfo, y: &TensorInfo) -> Option<StreamedPool> {
+        self.pool?.streamed(
+            x.dims,
+            y.dims[3] as usize,
+            (self.kernel, self.stride, self.pads),
+        )
+    }
 }
 
 /// Arena bytes `offset .. offset + bytes` a packed conv packs its input into while it
@@ -550,6 +662,16 @@ impl<'a> KesFile<'a> {
         if has_residual != (residual_tensor != NO_TENSOR) {
             return Err(bad("residual flag and residual tensor disagree"));
         }
+        let pool = match kind {
+            OpKind::ConvMaxPool if has_residual => {
+                return Err(bad("a streamed stem takes no residual"))
+            }
+            OpKind::ConvMaxPool => Some(
+                PoolWindow::decode(res_mult, res_shift, aux)
+                    .ok_or(bad("a streamed stem's second aux field is not zero"))?,
+            ),
+            _ => None,
+        };
         // SAFETY: i8 and u8 have the same size and alignment; the slice stays in bounds.
         let weights =
             unsafe { core::slice::from_raw_parts(weights.as_ptr() as *const i8, weights.len()) };
@@ -573,6 +695,7 @@ impl<'a> KesFile<'a> {
             layout,
             params: ChannelParams { bytes: params },
             scratch,
+            pool,
         })
     }
 
@@ -590,6 +713,7 @@ impl<'a> KesFile<'a> {
         check.carried_allowed()?;
         match op.kind {
             OpKind::Conv | OpKind::Dense => check.conv_or_dense()?,
+            OpKind::ConvMaxPool => check.conv_max_pool()?,
             OpKind::ChannelAffine => check.channel_affine()?,
             OpKind::Add => check.add()?,
             OpKind::MaxPool | OpKind::AvgPool => check.pool()?,
@@ -650,11 +774,11 @@ impl<'c> OpCheck<'c> {
         if wide
             && (matches!(
                 op.kind,
-                OpKind::AvgPool | OpKind::Add | OpKind::ChannelAffine
+                OpKind::AvgPool | OpKind::Add | OpKind::ChannelAffine | OpKind::ConvMaxPool
             ) || op.layout.packing().is_some())
         {
             return Err(self.bad(
-                "int16 tensors only go through conv, dense, max and global pooling, subsample, channel padding and reshape, with unpacked weights",
+                "int16 tensors only go through conv, dense, max and global pooling, subsample, channel padding and reshape, with unpacked weights, unstreamed",
             ));
         }
         if op.layout == WeightLayout::F16 && !matches!(op.kind, OpKind::Conv | OpKind::Dense) {
@@ -687,11 +811,14 @@ impl<'c> OpCheck<'c> {
         {
             return Err(self.bad("op carries weights it does not use"));
         }
-        if op.kind != OpKind::Conv && op.layout.packing().is_some() {
+        let conv = matches!(op.kind, OpKind::Conv | OpKind::ConvMaxPool);
+        if !conv && op.layout.packing().is_some() {
             return Err(self.bad("only convolutions take packed weights"));
         }
-        if op.scratch.is_some() && op.layout.packing().is_none() {
-            return Err(self.bad("only packed convolutions take a scratch of their own"));
+        if op.scratch.is_some() && op.layout.packing().is_none() && op.kind != OpKind::ConvMaxPool {
+            return Err(
+                self.bad("only packed convolutions and streamed stems take a scratch of their own")
+            );
         }
         if !matches!(op.kind, OpKind::Conv | OpKind::Add) && op.residual.is_some() {
             return Err(self.bad("only convolutions and adds take a residual"));
@@ -703,7 +830,7 @@ impl<'c> OpCheck<'c> {
     fn needs_weights(&self) -> bool {
         matches!(
             self.op.kind,
-            OpKind::Conv | OpKind::Dense | OpKind::ChannelAffine
+            OpKind::Conv | OpKind::Dense | OpKind::ChannelAffine | OpKind::ConvMaxPool
         )
     }
 
@@ -749,7 +876,46 @@ impl<'c> OpCheck<'c> {
             }
             (1, 1)
         };
-        let k = kh * kw * c;
+        self.conv_weights(kh * kw * c, oc)?;
+        if let Some(res) = op.residual {
+            self.fused_residual(res)?;
+        }
+        Ok(())
+    }
+
+    /// A streamed stem: the conv's window, then the pool's over the conv's map, give the
+    /// output; a band of at least one row, in a scratch of its own with room for the
+    /// band and (packed weights) a panel; the conv's weights as a conv's.
+    fn conv_max_pool(&self) -> Result<(), FormatError> {
+        let op = self.op;
+        let s = op.streamed(&self.x, &self.y).ok_or(
+            self.bad("the stem's conv or pool window is empty or larger than its padded map"),
+        )?;
+        let [_, oh, ow, oc] = shape(&self.y);
+        if (s.pool.out_h, s.pool.out_w) != (oh, ow) {
+            return Err(self.bad("output size does not follow from the conv and pool windows"));
+        }
+        if (0..2)
+            .any(|i| s.pool.pads[i] >= s.pool.kernel[i] || s.pool.pads[i + 2] >= s.pool.kernel[i])
+        {
+            return Err(self.bad("a pooling window lies wholly in the padding"));
+        }
+        if s.band_rows == 0 {
+            return Err(self.bad("a streamed stem makes no rows per band"));
+        }
+        let k = s.conv.kernel[0] * s.conv.kernel[1] * s.conv.in_c;
+        let panel = op.layout.packing().map_or(0, |p| p.min_scratch_len(k));
+        let scratch = op
+            .scratch
+            .ok_or(self.bad("a streamed stem needs a scratch of its own for its band"))?;
+        self.own_scratch(scratch, s.band_bytes() + panel)?;
+        self.conv_weights(k, oc)
+    }
+
+    /// A conv's or dense layer's weights and records for reduction depth `k` and `oc`
+    /// outputs: their sizes, packed weights, their values.
+    fn conv_weights(&self, k: usize, oc: usize) -> Result<(), FormatError> {
+        let op = self.op;
         let weights_len = match op.layout.packing() {
             None if op.layout == WeightLayout::F16 => 2 * oc * k,
             None => oc * k,
@@ -761,17 +927,15 @@ impl<'c> OpCheck<'c> {
         if let Some(packing) = op.layout.packing() {
             self.packed_weights(packing, k, oc)?;
         }
-        self.weight_values()?;
-        if let Some(res) = op.residual {
-            self.fused_residual(res)?;
-        }
-        Ok(())
+        self.weight_values()
     }
 
     /// Packed weights (`k` reduction steps, `oc` channels): the plan reserves the scratch
     /// the kernels pack the input into, and the blocks hold what the kernels assume.
     fn packed_weights(&self, packing: Packing, k: usize, oc: usize) -> Result<(), FormatError> {
         match self.op.scratch {
+            // A streamed stem's scratch holds its band too: `conv_max_pool` checked it.
+            _ if self.op.kind == OpKind::ConvMaxPool => {}
             None if (self.file.plan.scratch_bytes as usize) < packing.min_scratch_len(k) => {
                 return Err(self.bad("the plan's scratch is too small for this packed conv"));
             }
@@ -792,7 +956,11 @@ impl<'c> OpCheck<'c> {
             return Err(self.bad("its scratch lies outside the arena"));
         }
         if (s.bytes as usize) < least {
-            return Err(self.bad("its scratch is too small for this packed conv"));
+            return Err(self.bad(if self.op.kind == OpKind::ConvMaxPool {
+                "its scratch is too small for what it runs"
+            } else {
+                "its scratch is too small for this packed conv"
+            }));
         }
         let residual = self
             .op

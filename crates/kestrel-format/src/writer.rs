@@ -10,10 +10,9 @@ use crate::container::{
 
 use crate::liveness;
 use crate::model::{
-    DType, OpKind, OpScratch, Plan, PreprocessInfo, Residual, WeightLayout, OP_RECORD_LEN,
-    PREPROCESS_LEN,
+    DType, OpKind, OpScratch, Plan, PoolWindow, PreprocessInfo, Residual, WeightLayout,
+    OP_RECORD_LEN, PREPROCESS_LEN,
 };
-use kestrel_kernels::conv::Packing;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorRecord {
@@ -43,6 +42,9 @@ pub struct OpRecord {
     pub params: Vec<(i32, i32, i32)>,
     /// A packed conv's own scratch (see [`crate::OpScratch`]); `None`: the plan's.
     pub scratch: Option<OpScratch>,
+    /// A streamed stem's max pooling ([`OpKind::ConvMaxPool`]); it takes the place of
+    /// the residual and `aux` in the record.
+    pub pool: Option<PoolWindow>,
 }
 
 impl OpRecord {
@@ -64,7 +66,17 @@ impl OpRecord {
             layout: WeightLayout::Portable,
             params: Vec::new(),
             scratch: None,
+            pool: None,
         }
+    }
+
+    /// A streamed stem's windows over its `input` tensor ([`PoolWindow::streamed`]).
+    fn streamed(&self, input: &TensorRecord) -> Option<kestrel_kernels::stream::StreamedPool> {
+        self.pool?.streamed(
+            input.dims,
+            self.params.len(),
+            (self.kernel, self.stride, self.pads),
+        )
     }
 }
 
@@ -98,12 +110,12 @@ impl KesModel {
     /// the convs can run in that little (a microcontroller's SRAM): smaller panels, the
     /// same results. Each packed conv's scratch (the packed input panels it needs while it
     /// runs) is planned like a tensor live only at its step: placed in arena bytes that no
-    /// tensor live then holds, the arena grown only where no such space is big enough.
+    /// tensor live then holds, the arena grown only where no such space is big enough. A
+    /// streamed stem's band is part of its scratch, packed or not.
     pub fn pack_convs_within(&mut self, layout: WeightLayout, scratch_limit: Option<usize>) {
-        let Some(packing) = layout.packing() else {
-            return;
-        };
-        let mut convs = Vec::new();
+        let packing = layout.packing();
+        // (op, bytes wanted, least bytes it runs in)
+        let mut scratch = Vec::new();
         for (i, op) in self.ops.iter_mut().enumerate() {
             let input = &self.tensors[op.input as usize];
             // Layers kept at int16 run the 16x8 reference kernels, on unpacked weights.
@@ -112,21 +124,29 @@ impl KesModel {
                 || op
                     .residual
                     .is_some_and(|r| self.tensors[r.tensor as usize].dtype == DType::I16);
-            if op.kind != OpKind::Conv || op.layout != WeightLayout::Portable || wide {
-                continue;
-            }
+            let band = op.streamed(input).map_or(0, |s| s.band_bytes());
+            let conv = matches!(op.kind, OpKind::Conv | OpKind::ConvMaxPool);
             let k = op.kernel[0] as usize * op.kernel[1] as usize * input.dims[3] as usize;
-            op.weights = packing.pack_weights(&op.weights, k, op.params.len());
-            op.layout = layout;
-            convs.push((i, k));
+            match packing {
+                Some(packing) if conv && op.layout == WeightLayout::Portable && !wide => {
+                    op.weights = packing.pack_weights(&op.weights, k, op.params.len());
+                    op.layout = layout;
+                    let need = band + packing.scratch_len_within(k, scratch_limit);
+                    scratch.push((i, need as u64, (band + packing.min_scratch_len(k)) as u64));
+                }
+                _ if op.kind == OpKind::ConvMaxPool => scratch.push((i, band as u64, band as u64)),
+                _ => {}
+            }
         }
-        self.lend_scratch(packing, &convs, scratch_limit);
+        if !scratch.is_empty() {
+            self.lend_scratch(&scratch);
+        }
     }
 
-    /// Gives each packed conv (`convs`: op index, reduction depth) a scratch of its own:
-    /// the best-fitting free space at its step that holds as much as the kernels use,
-    /// else the largest that holds a minimal panel, else new space on top of the arena.
-    fn lend_scratch(&mut self, packing: Packing, convs: &[(usize, usize)], limit: Option<usize>) {
+    /// Gives each op of `wants` (op index, bytes it wants, least bytes it runs in) a
+    /// scratch of its own: the best-fitting free space at its step that holds what it
+    /// wants, else the largest that holds the least, else new space on top of the arena.
+    fn lend_scratch(&mut self, wants: &[(usize, u64, u64)]) {
         let ranges = self.tensor_ranges();
         let life = self.lifetimes();
         let align = |n: u64| n.div_ceil(ALIGN as u64) * ALIGN as u64;
@@ -138,9 +158,7 @@ impl KesModel {
         };
         let mut arena = planned.max(tensors_end);
         let mut lent = vec![0u64; self.ops.len()];
-        for &(i, k) in convs {
-            let need = packing.scratch_len_within(k, limit) as u64;
-            let least = packing.min_scratch_len(k) as u64;
+        for &(i, need, least) in wants {
             let busy = liveness::occupied(&ranges, &life, i);
             let (mut gaps, mut cursor) = (Vec::new(), 0u64);
             for &(start, end) in &busy {
@@ -227,12 +245,16 @@ impl KesModel {
             for v in [w_off, op.weights.len(), p_off, p_len] {
                 ops.extend_from_slice(&(v as u32).to_le_bytes());
             }
-            let (m, s) = op.residual.map_or((0, 0), |r| (r.multiplier, r.shift));
+            let (m, s, aux) = match (op.residual, op.pool) {
+                (Some(r), _) => (r.multiplier, r.shift, op.aux),
+                (None, Some(pool)) => pool.encode(),
+                (None, None) => (0, 0, op.aux),
+            };
             ops.extend_from_slice(&m.to_le_bytes());
             ops.extend_from_slice(&s.to_le_bytes());
             ops.extend_from_slice(&[op.out_min as u8, op.out_max as u8]);
-            ops.extend_from_slice(&op.aux[0].to_le_bytes());
-            ops.extend_from_slice(&op.aux[1].to_le_bytes());
+            ops.extend_from_slice(&aux[0].to_le_bytes());
+            ops.extend_from_slice(&aux[1].to_le_bytes());
             ops.push(op.layout as u8);
             let s = op.scratch.unwrap_or(OpScratch {
                 offset: 0,

@@ -212,13 +212,18 @@ impl<'a> Model<'a> {
     }
 
     /// Scratch bytes one thread needs for the packed convolutions: the most any conv was
-    /// lent (inside the arena, for the session's own thread) or the plan's shared scratch.
-    /// A [`Parallel`] gives each of its threads as much.
+    /// lent for its panels (inside the arena, for the session's own thread; a streamed
+    /// stem's band, which only that thread writes, not counted) or the plan's shared
+    /// scratch. A [`Parallel`] gives each of its threads as much.
     pub fn scratch_bytes(&self) -> usize {
         let lent = (0..self.file.op_count())
             .filter_map(|i| self.file.op(i))
-            .filter_map(|op| op.scratch)
-            .map(|s| s.bytes as usize)
+            .filter_map(|op| {
+                let band = op
+                    .streamed(&self.tensor(op.input), &self.tensor(op.output))
+                    .map_or(0, |s| s.band_bytes());
+                Some((op.scratch?.bytes as usize).saturating_sub(band))
+            })
             .max()
             .unwrap_or(0);
         lent.max(self.file.plan.scratch_bytes as usize)
@@ -461,6 +466,7 @@ impl<'m, 'a> Session<'m, 'a> {
         let params = |ch: usize| op.params.get(ch);
         match op.kind {
             OpKind::Conv => self.conv(base, op, &win, input, out_q, as_i8_mut(output)),
+            OpKind::ConvMaxPool => self.conv_max_pool(base, op, input, out_q, as_i8_mut(output)),
             OpKind::Dense => match y.dtype {
                 DType::I8 => dense::dense(input, op.weights, params, out_q, as_i8_mut(output)),
                 DType::I32 => dense::dense_i32(input, op.weights, params, oc, |n, v| {
@@ -468,12 +474,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 }),
                 DType::I16 => {} // `execute_wide`'s
             },
-            OpKind::MaxPool => match self.parallel {
-                Some(parallel) if parallel.threads() > 1 => {
-                    max_pool_parallel(&win, input, as_i8_mut(output), parallel)
-                }
-                _ => pooling::max_pool(&win, input, as_i8_mut(output)),
-            },
+            OpKind::MaxPool => self.max_pool(&win, input, as_i8_mut(output)),
             OpKind::AvgPool => scalar::avg_pool(
                 &win,
                 input,
@@ -565,27 +566,100 @@ impl<'m, 'a> Session<'m, 'a> {
             residual,
             first: 0,
         };
-        let Some(packing) = op.layout.packing() else {
-            return conv::unpacked::conv2d(&conv, output);
+        // SAFETY: `op` is a conv of the parsed file, and no slice of its scratch is live.
+        let scratch = unsafe { self.op_scratch(base, op) };
+        self.run_conv(op.layout.packing(), &conv, output, scratch);
+    }
+
+    /// A streamed stem: the conv a band of rows at a time into the front of the op's
+    /// scratch, each band max pooled into the output.
+    fn conv_max_pool(
+        &self,
+        base: *mut u8,
+        op: &OpView,
+        input: &[i8],
+        out_q: OutQuant,
+        output: &mut [i8],
+    ) {
+        let m = self.model;
+        let Some(stem) = op.streamed(&m.tensor(op.input), &m.tensor(op.output)) else {
+            return; // parse checked both windows
+        };
+        // SAFETY: `op` is a streamed stem of the parsed file, and no slice of its scratch
+        // is live.
+        let scratch = unsafe { self.op_scratch(base, op) };
+        // Parse checked that the scratch holds the band and, packed, a panel after it.
+        let (band, panel) = scratch.split_at_mut(stem.band_bytes());
+        let conv = Conv {
+            window: &stem.conv,
+            input,
+            zero_point: m.tensor(op.input).zero_point as i8,
+            weights: op.weights,
+            params: op.params.as_bytes(),
+            out: out_q,
+            residual: Residual::None,
+            first: 0,
+        };
+        let packing = op.layout.packing();
+        let row = stem.conv.out_w;
+        stem.run(
+            band,
+            output,
+            |rows, part| {
+                let rows_conv = Conv {
+                    first: rows.start * row,
+                    ..conv
+                };
+                self.run_conv(packing, &rows_conv, part, panel);
+            },
+            |win, band, out| self.max_pool(win, band, out),
+        );
+    }
+
+    /// The scratch `op` (a conv or streamed stem) was lent, else the plan's shared one.
+    ///
+    /// # Safety
+    /// `op` is an op of the parsed file (so the range lies in the arena) and no other live
+    /// slice overlaps its scratch: parse checked that it shares no byte with the op's
+    /// operands (the plan's shared scratch none with any tensor); what else lies there is
+    /// dead at this step.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn op_scratch(&self, base: *mut u8, op: &OpView) -> &mut [i8] {
+        let plan = self.model.file.plan;
+        let (offset, bytes) = op.scratch.map_or(
+            (plan.scratch_offset as usize, plan.scratch_bytes as usize),
+            |s| (s.offset as usize, s.bytes as usize),
+        );
+        core::slice::from_raw_parts_mut(base.add(offset) as *mut i8, bytes)
+    }
+
+    /// Conv `conv` (a run of its output pixels) into `output`: packed, split over the
+    /// pool's threads when there is one, else in `scratch`; unpacked on the reference.
+    fn run_conv(
+        &self,
+        packing: Option<Packing>,
+        conv: &Conv<'_>,
+        output: &mut [i8],
+        scratch: &mut [i8],
+    ) {
+        let Some(packing) = packing else {
+            return conv::unpacked::conv2d(conv, output);
         };
         match self.parallel {
             Some(parallel) if parallel.threads() > 1 => {
-                conv_parallel(self.kernels, packing, &conv, output, parallel)
+                conv_parallel(self.kernels, packing, conv, output, parallel)
             }
-            _ => {
-                let plan = m.file.plan;
-                let (offset, bytes) = op.scratch.map_or(
-                    (plan.scratch_offset as usize, plan.scratch_bytes as usize),
-                    |s| (s.offset as usize, s.bytes as usize),
-                );
-                // SAFETY: parse checked that the scratch lies in the arena, holds this
-                // conv's packed input, and shares no byte with its operands: the plan's
-                // shared scratch none with any tensor, a conv's own none with its input,
-                // output and residual (what else lies there is dead at this step).
-                let scratch =
-                    unsafe { core::slice::from_raw_parts_mut(base.add(offset) as *mut i8, bytes) };
-                packing.conv2d(self.kernels, &conv, output, scratch);
+            _ => packing.conv2d(self.kernels, conv, output, scratch),
+        }
+    }
+
+    /// Max pooling, its output rows split over the pool's threads when there is one.
+    fn max_pool(&self, win: &Window, input: &[i8], output: &mut [i8]) {
+        match self.parallel {
+            Some(parallel) if parallel.threads() > 1 => {
+                max_pool_parallel(win, input, output, parallel)
             }
+            _ => pooling::max_pool(win, input, output),
         }
     }
 }
@@ -702,7 +776,11 @@ impl Session<'_, '_> {
                 &mut output,
             ),
             // Parse refuses int16 tensors on the others; a reshape aliases its input.
-            OpKind::AvgPool | OpKind::Add | OpKind::ChannelAffine | OpKind::Reshape => {}
+            OpKind::AvgPool
+            | OpKind::Add
+            | OpKind::ChannelAffine
+            | OpKind::ConvMaxPool
+            | OpKind::Reshape => {}
         }
     }
 }
@@ -813,7 +891,7 @@ fn conv_parallel(
         let part = unsafe { shared.part(first * oc, len) };
         let task = Conv {
             residual: conv.residual.part(first * oc, len),
-            first,
+            first: conv.first + first,
             ..*conv
         };
         packing.conv2d(isa, &task, part, scratch);

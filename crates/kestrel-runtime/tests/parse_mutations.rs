@@ -164,7 +164,13 @@ fn random_edits_with_valid_checksums_never_panic() {
     blocks.pack_convs(WeightLayout::Blocks4);
     let mut pairs = common::tiny_model();
     pairs.pack_convs(WeightLayout::Pairs4);
+    let mut stem = common::tiny_stem_model(true);
+    stem.pack_convs(WeightLayout::Lanes16);
+    let mut portable_stem = common::tiny_stem_model(true);
+    portable_stem.pack_convs(WeightLayout::Portable);
     for bytes in [
+        stem.to_bytes(),
+        portable_stem.to_bytes(),
         common::tiny_model().to_bytes(),
         packed.to_bytes(),
         blocks.to_bytes(),

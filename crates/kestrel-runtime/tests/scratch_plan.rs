@@ -101,7 +101,7 @@ fn a_bad_op_scratch_is_refused_with_its_reason() {
     m.ops[3].scratch = Some(own); // the max pool
     assert_eq!(
         refusal(&m),
-        "only packed convolutions take a scratch of their own"
+        "only packed convolutions and streamed stems take a scratch of their own"
     );
 }
 

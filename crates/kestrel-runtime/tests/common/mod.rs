@@ -232,3 +232,86 @@ fn crc32_of(data: &[u8]) -> u32 {
 fn crc32(data: &[u8]) -> u32 {
     !crc32_of(data)
 }
+
+#[allow(dead_code)] // used by some of the test files that include this module
+/// A stem and a head: conv 3×3 (+ReLU) on a 9×9 image → max pool 3×3 s2 p1 → global pool
+/// → reshape → dense. `streamed`: the conv and pool as one [`OpKind::ConvMaxPool`] in bands
+/// of two pooled rows, the conv's map gone (its scratch not yet lent: `pack_convs_within`
+/// lends it, any layout).
+pub fn tiny_stem_model(streamed: bool) -> KesModel {
+    let mut tensors = vec![
+        t([1, 9, 9, 3], 0.02, 3, 0),      // 0 input
+        t([1, 9, 9, 4], 0.05, -128, 256), // 1 conv + ReLU
+        t([1, 5, 5, 4], 0.05, -128, 640), // 2 max pool
+        t([1, 1, 1, 4], 0.05, -128, 768), // 3 global pool
+        t([1, 1, 1, 4], 0.05, -128, 768), // 4 reshape (alias)
+        TensorRecord {
+            dtype: DType::I32,
+            dims: [1, 1, 1, 3],
+            scale: 0.001,
+            zero_point: 0,
+            offset: 832,
+        }, // 5 logits
+    ];
+    let mut conv = OpRecord::plain(OpKind::Conv, 0, 1);
+    conv.kernel = [3, 3];
+    conv.stride = [1, 1];
+    conv.pads = [1; 4];
+    conv.weights = weights(4 * 9 * 3, 5);
+    conv.params = (0..4).map(|c| (c * 90 - 120, 1_600_000_000, -5)).collect();
+    conv.out_min = -128;
+    let mut pool = OpRecord::plain(OpKind::MaxPool, 1, 2);
+    pool.kernel = [3, 3];
+    pool.stride = [2, 2];
+    pool.pads = [1; 4];
+    let mut dense = OpRecord::plain(OpKind::Dense, 4, 5);
+    dense.weights = weights(3 * 4, 6);
+    dense.params = (0..3).map(|c| (c * 7 - 5, 1_700_000_000, 0)).collect();
+    let head = [
+        OpRecord::plain(OpKind::GlobalAvgPool, 2, 3),
+        OpRecord::plain(OpKind::Reshape, 3, 4),
+        dense,
+    ];
+    let mut ops = if streamed {
+        conv.kind = OpKind::ConvMaxPool;
+        conv.output = 2;
+        conv.pool = Some(kestrel_format::PoolWindow {
+            kernel: pool.kernel,
+            stride: pool.stride,
+            pads: pool.pads,
+            band_rows: 2,
+        });
+        vec![conv]
+    } else {
+        vec![conv, pool]
+    };
+    ops.extend(head);
+    if streamed {
+        tensors.remove(1);
+        for op in &mut ops {
+            for t in [&mut op.input, &mut op.output] {
+                if *t > 1 {
+                    *t -= 1;
+                }
+            }
+        }
+    }
+    KesModel {
+        tensors,
+        ops,
+        input: 0,
+        output: if streamed { 4 } else { 5 },
+        plan: Plan {
+            arena_bytes: 896,
+            lower_bound_bytes: 600,
+            scratch_offset: 0,
+            scratch_bytes: 0,
+        },
+        preprocess: PreprocessInfo {
+            size: [9, 9],
+            ..tiny_model().preprocess
+        },
+        labels: vec!["cat".into(), "dog".into(), "owl".into()],
+        metadata: vec![("source_model".into(), "hand-built".into())],
+    }
+}
