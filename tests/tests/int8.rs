@@ -21,6 +21,7 @@ fn compile_to(stem: &str, method: Method, calib_count: usize) -> PathBuf {
         bias_correction: false,
         equalize: false,
         calib_flip: false,
+        stream_stems: true,
     };
     let calib = shared_dir().join("data/cifar10/calib");
     let (bytes, report) = compile::compile(&shared_model(stem), Some(&calib), None, &opts).unwrap();
@@ -193,6 +194,7 @@ fn bias_correction_reduces_the_drift_from_float() {
         bias_correction: true,
         equalize: true,
         calib_flip: false,
+        stream_stems: true,
     };
     let calib = shared_dir().join("data/cifar10/calib");
     let onnx = shared_model("resnet8_tiny_cifar10");

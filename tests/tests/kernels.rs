@@ -3,13 +3,15 @@
 //! quick), for both packed weight layouts and 1, 2 and 4 threads. On this x86 host in
 //! process (scalar, AVX2, AVX-512 VNNI, as the CPU has them); for AArch64 through the
 //! runtime's `bench` example under qemu `-cpu cortex-a72` (scalar, NEON) and `-cpu
-//! cortex-a76` (scalar, NEON, `sdot`).
+//! cortex-a76` (scalar, NEON, `sdot`). The reference file stores the stem's conv map
+//! whole; every other file streams it into the max pool (`kestrel_tools::stem`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 use kestrel_e2e::{shared_dir, shared_model, SHARED_MODELS};
+use kestrel_runtime::kestrel_format::OpKind;
 use kestrel_runtime::pool::ThreadPool;
 use kestrel_runtime::{CpuFeatures, Isa, Model, Session};
 use kestrel_tools::calibrate::Method;
@@ -19,8 +21,10 @@ use kestrel_tools::synth::{self, Arch, SynthOptions};
 
 struct Compiled {
     name: String,
-    /// Portable weights: the scalar reference conv.
+    /// Portable weights, the stem not streamed: the scalar reference conv.
     generic: Vec<u8>,
+    /// Portable weights, the stem streamed.
+    generic_streamed: Vec<u8>,
     /// `--target rpi4`: 4-channel blocks (the A72 kernel).
     blocks4: Vec<u8>,
     /// `--target rpi5`: 16-channel lanes (`sdot` by element, VNNI, AVX2).
@@ -35,16 +39,41 @@ fn tmp() -> PathBuf {
 
 fn compile_both(name: &str, onnx: &Path) -> Compiled {
     let calib = shared_dir().join("data/cifar10/calib");
-    let build = |target| {
-        let opts = CompileOptions::new(Method::Percentile(99.99), 20, target);
+    let build = |target, stream_stems| {
+        let opts = CompileOptions {
+            stream_stems,
+            ..CompileOptions::new(Method::Percentile(99.99), 20, target)
+        };
         compile::compile(onnx, Some(&calib), None, &opts).unwrap().0
     };
-    Compiled {
+    let compiled = Compiled {
         name: name.to_string(),
-        generic: build(Target::Generic),
-        blocks4: build(Target::Rpi4),
-        lanes16: build(Target::Rpi5),
+        generic: build(Target::Generic, false),
+        generic_streamed: build(Target::Generic, true),
+        blocks4: build(Target::Rpi4, true),
+        lanes16: build(Target::Rpi5, true),
+    };
+    // Every max pool of these ResNets follows their stem's conv: each is streamed. The
+    // torchvision-topology ones have one, the CIFAR ones none.
+    let count = |bytes: &[u8], kind: OpKind| {
+        let f = Model::parse(bytes).unwrap();
+        let file = f.file();
+        (0..file.op_count())
+            .filter(|&i| file.op(i).unwrap().kind == kind)
+            .count()
+    };
+    let pools = count(&compiled.generic, OpKind::MaxPool);
+    assert!(pools == 1 || !name.starts_with("synthetic"), "{name}");
+    assert_eq!(count(&compiled.generic, OpKind::ConvMaxPool), 0, "{name}");
+    for bytes in [
+        &compiled.generic_streamed,
+        &compiled.blocks4,
+        &compiled.lanes16,
+    ] {
+        assert_eq!(count(bytes, OpKind::ConvMaxPool), pools, "{name}");
+        assert_eq!(count(bytes, OpKind::MaxPool), 0, "{name}");
     }
+    compiled
 }
 
 fn synthetic(arch: Arch) -> PathBuf {
@@ -120,6 +149,14 @@ fn every_x86_kernel_path_gives_the_reference_logits() {
         for (rgb, w, h) in &images {
             let reference = logits(&m.generic, Isa::Scalar, 1, rgb, *w, *h);
             assert!(reference.iter().any(|&v| v != reference[0]));
+            for threads in [1, 3] {
+                assert_eq!(
+                    logits(&m.generic_streamed, Isa::Scalar, threads, rgb, *w, *h),
+                    reference,
+                    "{} (portable, streamed) on {threads} threads",
+                    m.name
+                );
+            }
             for (layout, bytes) in [("blocks4", &m.blocks4), ("lanes16", &m.lanes16)] {
                 for &isa in &isas {
                     // Every path on one thread; the fastest also on 2 and 4 (the split

@@ -30,6 +30,7 @@ fn compile_as(
         bias_correction: false,
         equalize: false,
         calib_flip: false,
+        stream_stems: true,
     };
     let calib = shared_dir().join("data/cifar10/calib");
     let (bytes, report) =
@@ -243,6 +244,7 @@ fn an_unknown_layer_is_named() {
         bias_correction: false,
         equalize: false,
         calib_flip: false,
+        stream_stems: true,
     };
     let calib = shared_dir().join("data/cifar10/calib");
     let e = compile::compile(&shared_model(MODEL), Some(&calib), None, &opts).unwrap_err();

@@ -67,13 +67,14 @@ pub fn compare(
         crate::equalize::equalize(&mut prepared.graph);
     }
     let graph = &prepared.graph;
-    let ops = model.file().op_count() as usize;
-    anyhow::ensure!(
-        ops == graph.nodes.len(),
-        "{} has {ops} ops but the folded ONNX graph has {} nodes: not compiled from this model",
-        kes.display(),
-        graph.nodes.len()
-    );
+    let ops = graph.nodes.len();
+    let op_of_node = op_of_node(model.file(), ops).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} has {} ops that do not compute the folded ONNX graph's {ops} nodes: not compiled from this model",
+            kes.display(),
+            model.file().op_count(),
+        )
+    })?;
     let images = dataset::spread(&dataset::list(data)?, limit);
     let parts = crate::parallel::map_chunks(&images, |part| {
         let mut sums = Sums {
@@ -93,8 +94,10 @@ pub fn compare(
                 .set_input_nchw_f32(&x)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             for (i, float) in float_out.iter().enumerate() {
-                session.run_op(i as u32);
-                let op = model.file().op(i as u32).expect("validated");
+                // A streamed stem's conv map is never stored: its pool's output is.
+                let Some(j) = op_of_node[i] else { continue };
+                session.run_op(j);
+                let op = model.file().op(j).expect("validated");
                 let (info, raw) = session.tensor(op.output).expect("validated");
                 let q = dequantize_nchw(&info, raw);
                 for (f, d) in float.iter().zip(&q) {
@@ -132,28 +135,18 @@ pub fn compare(
             *t += n;
         }
     }
+    let op = |i: usize| op_of_node[i].and_then(|j| model.file().op(j));
     let layers = graph
         .nodes
         .iter()
         .enumerate()
-        .filter(|(i, _)| {
-            model
-                .file()
-                .op(*i as u32)
-                .is_some_and(|op| op.kind != kestrel_format::OpKind::Reshape)
-        })
+        .filter(|(i, _)| op(*i).is_some_and(|op| op.kind != kestrel_format::OpKind::Reshape))
         .map(|(i, n)| LayerSqnr {
             index: i,
-            op: model
-                .file()
-                .op(i as u32)
-                .map(|o| o.kind.name().to_string())
-                .unwrap_or_default(),
+            op: op(i).map(|o| o.kind.name().to_string()).unwrap_or_default(),
             name: n.name.clone(),
             shape: graph.values[n.output].shape.clone(),
-            precision: model
-                .file()
-                .op(i as u32)
+            precision: op(i)
                 .and_then(|o| model.file().tensor(o.output))
                 .map_or("", |t| match t.dtype {
                     kestrel_format::DType::I8 => "i8",
@@ -171,6 +164,20 @@ pub fn compare(
         flipped: total.flipped,
         layers,
     })
+}
+
+/// The op that computes each of the float graph's `nodes` nodes: one op per node, but a
+/// streamed stem computes two (its conv's node gets `None`, its pool's the op); `None`
+/// if the ops do not add up to the nodes.
+fn op_of_node(file: &kestrel_format::KesFile, nodes: usize) -> Option<Vec<Option<u32>>> {
+    let mut map = Vec::with_capacity(nodes);
+    for j in 0..file.op_count() {
+        if file.op(j)?.kind == kestrel_format::OpKind::ConvMaxPool {
+            map.push(None);
+        }
+        map.push(Some(j));
+    }
+    (map.len() == nodes).then_some(map)
 }
 
 /// A tensor's real values in NCHW order (the float graph's layout).

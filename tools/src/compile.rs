@@ -117,11 +117,15 @@ pub struct CompileOptions {
     pub equalize: bool,
     /// Calibrate on every input and its left-right mirror image too.
     pub calib_flip: bool,
+    /// Stream each stem's conv into its max pool ([`crate::stem`]): the same results in
+    /// less memory.
+    pub stream_stems: bool,
 }
 
 impl CompileOptions {
     /// Plain int8: no progress bars, no layer kept wider, no equalisation, bias correction
-    /// or mirrored calibration (the CLI turns on its defaults itself).
+    /// or mirrored calibration (the CLI turns on its defaults itself); stems streamed, which
+    /// changes no result.
     pub fn new(method: Method, calib_count: usize, target: Target) -> CompileOptions {
         CompileOptions {
             method,
@@ -135,6 +139,7 @@ impl CompileOptions {
             bias_correction: false,
             equalize: false,
             calib_flip: false,
+            stream_stems: true,
         }
     }
 }
@@ -160,6 +165,8 @@ pub struct CompileReport {
     pub bias_correction: Option<crate::bias_correction::BiasReport>,
     /// Conv pairs equalised.
     pub equalized_pairs: usize,
+    /// Stems streamed into their max pool ([`crate::stem`]).
+    pub streamed_stems: usize,
 }
 
 /// A model loaded for compiling or evaluating: folded graph, preprocessing and labels.
@@ -428,6 +435,11 @@ pub fn compile(
         (Some((c, _)), true) => Some(bias_correction::correct(&mut model, &p.graph, &c.inputs)?),
         _ => None,
     };
+    let streamed_stems = if opts.stream_stems {
+        crate::stem::stream_stems(&mut model)
+    } else {
+        0
+    };
     model.pack_convs_within(opts.target.weight_layout(), opts.target.scratch_limit());
     let bytes = model.to_bytes();
     // What we write must be what the board accepts.
@@ -455,6 +467,7 @@ pub fn compile(
         budget,
         bias_correction,
         equalized_pairs,
+        streamed_stems,
     };
     Ok((bytes, report))
 }
@@ -578,8 +591,13 @@ pub fn summary(output: &Path, r: &CompileReport, target_defaulted: bool) -> Stri
         ),
         None => String::new(),
     };
+    let streamed = match r.streamed_stems {
+        0 => String::new(),
+        1 => ", stem streamed into its max pool".to_string(),
+        n => format!(", {n} stems streamed into their max pools"),
+    };
     format!(
-        "wrote {} ({} bytes), {target}: {} BatchNorm folded{equalized}, {scales}{skipped}, arena {} bytes (lower bound {}){precision}{bias}",
+        "wrote {} ({} bytes), {target}: {} BatchNorm folded{equalized}, {scales}{skipped}, arena {} bytes (lower bound {}){streamed}{precision}{bias}",
         output.display(),
         r.file_bytes,
         r.passes.bn_folded,

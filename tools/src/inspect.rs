@@ -102,6 +102,15 @@ pub fn inspect(bytes: &[u8]) -> Result<InspectReport, FormatError> {
                     * op.kernel[1] as u64
                     * input.shape[3] as u64
             }
+            // The conv's: its map, not the pooled output.
+            OpKind::ConvMaxPool => {
+                let x = f.tensor(op.input).expect("validated by parse");
+                let y = f.tensor(op.output).expect("validated by parse");
+                op.streamed(&x, &y).map_or(0, |s| {
+                    let c = s.conv;
+                    (c.out_h * c.out_w * c.out_c * c.kernel[0] * c.kernel[1] * c.in_c) as u64
+                })
+            }
             OpKind::Dense => op.weights.len() as u64,
             _ => 0,
         };

@@ -5,7 +5,7 @@
 //! against tract ([`tract_ref`]), image preprocessing ([`preprocess`]), model cards
 //! ([`card`]) and synthetic ResNets written as ONNX ([`synth`]); then calibration
 //! ([`calibrate`]), quantisation and lowering ([`quantize`]), the static memory plan
-//! ([`plan`]), `.kes` compilation ([`compile`]), accuracy measurement ([`eval`]) and board
+//! ([`plan`]), the streamed stem ([`stem`]), `.kes` compilation ([`compile`]), accuracy measurement ([`eval`]) and board
 //! packages ([`package`]).
 
 pub mod bench;
@@ -29,5 +29,6 @@ pub mod precision;
 pub mod preprocess;
 pub mod quantize;
 pub mod reference;
+pub mod stem;
 pub mod synth;
 pub mod tract_ref;

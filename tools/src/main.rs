@@ -85,6 +85,10 @@ enum Command {
         /// Calibrate on each image and its left-right mirror image (twice the inputs).
         #[arg(long)]
         calib_flip: bool,
+        /// Store the stem's conv output whole instead of streaming it into the max pool a
+        /// band of rows at a time (same results, more arena).
+        #[arg(long)]
+        no_stream_stem: bool,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -308,6 +312,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_bias_correction,
             no_equalize,
             calib_flip,
+            no_stream_stem,
             output,
         } => {
             let card = card.as_deref().map(LoadedCard::load).transpose()?;
@@ -323,6 +328,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bias_correction: !no_bias_correction,
                 equalize: !no_equalize,
                 calib_flip,
+                stream_stems: !no_stream_stem,
             };
             let (bytes, report) = compile::compile(&model, calib.as_deref(), card.as_ref(), &opts)?;
             std::fs::write(&output, &bytes)

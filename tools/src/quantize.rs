@@ -593,7 +593,7 @@ fn channel_params(
         .collect()
 }
 
-fn plan_memory(
+pub(crate) fn plan_memory(
     tensors: &[TensorRecord],
     ops: &[OpRecord],
     shares: &HashMap<u32, u32>,
