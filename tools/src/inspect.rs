@@ -229,7 +229,7 @@ pub fn print(r: &InspectReport) {
     }
     if r.largest_op_scratch_bytes > 0 {
         println!(
-            "scratch      up to {} bytes per packed conv, each in arena space dead while it runs",
+            "scratch      up to {} bytes per packed conv or streamed stem, each in arena space dead while it runs",
             r.largest_op_scratch_bytes
         );
     }

@@ -3,9 +3,11 @@
 //! reads are ever held, so the conv's whole output never needs memory of its own: on
 //! ResNet-18 at 224 that output (802,816 bytes) is the largest tensor of the network.
 //!
-//! Bands follow each other down the map; rows two bands share (the pool's window overlaps
-//! when its kernel exceeds its stride) are moved to the band's front, not recomputed, so
-//! each conv row is computed exactly once and the result is the unstreamed ops' bits.
+//! Bands follow each other down a run of pooled rows; rows two bands share (the pool's
+//! window overlaps when its kernel exceeds its stride) are moved to the band's front, not
+//! recomputed, so within a run each conv row is computed once and the result is the
+//! unstreamed ops' bits. Threads each stream their own run of rows in a band of their own
+//! (only the rows where two runs meet are computed twice).
 
 use core::ops::Range;
 
@@ -28,13 +30,17 @@ pub struct Band {
 }
 
 impl StreamedPool {
-    /// The bands, top to bottom (none when `band_rows` is zero).
-    pub fn bands(&self) -> impl Iterator<Item = Band> + '_ {
+    /// The bands of pooled rows `rows`, top to bottom (none when `band_rows` is zero).
+    pub fn bands(&self, rows: Range<usize>) -> impl Iterator<Item = Band> + '_ {
         let p = &self.pool;
         let step = self.band_rows.max(1);
-        let count = if self.band_rows == 0 { 0 } else { p.out_h };
-        (0..count).step_by(step).map(move |r0| {
-            let r1 = (r0 + step).min(p.out_h);
+        let end = if self.band_rows == 0 {
+            rows.start
+        } else {
+            rows.end.min(p.out_h)
+        };
+        (rows.start..end).step_by(step).map(move |r0| {
+            let r1 = (r0 + step).min(end);
             let lo = (r0 * p.stride[0]).saturating_sub(p.pads[0]);
             let hi = ((r1 - 1) * p.stride[0] + p.kernel[0]).saturating_sub(p.pads[0]);
             Band {
@@ -44,9 +50,12 @@ impl StreamedPool {
         })
     }
 
-    /// The most conv rows a band holds.
+    /// The most conv rows a band holds, wherever its run of pooled rows starts.
     pub fn band_capacity_rows(&self) -> usize {
-        self.bands().map(|b| b.conv.len()).max().unwrap_or(0)
+        match self.band_rows {
+            0 => 0,
+            n => ((n - 1) * self.pool.stride[0] + self.pool.kernel[0]).min(self.pool.in_h),
+        }
     }
 
     /// Bytes of the band buffer [`StreamedPool::run`] takes (int8 conv rows).
@@ -77,12 +86,13 @@ impl StreamedPool {
         }
     }
 
-    /// Runs the stem into `output` (the pooled map) through `band` (at least
-    /// [`StreamedPool::band_bytes`]): `conv(rows, out)` writes conv rows `rows` into `out`
-    /// (their bytes), `pool(window, band, out)` pools a band's rows with the window of
-    /// [`StreamedPool::band_window`] into that band's pooled rows.
+    /// Runs the stem's pooled rows `rows` into `output` (those rows' bytes) through `band`
+    /// (at least [`StreamedPool::band_bytes`]): `conv(rows, out)` writes conv rows `rows`
+    /// into `out` (their bytes), `pool(window, band, out)` pools a band's rows with the
+    /// window of [`StreamedPool::band_window`] into that band's pooled rows.
     pub fn run(
         &self,
+        rows: Range<usize>,
         band: &mut [i8],
         output: &mut [i8],
         mut conv: impl FnMut(Range<usize>, &mut [i8]),
@@ -90,8 +100,9 @@ impl StreamedPool {
     ) {
         let row = self.row_bytes();
         let pooled_row = self.pool.out_w * self.pool.out_c;
+        let first = rows.start;
         let mut held = 0..0;
-        for b in self.bands() {
+        for b in self.bands(rows) {
             // Rows the last band computed that this one reads move to the front.
             let kept = b.conv.start.max(held.start)..held.end.min(b.conv.end);
             if !kept.is_empty() {
@@ -102,7 +113,8 @@ impl StreamedPool {
             let at = (fresh.start - b.conv.start) * row;
             conv(fresh.clone(), &mut band[at..at + fresh.len() * row]);
             let win = self.band_window(&b);
-            let out = &mut output[b.pooled.start * pooled_row..b.pooled.end * pooled_row];
+            let out =
+                &mut output[(b.pooled.start - first) * pooled_row..][..b.pooled.len() * pooled_row];
             pool(&win, &band[..b.conv.len() * row], out);
             held = b.conv;
         }
@@ -186,28 +198,43 @@ mod tests {
                     band_rows,
                 };
                 assert!(s.band_capacity_rows() <= conv_win.out_h);
-                let mut band = vec![0i8; s.band_bytes()];
-                let mut got = vec![0i8; want.len()];
-                let mut computed = vec![0usize; conv_win.out_h];
-                s.run(
-                    &mut band,
-                    &mut got,
-                    |rows, out| {
-                        rows.clone().for_each(|r| computed[r] += 1);
-                        scalar::conv2d(&conv(rows.start * conv_win.out_w), out);
-                    },
-                    |win, band, out| scalar::max_pool_rows(win, band, 0..win.out_h, out),
-                );
-                assert_eq!(got, want, "case {i}, bands of {band_rows} rows");
-                // Each conv row the pool reads is computed once; none it does not read.
-                let read = |r: usize| s.bands().any(|b| b.conv.contains(&r));
-                for (r, &n) in computed.iter().enumerate() {
-                    assert_eq!(n, read(r) as usize, "case {i}, conv row {r}");
+                let pooled_row = pool.out_w * oc;
+                // The whole map in one run, then in three runs (as three threads would).
+                for runs in [1, 3] {
+                    let mut got = vec![0i8; want.len()];
+                    let mut computed = vec![0usize; conv_win.out_h];
+                    let start = |t: usize| pool.out_h * t / runs;
+                    for t in 0..runs {
+                        let rows = start(t)..start(t + 1);
+                        let mut band = vec![0i8; s.band_bytes()];
+                        let out = &mut got[rows.start * pooled_row..rows.end * pooled_row];
+                        s.run(
+                            rows.clone(),
+                            &mut band,
+                            out,
+                            |rows, out| {
+                                rows.clone().for_each(|r| computed[r] += 1);
+                                scalar::conv2d(&conv(rows.start * conv_win.out_w), out);
+                            },
+                            |win, band, out| scalar::max_pool_rows(win, band, 0..win.out_h, out),
+                        );
+                    }
+                    let what = std::format!("case {i}, bands of {band_rows} rows, {runs} runs");
+                    assert_eq!(got, want, "{what}");
+                    // In one run each conv row the pool reads is computed once, and none
+                    // it does not read.
+                    let read = |r: usize| s.bands(0..pool.out_h).any(|b| b.conv.contains(&r));
+                    for (r, &n) in computed.iter().enumerate() {
+                        match runs {
+                            1 => assert_eq!(n, read(r) as usize, "{what}, conv row {r}"),
+                            _ => assert!(n <= 2 && (n > 0) == read(r), "{what}, conv row {r}"),
+                        }
+                    }
+                    checked += 1;
                 }
-                checked += 1;
             }
         }
-        assert_eq!(checked, 16);
+        assert_eq!(checked, 32);
     }
 
     #[test]
@@ -222,8 +249,11 @@ mod tests {
         };
         assert_eq!(s.band_capacity_rows(), 5);
         assert_eq!(s.band_bytes(), 5 * 112 * 64);
-        assert_eq!(s.bands().count(), 28);
+        assert_eq!(s.bands(0..56).count(), 28);
+        assert!(s.bands(0..56).all(|b| b.conv.len() <= 5));
+        assert_eq!(s.bands(13..20).count(), 4);
         let none = StreamedPool { band_rows: 0, ..s };
-        assert_eq!(none.bands().count(), 0);
+        assert_eq!(none.bands(0..56).count(), 0);
+        assert_eq!(none.band_bytes(), 0);
     }
 }

@@ -211,19 +211,14 @@ impl<'a> Model<'a> {
         self.file.plan.arena_bytes as usize
     }
 
-    /// Scratch bytes one thread needs for the packed convolutions: the most any conv was
-    /// lent for its panels (inside the arena, for the session's own thread; a streamed
-    /// stem's band, which only that thread writes, not counted) or the plan's shared
-    /// scratch. A [`Parallel`] gives each of its threads as much.
+    /// Scratch bytes one thread needs for the packed convolutions and streamed stems: the
+    /// most any op was lent (inside the arena, for the session's own thread) or the plan's
+    /// shared scratch. A [`Parallel`] gives each of its threads as much.
     pub fn scratch_bytes(&self) -> usize {
         let lent = (0..self.file.op_count())
             .filter_map(|i| self.file.op(i))
-            .filter_map(|op| {
-                let band = op
-                    .streamed(&self.tensor(op.input), &self.tensor(op.output))
-                    .map_or(0, |s| s.band_bytes());
-                Some((op.scratch?.bytes as usize).saturating_sub(band))
-            })
+            .filter_map(|op| op.scratch)
+            .map(|s| s.bytes as usize)
             .max()
             .unwrap_or(0);
         lent.max(self.file.plan.scratch_bytes as usize)
@@ -571,8 +566,9 @@ impl<'m, 'a> Session<'m, 'a> {
         self.run_conv(op.layout.packing(), &conv, output, scratch);
     }
 
-    /// A streamed stem: the conv a band of rows at a time into the front of the op's
-    /// scratch, each band max pooled into the output.
+    /// A streamed stem: the conv a band of rows at a time into the front of a scratch, each
+    /// band max pooled into the output. On several threads each streams its own run of
+    /// pooled rows (fixed by the shape and the thread count) in its own scratch.
     fn conv_max_pool(
         &self,
         base: *mut u8,
@@ -585,11 +581,6 @@ impl<'m, 'a> Session<'m, 'a> {
         let Some(stem) = op.streamed(&m.tensor(op.input), &m.tensor(op.output)) else {
             return; // parse checked both windows
         };
-        // SAFETY: `op` is a streamed stem of the parsed file, and no slice of its scratch
-        // is live.
-        let scratch = unsafe { self.op_scratch(base, op) };
-        // Parse checked that the scratch holds the band and, packed, a panel after it.
-        let (band, panel) = scratch.split_at_mut(stem.band_bytes());
         let conv = Conv {
             window: &stem.conv,
             input,
@@ -600,20 +591,51 @@ impl<'m, 'a> Session<'m, 'a> {
             residual: Residual::None,
             first: 0,
         };
-        let packing = op.layout.packing();
-        let row = stem.conv.out_w;
-        stem.run(
-            band,
-            output,
-            |rows, part| {
-                let rows_conv = Conv {
-                    first: rows.start * row,
-                    ..conv
-                };
-                self.run_conv(packing, &rows_conv, part, panel);
-            },
-            |win, band, out| self.max_pool(win, band, out),
-        );
+        let (packing, isa) = (op.layout.packing(), self.kernels);
+        // Pooled rows `rows` into `out` through `scratch`: the band at its front (parse
+        // checked that an op's scratch, and so every thread's, holds it and, packed, a
+        // panel after it).
+        let stream = |rows: core::ops::Range<usize>, scratch: &mut [i8], out: &mut [i8]| {
+            let (band, panel) = scratch.split_at_mut(stem.band_bytes());
+            stem.run(
+                rows,
+                band,
+                out,
+                |rows, part| {
+                    let rows_conv = Conv {
+                        first: rows.start * stem.conv.out_w,
+                        ..conv
+                    };
+                    match packing {
+                        Some(packing) => packing.conv2d(isa, &rows_conv, part, panel),
+                        None => conv::unpacked::conv2d(&rows_conv, part),
+                    }
+                },
+                pooling::max_pool,
+            );
+        };
+        let out_h = stem.pool.out_h;
+        match self.parallel {
+            Some(parallel) if parallel.threads() > 1 => {
+                let row = stem.pool.out_w * stem.pool.out_c;
+                let tasks = parallel.threads().min(out_h);
+                let start = |t: usize| out_h * t / tasks;
+                let shared = SharedOutput(output.as_mut_ptr(), output.len());
+                parallel.run(tasks, &|t, scratch| {
+                    let rows = start(t)..start(t + 1);
+                    // SAFETY: task t owns pooled rows start(t) .. start(t + 1), disjoint
+                    // from every other task's and inside the output (`start(tasks) = out_h`).
+                    let part = unsafe { shared.part(rows.start * row, rows.len() * row) };
+                    stream(rows, scratch, part);
+                });
+            }
+            _ => {
+                // SAFETY: `op` is a streamed stem of the parsed file, and no slice of its
+                // scratch is live.
+                let scratch = unsafe { self.op_scratch(base, op) };
+                stream(0..out_h, scratch, output);
+            }
+        }
     }
 
     /// The scratch `op` (a conv or streamed stem) was lent, else the plan's shared one.
