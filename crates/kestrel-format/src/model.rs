@@ -908,7 +908,11 @@ impl<'c> OpCheck<'c> {
         let scratch = op
             .scratch
             .ok_or(self.bad("a streamed stem needs a scratch of its own for its band"))?;
-        self.own_scratch(scratch, s.band_bytes() + panel)?;
+        let least = s
+            .checked_band_bytes()
+            .and_then(|band| band.checked_add(panel))
+            .ok_or(self.bad("a streamed stem's band overflows"))?;
+        self.own_scratch(scratch, least)?;
         self.conv_weights(k, oc)
     }
 

@@ -134,7 +134,13 @@ impl KesModel {
                     let need = band + packing.scratch_len_within(k, scratch_limit);
                     scratch.push((i, need as u64, (band + packing.min_scratch_len(k)) as u64));
                 }
-                _ if op.kind == OpKind::ConvMaxPool => scratch.push((i, band as u64, band as u64)),
+                _ if op.kind == OpKind::ConvMaxPool => {
+                    // Unpacked, or packed by an earlier call: the band, and any panel.
+                    let (need, least) = op.layout.packing().map_or((0, 0), |p| {
+                        (p.scratch_len_within(k, scratch_limit), p.min_scratch_len(k))
+                    });
+                    scratch.push((i, (band + need) as u64, (band + least) as u64))
+                }
                 _ => {}
             }
         }

@@ -60,7 +60,15 @@ impl StreamedPool {
 
     /// Bytes of the band buffer [`StreamedPool::run`] takes (int8 conv rows).
     pub fn band_bytes(&self) -> usize {
-        self.band_capacity_rows() * self.row_bytes()
+        self.checked_band_bytes().unwrap_or(usize::MAX)
+    }
+
+    /// [`StreamedPool::band_bytes`], `None` where it overflows (a parser's check: the conv
+    /// map is never stored, so no tensor size bounds it).
+    pub fn checked_band_bytes(&self) -> Option<usize> {
+        self.band_capacity_rows()
+            .checked_mul(self.conv.out_w)?
+            .checked_mul(self.conv.out_c)
     }
 
     fn row_bytes(&self) -> usize {
