@@ -561,7 +561,7 @@ pub fn summary(output: &Path, r: &CompileReport, target_defaulted: bool) -> Stri
     };
     let precision = match (&r.budget, r.wide_layers.len()) {
         (Some(b), n) => format!(
-            "\nbudget {}%: {n} of {} layers kept {} ({}), agreement with float on {} {:.2}%, predicted from the logit noise {:.2}% (all int8: {:.2}%, predicted {:.2}%){}",
+            "\nbudget {}%: {n} of {} layers kept {} ({}), agreement with float on {} {:.2}%, predicted from the logit noise {:.2}% (at least {:.2}% at two standard errors; all int8: {:.2}%, predicted {:.2}%){}",
             b.budget,
             b.ranking.len(),
             r.wide_as.name(),
@@ -573,6 +573,7 @@ pub fn summary(output: &Path, r: &CompileReport, target_defaulted: bool) -> Stri
             },
             100.0 * b.chosen_agreement,
             100.0 * b.chosen_predicted,
+            100.0 * b.chosen_predicted_low,
             100.0 * b.int8_agreement,
             100.0 * b.int8_predicted,
             if b.unmet { " — budget not met even with every layer kept wider" } else { "" }

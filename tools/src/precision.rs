@@ -111,6 +111,9 @@ pub struct BudgetReport {
     /// The same two as the logit noise predicts them (the budget wants both).
     pub int8_predicted: f64,
     pub chosen_predicted: f64,
+    /// The chosen file's prediction less two standard errors of its mean over the check
+    /// inputs: what the budget is held to, so a few hundred inputs do not flatter it.
+    pub chosen_predicted_low: f64,
     /// Layers kept wide, most useful first.
     pub wide_layers: Vec<String>,
     pub ranking: Vec<LayerSensitivity>,
@@ -157,7 +160,7 @@ struct Outcome {
     /// Gaussian noise of its measured power on its two best logits overturns float's margin.
     /// Far steadier than counting flips on a few hundred inputs, which cannot tell 99.9%
     /// from 99.5% (1 flip in 500 against 2.5).
-    predicted: f64,
+    predicted: Prediction,
 }
 
 impl Trial<'_> {
@@ -239,20 +242,57 @@ fn top_margin(float: &[f32]) -> f64 {
     }
 }
 
-/// Mean chance over inputs `(margin, noise)` that independent Gaussian noise of the input's
-/// own logit error (its RMS over the logits: the error is far from even across inputs)
-/// leaves float's best logit first: the difference of two such noises has deviation
-/// `noise·√2`, so a margin `m` is overturned with chance `½·erfc(m / (2·noise))`.
-fn predicted_agreement(inputs: &[(f64, f64)]) -> f64 {
-    if inputs.is_empty() {
-        return 1.0;
+/// The agreement the logit noise predicts over some inputs.
+#[derive(Clone, Copy, Debug)]
+struct Prediction {
+    /// The mean over the inputs of each one's chance to keep float's top class.
+    mean: f64,
+    /// The standard error of that mean: the flips are few and sit on a few inputs, so the
+    /// mean over a few hundred inputs moves by this from one sample of them to another.
+    standard_error: f64,
+}
+
+impl Prediction {
+    /// The mean less two standard errors: a one-sided bound the budget must clear.
+    fn low(&self) -> f64 {
+        self.mean - 2.0 * self.standard_error
     }
-    let flips: f64 = inputs
-        .iter()
-        .filter(|&&(_, noise)| noise > 0.0)
-        .map(|&(m, noise)| 0.5 * libm::erfc(m / (2.0 * noise)))
-        .sum();
-    1.0 - flips / inputs.len() as f64
+}
+
+/// Each input's chance `(margin, noise)` that independent Gaussian noise of its own logit
+/// error (its RMS over the logits: the error is far from even across inputs) leaves
+/// float's best logit first: the difference of two such noises has deviation `noise·√2`,
+/// so a margin `m` is overturned with chance `½·erfc(m / (2·noise))`.
+fn predicted_agreement(inputs: &[(f64, f64)]) -> Prediction {
+    let n = inputs.len();
+    if n == 0 {
+        return Prediction {
+            mean: 1.0,
+            standard_error: 0.0,
+        };
+    }
+    let flip = |&(m, noise): &(f64, f64)| {
+        if noise > 0.0 {
+            0.5 * libm::erfc(m / (2.0 * noise))
+        } else {
+            0.0
+        }
+    };
+    let mean_flip = inputs.iter().map(flip).sum::<f64>() / n as f64;
+    let variance = match n {
+        1 => 0.0,
+        _ => {
+            inputs
+                .iter()
+                .map(|i| (flip(i) - mean_flip).powi(2))
+                .sum::<f64>()
+                / (n - 1) as f64
+        }
+    };
+    Prediction {
+        mean: 1.0 - mean_flip,
+        standard_error: (variance / n as f64).sqrt(),
+    }
 }
 
 /// A calibrated model: what the lowering needs, the inputs it was calibrated on, and the
@@ -319,9 +359,11 @@ pub fn choose_wide_layers(
     }
     bar.finish_and_clear();
     ranking.sort_by(|a, b| a.1.total_cmp(&b.1));
-    // Met when both the flips counted and the flips the logit noise predicts allow it.
-    let meets =
-        |o: &Outcome| 100.0 * o.agree as f64 >= budget * n as f64 && 100.0 * o.predicted >= budget;
+    // Met when both the flips counted and the flips the logit noise predicts (at two
+    // standard errors below its mean) allow it.
+    let meets = |o: &Outcome| {
+        100.0 * o.agree as f64 >= budget * n as f64 && 100.0 * o.predicted.low() >= budget
+    };
     let prefix = |k: usize| -> HashSet<ValueId> { ranking[..k].iter().map(|r| r.0).collect() };
     // The shortest prefix that meets the budget (0 if int8 already does).
     let (mut lo, mut hi) = (0usize, ranking.len());
@@ -352,8 +394,9 @@ pub fn choose_wide_layers(
         held_out,
         int8_agreement: share(base.agree),
         chosen_agreement: share(chosen.agree),
-        int8_predicted: base.predicted,
-        chosen_predicted: chosen.predicted,
+        int8_predicted: base.predicted.mean,
+        chosen_predicted: chosen.predicted.mean,
+        chosen_predicted_low: chosen.predicted.low(),
         wide_layers: ranking[..k].iter().map(|r| name(r.0)).collect(),
         ranking: ranking
             .iter()
@@ -402,10 +445,45 @@ mod tests {
         let predicted = predicted_agreement(&margins);
         // Only the two best logits are modelled (a third rarely wins at this noise).
         assert!(
-            (predicted - counted).abs() < 0.004 && counted > 0.9 && counted < 0.995,
-            "predicted {predicted}, simulated {counted}"
+            (predicted.mean - counted).abs() < 0.004 && counted > 0.9 && counted < 0.995,
+            "predicted {predicted:?}, simulated {counted}"
         );
-        assert_eq!(predicted_agreement(&[(1.0, 0.0)]), 1.0);
+        // The spread of the mean over 20,000 inputs: below a tenth of a point, not zero.
+        assert!(predicted.standard_error > 0.0 && predicted.standard_error < 0.001);
+        assert_eq!(predicted_agreement(&[(1.0, 0.0)]).mean, 1.0);
+    }
+
+    /// The same mean flip rate counts for less when it sits on a few inputs than when it
+    /// is spread over all of them.
+    #[test]
+    fn flips_on_few_inputs_have_the_wider_bound() {
+        // 500 inputs, 0.1% flips expected either way: on one input at 50%, or on every
+        // input at 0.1% (a margin of about 4.4 noises).
+        let mut few = vec![(f64::INFINITY, 1.0); 499];
+        few.push((0.0, 1.0));
+        let m = 2.0 * 1.0 * inverse_half_erfc(0.001);
+        let spread = vec![(m, 1.0); 500];
+        let (few, spread) = (predicted_agreement(&few), predicted_agreement(&spread));
+        assert!((few.mean - spread.mean).abs() < 1e-9, "{few:?} {spread:?}");
+        assert!(spread.standard_error < 1e-12);
+        assert!(
+            few.low() < 0.998 && spread.low() > 0.9989,
+            "{few:?} {spread:?}"
+        );
+    }
+
+    /// The `m` with `½·erfc(m) = p`, by bisection.
+    fn inverse_half_erfc(p: f64) -> f64 {
+        let (mut lo, mut hi) = (0.0, 10.0);
+        for _ in 0..100 {
+            let mid = (lo + hi) / 2.0;
+            if 0.5 * libm::erfc(mid) > p {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        (lo + hi) / 2.0
     }
 }
 
