@@ -40,6 +40,9 @@ pub struct BenchReport {
     /// The micro-kernel the packed convs ran (`sdot_4x16c4`, …), if the file has any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conv_tile: Option<String>,
+    /// What ran the 3×3 stride-1 convs by Winograd, and how many of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub winograd: Option<String>,
     /// What the convs on f16 weights ran on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub f16_tile: Option<String>,
@@ -157,6 +160,9 @@ pub fn bench(name: &str, bytes: &[u8], opts: &BenchOptions) -> anyhow::Result<Be
         model: name.to_string(),
         kernels: kernels.name().to_string(),
         conv_tile: model.conv_tile(kernels).map(|t| t.name().to_string()),
+        winograd: model
+            .winograd_convs(kernels)
+            .map(|(name, n)| format!("{name} on {n} convs")),
         f16_tile: model.f16_tile(kernels).map(str::to_string),
         int16_tile: model.int16_tile(kernels).map(str::to_string),
         threads: opts.threads,
@@ -201,6 +207,7 @@ pub fn bench_onnx(path: &std::path::Path, opts: &BenchOptions) -> anyhow::Result
         model: path.display().to_string(),
         kernels: "tract-f32".into(),
         conv_tile: None,
+        winograd: None,
         f16_tile: None,
         int16_tile: None,
         threads: 1,
@@ -223,6 +230,9 @@ pub fn print(r: &BenchReport) {
     );
     if let Some(tile) = &r.conv_tile {
         println!("conv tile    {tile}");
+    }
+    if let Some(w) = &r.winograd {
+        println!("winograd     {w} (3×3, stride 1)");
     }
     if let Some(tile) = &r.f16_tile {
         println!("f16 tile     {tile}");

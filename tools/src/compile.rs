@@ -20,6 +20,7 @@ use crate::passes::{self, PassReport};
 use crate::precision;
 use crate::preprocess::{Preprocess, PreprocessError};
 use crate::quantize;
+use kestrel_format::writer::ScratchPlan;
 use kestrel_format::WeightLayout;
 
 /// The board a model is compiled for. `generic` keeps the portable `[KH][KW][IC][OC]`
@@ -75,13 +76,17 @@ impl Target {
         }
     }
 
-    /// The most scratch the plan reserves for packed input (`None`: what the paths use,
-    /// up to an L2-sized panel). A microcontroller's SRAM holds the arena: panels of a
-    /// few dozen pixels there cost a Cortex-M nothing (it has no cache to fill).
-    pub fn scratch_limit(self) -> Option<usize> {
-        match self {
-            Target::CortexM4 => Some(16 * 1024),
-            _ => None,
+    /// The scratch the plan lends each packed conv. A microcontroller's SRAM holds the
+    /// arena: panels of a few dozen pixels there cost a Cortex-M nothing (it has no cache
+    /// to fill), so its scratch is limited. x86-64's AVX2 path computes 3×3 stride-1 convs
+    /// by Winograd, whose scratch holds a map's transformed tiles.
+    pub fn scratch_plan(self) -> ScratchPlan {
+        ScratchPlan {
+            limit: match self {
+                Target::CortexM4 => Some(16 * 1024),
+                _ => None,
+            },
+            winograd: self == Target::X86_64,
         }
     }
 
@@ -440,7 +445,7 @@ pub fn compile(
     } else {
         0
     };
-    model.pack_convs_within(opts.target.weight_layout(), opts.target.scratch_limit());
+    model.pack_convs_within(opts.target.weight_layout(), opts.target.scratch_plan());
     let bytes = model.to_bytes();
     // What we write must be what the board accepts.
     kestrel_runtime::Model::parse(&bytes)

@@ -61,6 +61,9 @@ pub struct InspectReport {
     /// The micro-kernel the packed convs run on them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conv_tile_here: Option<String>,
+    /// What runs its 3×3 stride-1 convs by Winograd here, and how many.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub winograd_here: Option<String>,
     /// What its convs on f16 weights run on here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub f16_tile_here: Option<String>,
@@ -158,6 +161,10 @@ pub fn inspect(bytes: &[u8]) -> Result<InspectReport, FormatError> {
             .as_ref()
             .and_then(|m| m.conv_tile(here))
             .map(|t| t.name().to_string()),
+        winograd_here: model
+            .as_ref()
+            .and_then(|m| m.winograd_convs(here))
+            .map(|(name, n)| format!("{name} on {n} convs")),
         f16_tile_here: model
             .as_ref()
             .and_then(|m| m.f16_tile(here))
@@ -205,6 +212,9 @@ pub fn print(r: &InspectReport) {
     }
     if let Some(tile) = &r.conv_tile_here {
         println!("conv tile    {tile}");
+    }
+    if let Some(w) = &r.winograd_here {
+        println!("winograd     {w} (3×3, stride 1)");
     }
     if let Some(tile) = &r.f16_tile_here {
         println!("f16 tile     {tile}");

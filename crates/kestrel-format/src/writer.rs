@@ -70,6 +70,27 @@ impl OpRecord {
         }
     }
 
+    /// The window the op computes from `input` into `output` (`[N, H, W, C]` each).
+    fn window(
+        &self,
+        input: &TensorRecord,
+        output: &TensorRecord,
+    ) -> kestrel_kernels::window::Window {
+        let [_, h, w, c] = input.dims.map(|d| d as usize);
+        let [_, oh, ow, oc] = output.dims.map(|d| d as usize);
+        kestrel_kernels::window::Window {
+            in_h: h,
+            in_w: w,
+            in_c: c,
+            out_h: oh,
+            out_w: ow,
+            out_c: oc,
+            kernel: self.kernel.map(usize::from),
+            stride: self.stride.map(usize::from),
+            pads: self.pads.map(usize::from),
+        }
+    }
+
     /// A streamed stem's windows over its `input` tensor ([`PoolWindow::streamed`]).
     fn streamed(&self, input: &TensorRecord) -> Option<kestrel_kernels::stream::StreamedPool> {
         self.pool?.streamed(
@@ -98,22 +119,35 @@ fn pad_to(buf: &mut Vec<u8>, align: usize) {
     }
 }
 
+/// How much scratch [`KesModel::pack_convs_within`] lends each packed conv.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScratchPlan {
+    /// At most this many bytes where the convs run in that little (`None`: what the
+    /// paths use, up to an L2-sized panel).
+    pub limit: Option<usize>,
+    /// The target's kernels compute 3×3 stride-1 convs by Winograd (x86-64's AVX2 path):
+    /// lend those convs what it uses, so each transforms its weights once.
+    pub winograd: bool,
+}
+
 impl KesModel {
     /// Repacks every conv's weights in `layout` for the packed-GEMM micro-kernels
     /// (`kestrel_kernels::conv::Packing`) and lends each its scratch (see
     /// [`KesModel::pack_convs_within`]).
     pub fn pack_convs(&mut self, layout: WeightLayout) {
-        self.pack_convs_within(layout, None);
+        self.pack_convs_within(layout, ScratchPlan::default());
     }
 
-    /// [`KesModel::pack_convs`] with at most `scratch_limit` bytes of scratch per conv where
-    /// the convs can run in that little (a microcontroller's SRAM): smaller panels, the
-    /// same results. Each packed conv's scratch (the packed input panels it needs while it
+    /// [`KesModel::pack_convs`] with each conv's scratch sized by `plan`: at most its
+    /// limit where the convs can run in that little (a microcontroller's SRAM: smaller
+    /// panels, the same results), or what the Winograd path uses on 3×3 stride-1 convs
+    /// where the target's kernels have one. Each packed conv's scratch (the packed input panels it needs while it
     /// runs) is planned like a tensor live only at its step: placed in arena bytes that no
     /// tensor live then holds, the arena grown only where no such space is big enough. A
     /// streamed stem's band is part of its scratch, packed or not.
-    pub fn pack_convs_within(&mut self, layout: WeightLayout, scratch_limit: Option<usize>) {
+    pub fn pack_convs_within(&mut self, layout: WeightLayout, plan: ScratchPlan) {
         let packing = layout.packing();
+        let scratch_limit = plan.limit;
         // (op, bytes wanted, least bytes it runs in)
         let mut scratch = Vec::new();
         for (i, op) in self.ops.iter_mut().enumerate() {
@@ -131,7 +165,11 @@ impl KesModel {
                 Some(packing) if conv && op.layout == WeightLayout::Portable && !wide => {
                     op.weights = packing.pack_weights(&op.weights, k, op.params.len());
                     op.layout = layout;
-                    let need = band + packing.scratch_len_within(k, scratch_limit);
+                    let mut need = band + packing.scratch_len_within(k, scratch_limit);
+                    if plan.winograd && op.kind == OpKind::Conv {
+                        let window = op.window(input, &self.tensors[op.output as usize]);
+                        need = need.max(kestrel_kernels::conv::winograd::scratch_len(&window));
+                    }
                     scratch.push((i, need as u64, (band + packing.min_scratch_len(k)) as u64));
                 }
                 _ if op.kind == OpKind::ConvMaxPool => {

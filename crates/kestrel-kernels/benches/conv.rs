@@ -1,5 +1,6 @@
 //! Convolution kernels, one benchmark per kernel path and weight layout this CPU runs,
-//! on ResNet-18's shapes (stem, a 3×3 of each stage, a strided 1×1 shortcut); and the
+//! on ResNet-18's shapes (stem, a 3×3 of each stage, a strided 1×1 shortcut), and the tile
+//! alone where a Winograd path runs the conv (`avx2-direct`); and the
 //! convs of layers kept at f16, scalar loops against the f16 tile.
 //!
 //! ```text
@@ -8,17 +9,18 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kestrel_kernels::conv::params::to_bytes as param_bytes;
-use kestrel_kernels::conv::{Conv, Packing};
+use kestrel_kernels::conv::{winograd, Conv, Packing};
 use kestrel_kernels::isa::{CpuFeatures, Isa};
 use kestrel_kernels::quant::{OutQuant, Residual};
 use kestrel_kernels::window::Window;
 
 /// `(name, input h = w, in channels, out channels, kernel, stride, pad)`.
-const SHAPES: [(&str, usize, usize, usize, usize, usize, usize); 5] = [
+const SHAPES: [(&str, usize, usize, usize, usize, usize, usize); 6] = [
     ("stem7x7s2", 224, 3, 64, 7, 2, 3),
     ("3x3c64", 56, 64, 64, 3, 1, 1),
     ("3x3c128", 28, 128, 128, 3, 1, 1),
     ("3x3c256", 14, 256, 256, 3, 1, 1),
+    ("3x3c512", 7, 512, 512, 3, 1, 1),
     ("1x1c256s2", 28, 128, 256, 1, 2, 0),
 ];
 
@@ -58,29 +60,38 @@ fn conv(c: &mut Criterion) {
         group.sample_size(20);
         for packing in Packing::ALL {
             let packed = packing.pack_weights(&weights, depth, oc);
-            let mut scratch = vec![0i8; packing.scratch_len(depth)];
+            let mut scratch =
+                vec![0i8; packing.scratch_len(depth).max(winograd::scratch_len(&win))];
             let mut output = vec![0i8; out_hw * out_hw * oc];
+            let conv = Conv {
+                window: &win,
+                input: &input,
+                zero_point: -3,
+                weights: &packed,
+                params: &params,
+                out: OutQuant {
+                    zero_point: -128,
+                    min: -128,
+                    max: 127,
+                },
+                residual: Residual::None,
+                first: 0,
+            };
             for isa in Isa::ALL.into_iter().filter(|&i| cpu.supports(i)) {
                 let id = BenchmarkId::new(format!("{packing:?}"), isa.name());
                 group.bench_function(id, |b| {
-                    b.iter(|| {
-                        let conv = Conv {
-                            window: &win,
-                            input: &input,
-                            zero_point: -3,
-                            weights: &packed,
-                            params: &params,
-                            out: OutQuant {
-                                zero_point: -128,
-                                min: -128,
-                                max: 127,
-                            },
-                            residual: Residual::None,
-                            first: 0,
-                        };
-                        packing.conv2d(isa, &conv, &mut output, &mut scratch);
-                    })
+                    b.iter(|| packing.conv2d(isa, &conv, &mut output, &mut scratch))
                 });
+                // Where a Winograd path ran the conv above, the tile alone too.
+                if packing.tile(isa).winograd().is_some()
+                    && winograd::runs(&win, 0, out_hw * out_hw, scratch.len())
+                {
+                    let id =
+                        BenchmarkId::new(format!("{packing:?}"), format!("{}-direct", isa.name()));
+                    group.bench_function(id, |b| {
+                        b.iter(|| packing.conv2d_direct(isa, &conv, &mut output, &mut scratch))
+                    });
+                }
             }
         }
         group.finish();

@@ -86,7 +86,7 @@ pub struct Case {
 /// Odd shapes: channels off the tile, 1×1, 3×3, 7×7, stride 2, padding, 1-pixel maps;
 /// for the paths that read the input in place, an odd number of 16-channel chunks and
 /// a map too wide for one band.
-pub const CASES: [Case; 12] = [
+pub const CASES: [Case; 14] = [
     Case {
         hw: [5, 7],
         ic: 3,
@@ -171,6 +171,24 @@ pub const CASES: [Case; 12] = [
         hw: [6, 400],
         ic: 16,
         oc: 16,
+        kernel: 3,
+        stride: 1,
+        pad: 1,
+    },
+    // Winograd's shapes (3×3 stride 1, whole chunks in, whole vectors out) on odd maps:
+    // a last tile row and column half outside, runs of pixels starting mid-tile.
+    Case {
+        hw: [11, 13],
+        ic: 32,
+        oc: 24,
+        kernel: 3,
+        stride: 1,
+        pad: 1,
+    },
+    Case {
+        hw: [9, 16],
+        ic: 16,
+        oc: 8,
         kernel: 3,
         stride: 1,
         pad: 1,

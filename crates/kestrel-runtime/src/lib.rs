@@ -177,6 +177,26 @@ impl<'a> Model<'a> {
             .map(|p| p.tile(kernels))
     }
 
+    /// What runs the file's 3×3 stride-1 convs by Winograd on `kernels`, and how many of
+    /// its convs it runs on one thread (`None` where it runs none; on several, a thread's
+    /// share of a small map may run direct).
+    pub fn winograd_convs(&self, kernels: Isa) -> Option<(&'static str, usize)> {
+        let name = self.conv_tile(kernels)?.winograd()?;
+        let scratch = self.file.plan.scratch_bytes as usize;
+        let count = (0..self.file.op_count())
+            .filter_map(|i| self.file.op(i))
+            .filter(|op| op.kind == OpKind::Conv && op.layout.packing().is_some())
+            .filter(|op| !self.runs_wide(op))
+            .filter(|op| {
+                let (x, y) = (self.tensor(op.input), self.tensor(op.output));
+                let bytes = op.scratch.map_or(scratch, |s| s.bytes as usize);
+                let w = window(op, &x, &y);
+                conv::winograd::runs(&w, 0, w.out_h * w.out_w, bytes)
+            })
+            .count();
+        (count > 0).then_some((name, count))
+    }
+
     /// What the file's convs on f16 weights (layers kept wider) run on `kernels`: an f16
     /// tile, or the wide kernels' scalar loops; `None` for a file without them.
     pub fn f16_tile(&self, kernels: Isa) -> Option<&'static str> {
@@ -903,7 +923,15 @@ fn conv_parallel(
     // One run per thread (the pool gives each thread a fixed share), of equal pixel
     // counts, at least a few tiles each.
     let tasks = parallel.threads().min(pixels.div_ceil(8)).max(1);
-    let start = |t: usize| pixels * t / tasks;
+    // Where the Winograd path may run the whole map, shares start at pairs of rows (its
+    // tiles' height), so no two threads compute the same tiles.
+    let by_row_pairs = conv.first == 0
+        && pixels == conv.window.out_h * conv.window.out_w
+        && conv::winograd::applies(conv.window);
+    let start = |t: usize| match by_row_pairs {
+        true => conv::winograd::split_at(conv.window, t, tasks),
+        false => pixels * t / tasks,
+    };
     let shared = SharedOutput(output.as_mut_ptr(), output.len());
     parallel.run(tasks, &|t, scratch| {
         let (first, end) = (start(t), start(t + 1));

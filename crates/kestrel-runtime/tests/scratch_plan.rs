@@ -5,7 +5,7 @@
 mod common;
 
 use kestrel_format::liveness;
-use kestrel_format::writer::KesModel;
+use kestrel_format::writer::{KesModel, ScratchPlan};
 use kestrel_format::{FormatError, OpScratch, WeightLayout};
 use kestrel_runtime::{Error, Model};
 
@@ -18,9 +18,9 @@ fn every_packed_convs_scratch_lies_apart_from_the_tensors_live_at_its_step() {
     ] {
         let portable = common::tiny_model();
         let activations = portable.plan.arena_bytes.div_ceil(64) * 64;
-        for limit in [None, Some(1)] {
+        for (limit, winograd) in [(None, false), (Some(1), false), (None, true)] {
             let mut m = portable.clone();
-            m.pack_convs_within(layout, limit);
+            m.pack_convs_within(layout, ScratchPlan { limit, winograd });
             let (ranges, life) = (m.tensor_ranges(), m.lifetimes());
             let mut most = 0;
             for (i, op) in m.ops.iter().enumerate() {

@@ -6,8 +6,7 @@ mod common;
 
 use kestrel_format::writer::KesModel;
 use kestrel_format::{DType, FormatError, OpKind, OpScratch, WeightLayout};
-use kestrel_runtime::pool::ThreadPool;
-use kestrel_runtime::{CpuFeatures, Error, Isa, Model, Session};
+use kestrel_runtime::{CpuFeatures, Error, Isa, Model};
 
 const LAYOUTS: [WeightLayout; 4] = [
     WeightLayout::Portable,
@@ -16,23 +15,6 @@ const LAYOUTS: [WeightLayout; 4] = [
     WeightLayout::Pairs4,
 ];
 
-fn logits(bytes: &[u8], isa: Isa, threads: usize) -> Vec<f32> {
-    let model = Model::parse(bytes).unwrap();
-    let pool = ThreadPool::new(threads, model.scratch_bytes(), false).unwrap();
-    let mut arena = vec![0u8; model.arena_bytes()];
-    let mut session = Session::with_kernels(&model, &mut arena, isa).unwrap();
-    session.set_parallel(&pool);
-    session
-        .input_mut()
-        .iter_mut()
-        .enumerate()
-        .for_each(|(i, v)| *v = ((i * 89) % 251) as i8);
-    session.run();
-    let mut out = vec![0.0; model.classes()];
-    session.logits(&mut out).unwrap();
-    out
-}
-
 fn packed(mut m: KesModel, layout: WeightLayout) -> KesModel {
     m.pack_convs(layout);
     m
@@ -40,7 +22,7 @@ fn packed(mut m: KesModel, layout: WeightLayout) -> KesModel {
 
 #[test]
 fn a_streamed_stem_gives_the_unstreamed_logits_everywhere() {
-    let reference = logits(&common::tiny_stem_model(false).to_bytes(), Isa::Scalar, 1);
+    let reference = common::logits(&common::tiny_stem_model(false).to_bytes(), Isa::Scalar, 1);
     assert!(reference.iter().any(|&v| v != reference[0]));
     let cpu = CpuFeatures::available();
     for layout in LAYOUTS {
@@ -54,7 +36,7 @@ fn a_streamed_stem_gives_the_unstreamed_logits_everywhere() {
             }
             for threads in [1, 3] {
                 assert_eq!(
-                    logits(&bytes, isa, threads),
+                    common::logits(&bytes, isa, threads),
                     reference,
                     "{layout:?} on {isa} with {threads} threads"
                 );

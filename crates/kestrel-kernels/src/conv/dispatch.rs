@@ -89,6 +89,15 @@ impl Tile {
         }
     }
 
+    /// The path that computes the 3×3 stride-1 convs of this tile's files instead
+    /// ([`crate::conv::winograd::runs`]), if one does.
+    pub const fn winograd(self) -> Option<&'static str> {
+        match self {
+            Tile::Avx2_4x8c4 => Some("avx2_winograd_4x8"),
+            _ => None,
+        }
+    }
+
     /// The CPU path the tile needs: its CPU check (the session runs only paths
     /// [`crate::isa::CpuFeatures::supports`]).
     pub const fn isa(self) -> Isa {
@@ -129,36 +138,42 @@ impl Tile {
                 input: plain(crate::arch::arm::smlad_2x4c16::MR),
                 panel: crate::arch::arm::smlad_2x4c16::smlad_2x4c16,
                 direct: None,
+                winograd: None,
             },
             #[cfg(all(target_arch = "arm", feature = "dsp"))]
             Tile::Smlad2x4p16 => MicroKernel {
                 input: plain(crate::arch::arm::smlad_2x4c16::MR),
                 panel: crate::arch::arm::smlad_2x4c16::smlad_2x4p16,
                 direct: None,
+                winograd: None,
             },
             #[cfg(target_arch = "aarch64")]
             Tile::Smlal4x4c16 => MicroKernel {
                 input: plain(4),
                 panel: crate::arch::aarch64::neon_4x4c16::smlal_4x4c16,
                 direct: None,
+                winograd: None,
             },
             #[cfg(target_arch = "aarch64")]
             Tile::Sdot4x4c16 => MicroKernel {
                 input: plain(4),
                 panel: crate::arch::aarch64::neon_4x4c16::sdot_4x4c16,
                 direct: None,
+                winograd: None,
             },
             #[cfg(target_arch = "aarch64")]
             Tile::Sdot4x16c4 => MicroKernel {
                 input: plain(4),
                 panel: crate::arch::aarch64::sdot_4x16c4::sdot_4x16c4,
                 direct: Some(crate::arch::aarch64::sdot_4x16c4::sdot_4x16c4_direct),
+                winograd: None,
             },
             #[cfg(target_arch = "x86_64")]
             Tile::Avx2_4x4c16 => MicroKernel {
                 input: plain(4),
                 panel: crate::arch::x86_64::avx2_4x4c16::avx2_4x4c16,
                 direct: None,
+                winograd: None,
             },
             #[cfg(target_arch = "x86_64")]
             Tile::Vnni4x4c16 => MicroKernel {
@@ -170,6 +185,7 @@ impl Tile {
                 },
                 panel: crate::arch::x86_64::vnni_4x4c16::vnni_4x4c16,
                 direct: None,
+                winograd: None,
             },
             #[cfg(target_arch = "x86_64")]
             Tile::Avx2_4x8c4 => MicroKernel {
@@ -181,6 +197,7 @@ impl Tile {
                 },
                 panel: crate::arch::x86_64::avx2_4x8c4::avx2_4x8c4,
                 direct: None,
+                winograd: Some(crate::arch::x86_64::avx2_winograd_4x8::avx2_winograd_4x8),
             },
             #[cfg(target_arch = "x86_64")]
             Tile::AvxVnni6x16c4 => MicroKernel {
@@ -192,6 +209,7 @@ impl Tile {
                 },
                 panel: crate::arch::x86_64::avxvnni_6x16c4::kernel(),
                 direct: None,
+                winograd: None,
             },
             #[cfg(target_arch = "x86_64")]
             Tile::Vnni8x32c4 => MicroKernel {
@@ -203,21 +221,25 @@ impl Tile {
                 },
                 panel: crate::arch::x86_64::vnni_8x32c4::vnni_8x32c4,
                 direct: None,
+                winograd: None,
             },
             Tile::Scalar4x4c16 => MicroKernel {
                 input: plain(portable::MR),
                 panel: portable::scalar_4x4c16,
                 direct: None,
+                winograd: None,
             },
             Tile::Scalar4x16c4 => MicroKernel {
                 input: plain(portable::MR),
                 panel: portable::scalar_4x16c4,
                 direct: None,
+                winograd: None,
             },
             Tile::Scalar4x4p16 => MicroKernel {
                 input: plain(portable::MR),
                 panel: portable::scalar_4x4p16,
                 direct: None,
+                winograd: None,
             },
             #[allow(unreachable_patterns)] // another architecture's tiles
             _ => Tile::portable(packing).kernel(packing),
@@ -251,6 +273,17 @@ impl Packing {
         // SAFETY: the CPU runs `isa` (the caller's check) and so the tile's ISA (the table
         // gives each ISA a tile of its own ISA or the portable one); the parser checked
         // the shapes and that the weights are packed this way.
+        unsafe { drive::conv2d(&kernel, c, output, scratch) }
+    }
+
+    /// [`Packing::conv2d`] with every conv on the tile, none by Winograd: what the
+    /// benchmarks compare the Winograd path with. Same results.
+    pub fn conv2d_direct(self, isa: Isa, c: &Conv<'_>, output: &mut [i8], scratch: &mut [i8]) {
+        let kernel = MicroKernel {
+            winograd: None,
+            ..self.tile(isa).kernel(self)
+        };
+        // SAFETY: as in `conv2d`.
         unsafe { drive::conv2d(&kernel, c, output, scratch) }
     }
 }

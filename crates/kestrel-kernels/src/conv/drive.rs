@@ -9,6 +9,7 @@ use crate::conv::budget::{
 use crate::conv::contract::{round_up, Conv, ShiftForm, KC};
 use crate::conv::input::{fill_band, pack_panel};
 use crate::conv::kernel::{Direct, DirectKernel, MicroKernel, Panel};
+use crate::conv::winograd;
 
 /// The conv on `kernel`: same results as [`crate::scalar::conv2d`] on the pixels of
 /// `output`. `scratch` holds at least [`crate::conv::budget::min_scratch_len`] bytes;
@@ -18,6 +19,11 @@ use crate::conv::kernel::{Direct, DirectKernel, MicroKernel, Panel};
 /// The CPU has the kernel's ISA; the shapes are consistent (the file parser checked
 /// them, weights packed in the kernel's layout).
 pub unsafe fn conv2d(kernel: &MicroKernel, c: &Conv<'_>, output: &mut [i8], scratch: &mut [i8]) {
+    if let Some(whole) = kernel.winograd {
+        if winograd::runs(c.window, c.first, c.pixels(output), scratch.len()) {
+            return whole(c, output, scratch);
+        }
+    }
     let k = c.k();
     let shifts = c.shift_form();
     let budget = scratch.len().min(scratch_len(k));

@@ -60,6 +60,13 @@ pub type PanelKernel = unsafe fn(&Conv<'_>, &Panel<'_>, &mut [i8]);
 /// As [`PanelKernel`]; every offset plus every tap plus `IC` bytes is inside the band.
 pub type DirectKernel = unsafe fn(&Conv<'_>, &Direct<'_>, &mut [i8]);
 
+/// A whole conv on one path (Winograd): the pixels of `output`, in `scratch`.
+///
+/// # Safety
+/// As [`PanelKernel`]; [`crate::conv::winograd::applies`] to the conv and its
+/// [`crate::conv::winograd::tiles_in`] the scratch is at least one group.
+pub type WholeKernel = unsafe fn(&Conv<'_>, &mut [i8], &mut [i8]);
+
 /// A micro-kernel as the driver runs it.
 #[derive(Clone, Copy)]
 pub struct MicroKernel {
@@ -67,4 +74,6 @@ pub struct MicroKernel {
     pub panel: PanelKernel,
     /// Where the kernel can read a band in place instead (shapes [`crate::conv::budget::band_rows`] allows).
     pub direct: Option<DirectKernel>,
+    /// What computes the 3×3 stride-1 convs [`crate::conv::winograd::applies`] to instead.
+    pub winograd: Option<WholeKernel>,
 }

@@ -17,6 +17,7 @@ pub mod layout;
 pub mod params;
 pub mod tiles;
 pub mod unpacked;
+pub mod winograd;
 
 #[cfg(all(test, feature = "std"))]
 mod tests;

@@ -98,3 +98,70 @@ fn in_place_residual_matches_too() {
         panic!("{failure}");
     }
 }
+
+/// Winograd's sums at their extremes: inputs, padding and weights at ±128 where four
+/// times the conv's sum is near the int32 bound the path relies on, on the path itself
+/// (a scratch that holds a chunk) against the reference.
+#[test]
+fn winograd_is_exact_at_the_extremes_of_its_sums() {
+    use crate::conv::winograd;
+    let cpu = crate::isa::CpuFeatures::available();
+    if !cpu.supports(Isa::Avx2) {
+        std::println!("skipped: this CPU has no AVX2 (the Winograd path is AVX2's)");
+        return;
+    }
+    for (in_c, h, w) in [(winograd::MAX_IN_C, 12, 11), (256, 13, 9)] {
+        let win = Window {
+            in_h: h,
+            in_w: w,
+            in_c,
+            out_h: h,
+            out_w: w,
+            out_c: 8,
+            kernel: [3, 3],
+            stride: [1, 1],
+            pads: [1; 4],
+        };
+        assert!(winograd::applies(&win));
+        let k = 9 * in_c;
+        // Mostly one sign, so the sums reach their bound; a few flips so they differ.
+        let signs = values(h * w * in_c + k * 8, 7);
+        let input: Vec<i8> = signs[..h * w * in_c]
+            .iter()
+            .map(|&r| if r % 13 == 0 { 127 } else { -128 })
+            .collect();
+        let weights: Vec<i8> = signs[h * w * in_c..]
+            .iter()
+            .map(|&r| if r % 11 == 0 { 127 } else { -128 })
+            .collect();
+        let raw = param_bytes(
+            &(0..8)
+                .map(|o| (o * 1000, 1_200_000_000, -20 - o % 4))
+                .collect::<Vec<_>>(),
+        );
+        let out = OutQuant {
+            zero_point: 0,
+            min: -128,
+            max: 127,
+        };
+        let conv = |weights| Conv {
+            window: &win,
+            input: &input,
+            zero_point: -128,
+            weights,
+            params: &raw,
+            out,
+            residual: Residual::None,
+            first: 0,
+        };
+        let mut want = vec![0i8; h * w * 8];
+        scalar::conv2d(&conv(&weights), &mut want);
+        assert!(want.iter().any(|&v| v > -128 && v < 127), "all clamped");
+        let packed = Packing::Lanes16.pack_weights(&weights, k, 8);
+        let mut scratch = vec![0i8; winograd::weights_bytes(in_c) + 4 * winograd::tile_bytes(in_c)];
+        assert!(winograd::tiles_in(in_c, scratch.len()) > 0);
+        let mut got = vec![0i8; h * w * 8];
+        Packing::Lanes16.conv2d(Isa::Avx2, &conv(&packed), &mut got, &mut scratch);
+        assert_eq!(got, want, "IC {in_c}, {h}×{w}");
+    }
+}

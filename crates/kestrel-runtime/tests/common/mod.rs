@@ -315,3 +315,25 @@ pub fn tiny_stem_model(streamed: bool) -> KesModel {
         metadata: vec![("source_model".into(), "hand-built".into())],
     }
 }
+
+#[cfg(feature = "std")] // the thread pool
+#[allow(dead_code)] // used by some of the test files that include this module
+/// The logits of `bytes` on `isa` and `threads` threads, for an input every test fills
+/// the same way.
+pub fn logits(bytes: &[u8], isa: kestrel_runtime::Isa, threads: usize) -> Vec<f32> {
+    let model = kestrel_runtime::Model::parse(bytes).unwrap();
+    let pool =
+        kestrel_runtime::pool::ThreadPool::new(threads, model.scratch_bytes(), false).unwrap();
+    let mut arena = vec![0u8; model.arena_bytes()];
+    let mut session = kestrel_runtime::Session::with_kernels(&model, &mut arena, isa).unwrap();
+    session.set_parallel(&pool);
+    session
+        .input_mut()
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = ((i * 89) % 251) as i8);
+    session.run();
+    let mut out = vec![0.0; model.classes()];
+    session.logits(&mut out).unwrap();
+    out
+}

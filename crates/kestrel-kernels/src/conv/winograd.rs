@@ -1,0 +1,219 @@
+//! Winograd F(2×2, 3×3) in exact integers: which convs it applies to, and how its scratch
+//! is laid out. The SIMD path (`arch::x86_64::avx2_winograd_4x8`) computes each 2×2 block
+//! of outputs ("tile") from its 4×4 input patch with 16 products per channel pair instead
+//! of 36, and hands the same int32 sums to the same epilogue as the direct conv: the
+//! results are those of [`crate::scalar::conv2d`], bit for bit.
+//!
+//! Why it is exact: with `G` scaled by 2 (`Ĝ = 2G`, integral), the transformed weights
+//! `U = Ĝ g Ĝᵀ` are integers with `|U| ≤ 9 · 128`, the transformed inputs `V = Bᵀ d B`
+//! sums and differences of four values, `|V| ≤ 4 · 128`: both fit int16, so `vpmaddwd`
+//! multiplies them exactly. The output transform `Aᵀ (Σ U ⊙ V) A` then gives four times
+//! the conv's sum. Every step is a ring operation modulo 2³², so that is exact modulo 2³²
+//! whatever the intermediate sums do; the true value, `4 · Σ x·w` with at most
+//! `9 · IC` products of at most 128 · 128, fits int32 for `IC ≤` [`MAX_IN_C`], so it is
+//! the value itself, and an arithmetic shift by 2 leaves the sum exactly.
+
+use crate::conv::contract::{round_up, KC};
+use crate::window::Window;
+
+/// Points of a tile's transform (4 × 4).
+pub const POINTS: usize = 16;
+/// Output channels whose transformed weights are held at once (one vector of `i32`).
+pub const CHANNELS: usize = 8;
+/// Tiles whose sums are computed together.
+pub const GROUP: usize = 4;
+/// Deepest input: `4 · 9 · IC · 128 · 128 < 2³¹`.
+pub const MAX_IN_C: usize = 2048;
+/// Fewest tiles in a run for the path: each run transforms every weight once per chunk,
+/// which weighs more the fewer tiles share it. Measured on AVX2 (Zen 3): 14×14 maps (49
+/// tiles) run 1.7× faster than direct (`cargo bench --bench conv`) and 1.4× inside
+/// ResNet-18 (`kestrel bench --layers`); 7×7 maps (16 tiles) 1.1× alone but 0.65×
+/// inside the model, where each conv's 2.4 MB of weights come in cold.
+pub const MIN_TILES: usize = 32;
+/// Tiles transformed at once at most: a chunk's transformed input stays in L2, and the
+/// weights are transformed again per chunk, so more tiles cost only cache.
+pub const MAX_TILES: usize = 64;
+
+/// Whether the conv is one the Winograd path computes: 3×3, stride 1, one pixel of
+/// padding all round (output the input's size), input channels in whole chunks, output
+/// channels in whole vectors, and a map of at least [`MIN_TILES`] tiles whose tiles take at
+/// most 3/4 of the direct conv's products (16 a tile against 9 a pixel; a single row
+/// wastes half of each tile).
+pub fn applies(w: &Window) -> bool {
+    let tiles = w.out_h.div_ceil(2) * w.out_w.div_ceil(2);
+    tiles >= MIN_TILES
+        && 4 * POINTS * tiles <= 3 * 9 * w.out_h * w.out_w
+        && w.kernel == [3, 3]
+        && w.stride == [1, 1]
+        && w.pads == [1; 4]
+        && w.out_h == w.in_h
+        && w.out_w == w.in_w
+        && w.in_c > 0
+        && w.in_c.is_multiple_of(KC)
+        && w.in_c <= MAX_IN_C
+        && w.out_c > 0
+        && w.out_c.is_multiple_of(CHANNELS)
+}
+
+/// Whether the Winograd path runs the conv on the run of `pixels` output pixels from
+/// `first` (a thread's share) in `scratch` bytes: it [`applies`], the run touches at least
+/// [`MIN_TILES`] tiles (each run transforms all the weights), and a group of tiles fits
+/// (a smaller scratch, a microcontroller's file, runs the conv direct).
+pub fn runs(w: &Window, first: usize, pixels: usize, scratch: usize) -> bool {
+    applies(w) && run_tiles(w, first, pixels) >= MIN_TILES && tiles_in(w.in_c, scratch) > 0
+}
+
+/// Tiles a run of `pixels` output pixels from `first` touches: every tile of each pair of
+/// output rows it meets.
+pub fn run_tiles(w: &Window, first: usize, pixels: usize) -> usize {
+    if pixels == 0 || w.out_w == 0 {
+        return 0;
+    }
+    let (top, bottom) = (first / w.out_w / 2, (first + pixels - 1) / w.out_w / 2);
+    (bottom + 1 - top) * w.out_w.div_ceil(2)
+}
+
+/// Where thread `t` of `threads` starts on a map the path [`applies`] to: at a pair of
+/// output rows, so no two threads compute the same tiles (the shares are fixed by the
+/// shape and the thread count).
+pub fn split_at(w: &Window, t: usize, threads: usize) -> usize {
+    let pairs = w.out_h.div_ceil(2);
+    (2 * (pairs * t / threads) * w.out_w).min(w.out_h * w.out_w)
+}
+
+/// Scratch bytes the Winograd path uses at most on the conv: the weights of 16 channels
+/// and the whole map's tiles (up to a chunk of [`MAX_TILES`]), so each channel's weights are
+/// transformed once per chunk. Where [`applies`] does not, 0.
+pub fn scratch_len(w: &Window) -> usize {
+    if !applies(w) {
+        return 0;
+    }
+    let tiles = (w.out_h.div_ceil(2) * w.out_w.div_ceil(2)).min(MAX_TILES);
+    weights_bytes(w.in_c) + round_up(tiles, GROUP) * tile_bytes(w.in_c)
+}
+
+/// Bytes of [`CHANNELS`] channels' transformed weights (int16).
+pub const fn weight_bytes(in_c: usize) -> usize {
+    POINTS * in_c * CHANNELS * 2
+}
+
+/// Bytes of the transformed weights held at once: a whole block of 16 channels (the
+/// packed weights hold both halves side by side, so they are read in one pass).
+pub const fn weights_bytes(in_c: usize) -> usize {
+    2 * weight_bytes(in_c)
+}
+
+/// Bytes of one tile's transformed input (int16).
+pub const fn tile_bytes(in_c: usize) -> usize {
+    POINTS * in_c * 2
+}
+
+/// Tiles per chunk in `scratch` bytes (a multiple of [`GROUP`]), or 0 where not even
+/// one group fits next to the weights (the conv then runs direct).
+pub fn tiles_in(in_c: usize, scratch: usize) -> usize {
+    let room = scratch.saturating_sub(weights_bytes(in_c)) / tile_bytes(in_c);
+    (room / GROUP * GROUP).min(MAX_TILES)
+}
+
+/// Where, in `i16`s from the input chunk's start, the 16 transformed channels `16 · cb ..`
+/// of point `xi` of the tile in slot `slot` of a chunk start: per group of [`GROUP`]
+/// tiles, per point, per 16 channels, the group's tiles side by side.
+#[inline(always)]
+pub const fn input_at(in_c: usize, slot: usize, xi: usize, cb: usize) -> usize {
+    (((slot / GROUP) * POINTS + xi) * (in_c / KC) + cb) * GROUP * KC + (slot % GROUP) * KC
+}
+
+/// Where, in `i16`s, the transformed weights of point `xi`, input channels `4 · cg ..
+/// 4 · cg + 4`, start: the [`CHANNELS`] channels side by side, four inputs each.
+#[inline(always)]
+pub const fn weight_at(in_c: usize, xi: usize, cg: usize) -> usize {
+    (xi * (in_c / 4) + cg) * CHANNELS * 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    fn window(h: usize, w: usize, in_c: usize, out_c: usize) -> Window {
+        Window {
+            in_h: h,
+            in_w: w,
+            in_c,
+            out_h: h,
+            out_w: w,
+            out_c,
+            kernel: [3, 3],
+            stride: [1, 1],
+            pads: [1; 4],
+        }
+    }
+
+    #[test]
+    fn applies_to_same_size_3x3_convs_on_whole_chunks_only() {
+        assert!(applies(&window(56, 56, 64, 64)));
+        assert!(applies(&window(14, 14, 256, 256)));
+        assert!(applies(&window(11, 13, 16, 8)));
+        assert!(!applies(&window(7, 7, 512, 512)), "too few tiles");
+        assert!(
+            !applies(&window(1, 200, 16, 8)),
+            "a row wastes half of each tile"
+        );
+        assert!(!applies(&window(16, 16, 24, 16)), "channels off the chunk");
+        assert!(
+            !applies(&window(16, 16, 16, 12)),
+            "output channels off the vector"
+        );
+        assert!(!applies(&window(16, 16, 4096, 16)), "too deep for int32");
+        let mut strided = window(16, 16, 16, 16);
+        (strided.stride, strided.out_h, strided.out_w) = ([2, 2], 8, 8);
+        assert!(!applies(&strided));
+        let mut unpadded = window(16, 16, 16, 16);
+        (unpadded.pads, unpadded.out_h, unpadded.out_w) = ([0; 4], 14, 14);
+        assert!(!applies(&unpadded));
+    }
+
+    #[test]
+    fn runs_count_their_tiles_and_threads_split_at_row_pairs() {
+        let w = window(11, 11, 64, 64);
+        assert_eq!(run_tiles(&w, 0, 121), 36);
+        // Pixels 21 .. 23 lie on rows 1 and 2: two pairs of rows.
+        assert_eq!(run_tiles(&w, 21, 2), 12);
+        assert_eq!(run_tiles(&w, 21, 0), 0);
+        assert!(runs(&w, 0, 121, 1 << 20));
+        assert!(!runs(&w, 0, 66, 1 << 20), "half the map: too few tiles");
+        assert!(!runs(&w, 0, 121, 1000), "too little scratch");
+        let splits: Vec<usize> = (0..=3).map(|t| split_at(&w, t, 3)).collect();
+        assert_eq!(splits, [0, 44, 88, 121]);
+        let starts: Vec<usize> = (0..=2)
+            .map(|t| split_at(&window(14, 14, 64, 64), t, 2))
+            .collect();
+        assert_eq!(starts, [0, 84, 196]);
+    }
+
+    #[test]
+    fn the_int32_bound_holds_at_the_deepest_input() {
+        let most = 4 * 9 * MAX_IN_C as i64 * 128 * 128;
+        assert!(most < i32::MAX as i64);
+    }
+
+    #[test]
+    fn chunks_fit_the_scratch_in_whole_groups() {
+        for in_c in [16, 64, 512] {
+            let least = weights_bytes(in_c) + GROUP * tile_bytes(in_c);
+            assert_eq!(tiles_in(in_c, least - 1), 0);
+            assert_eq!(tiles_in(in_c, least), GROUP);
+            let t = tiles_in(in_c, 1 << 20);
+            assert!(t.is_multiple_of(GROUP) && t <= MAX_TILES);
+            assert!(weights_bytes(in_c) + t * tile_bytes(in_c) <= 1 << 20);
+        }
+        // Slots never overlap: the last point of the last slot ends at the chunk's size.
+        let in_c = 32;
+        let end = input_at(in_c, 7, POINTS - 1, in_c / KC - 1) + KC;
+        assert_eq!(end * 2, 8 * tile_bytes(in_c));
+        assert_eq!(
+            (weight_at(in_c, POINTS - 1, in_c / 4 - 1) + 32) * 2,
+            weight_bytes(in_c)
+        );
+    }
+}
