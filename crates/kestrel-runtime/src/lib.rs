@@ -923,11 +923,16 @@ fn conv_parallel(
     // One run per thread (the pool gives each thread a fixed share), of equal pixel
     // counts, at least a few tiles each.
     let tasks = parallel.threads().min(pixels.div_ceil(8)).max(1);
-    // Where the Winograd path may run the whole map, shares start at pairs of rows (its
-    // tiles' height), so no two threads compute the same tiles.
+    // Where this CPU's tile hands the conv to the Winograd path and every share is big
+    // enough for it, shares start at pairs of rows (its tiles' height), so no two threads
+    // compute the same tiles; elsewhere equal pixel counts balance best.
+    let win = conv.window;
+    let least_share = win.out_h.div_ceil(2) / tasks * win.out_w.div_ceil(2);
     let by_row_pairs = conv.first == 0
-        && pixels == conv.window.out_h * conv.window.out_w
-        && conv::winograd::applies(conv.window);
+        && pixels == win.out_h * win.out_w
+        && packing.tile(isa).winograd().is_some()
+        && conv::winograd::applies(win)
+        && least_share >= conv::winograd::MIN_TILES;
     let start = |t: usize| match by_row_pairs {
         true => conv::winograd::split_at(conv.window, t, tasks),
         false => pixels * t / tasks,
