@@ -179,8 +179,9 @@ fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
 }
 
 /// What the conv contract, the wide kernels' contract and their data modules are.
-const FOUNDATION: [&str; 9] = [
+const FOUNDATION: [&str; 10] = [
     "conv::contract",
+    "conv::winograd",
     "conv::params",
     "conv::layout",
     "conv::input",
