@@ -76,19 +76,13 @@ impl OpRecord {
         input: &TensorRecord,
         output: &TensorRecord,
     ) -> kestrel_kernels::window::Window {
-        let [_, h, w, c] = input.dims.map(|d| d as usize);
-        let [_, oh, ow, oc] = output.dims.map(|d| d as usize);
-        kestrel_kernels::window::Window {
-            in_h: h,
-            in_w: w,
-            in_c: c,
-            out_h: oh,
-            out_w: ow,
-            out_c: oc,
-            kernel: self.kernel.map(usize::from),
-            stride: self.stride.map(usize::from),
-            pads: self.pads.map(usize::from),
-        }
+        kestrel_kernels::window::Window::of_op(
+            input.dims,
+            output.dims,
+            self.kernel,
+            self.stride,
+            self.pads,
+        )
     }
 
     /// A streamed stem's windows over its `input` tensor ([`PoolWindow::streamed`]).

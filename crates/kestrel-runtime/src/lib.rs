@@ -829,19 +829,7 @@ impl Session<'_, '_> {
 
 /// The window an op computes, from its input and output shapes.
 fn window(op: &OpView, x: &TensorInfo, y: &TensorInfo) -> Window {
-    let [_, h, w, c] = x.dims.map(|d| d as usize);
-    let [_, oh, ow, oc] = y.dims.map(|d| d as usize);
-    Window {
-        in_h: h,
-        in_w: w,
-        in_c: c,
-        out_h: oh,
-        out_w: ow,
-        out_c: oc,
-        kernel: op.kernel.map(|k| k as usize),
-        stride: op.stride.map(|s| s as usize),
-        pads: op.pads.map(|p| p as usize),
-    }
+    Window::of_op(x.dims, y.dims, op.kernel, op.stride, op.pads)
 }
 
 /// An elementwise add of `input` and the op's second operand, each onto the output
