@@ -78,15 +78,16 @@ impl Target {
 
     /// The scratch the plan lends each packed conv. A microcontroller's SRAM holds the
     /// arena: panels of a few dozen pixels there cost a Cortex-M nothing (it has no cache
-    /// to fill), so its scratch is limited. x86-64's AVX2 path computes 3×3 stride-1 convs
-    /// by Winograd, whose scratch holds a map's transformed tiles.
+    /// to fill), so its scratch is limited. x86-64's AVX2 path and the Raspberry Pi 4's
+    /// Cortex-A72 compute 3×3 stride-1 convs by Winograd, whose scratch holds a map's
+    /// transformed tiles.
     pub fn scratch_plan(self) -> ScratchPlan {
         ScratchPlan {
             limit: match self {
                 Target::CortexM4 => Some(16 * 1024),
                 _ => None,
             },
-            winograd: self == Target::X86_64,
+            winograd: matches!(self, Target::X86_64 | Target::Rpi4),
         }
     }
 

@@ -1,5 +1,5 @@
-//! A file whose plan lends its 3×3 stride-1 convs the Winograd path's scratch (x86-64's)
-//! gives the reference's logits on every kernel path and thread count, and names the path.
+//! A file whose plan lends its 3×3 stride-1 convs the Winograd paths' scratch (x86-64's,
+//! the Cortex-A72's) gives the reference's logits on every kernel path and thread count, and names the path.
 
 mod common;
 
@@ -108,40 +108,43 @@ fn a_winograd_plan_gives_the_reference_logits_on_every_path() {
         pads: [1; 4],
     };
     assert!(winograd::applies(&window));
-    let mut m = model();
-    m.pack_convs_within(
-        WeightLayout::Lanes16,
-        ScratchPlan {
-            limit: None,
-            winograd: true,
-        },
-    );
-    for op in &m.ops[1..3] {
-        let lent = op.scratch.expect("a packed conv is lent scratch").bytes as usize;
-        assert!(lent >= winograd::scratch_len(&window), "{lent}");
-    }
-    let bytes = m.to_bytes();
-    let parsed = Model::parse(&bytes).unwrap();
     let cpu = CpuFeatures::available();
-    if cpu.supports(Isa::Avx2) {
-        assert_eq!(
-            parsed.winograd_convs(Isa::Avx2),
-            Some(("avx2_winograd_4x8", 2))
+    // Each layout with a Winograd path: x86-64's AVX2 tile, the Cortex-A72's.
+    for (layout, path, name) in [
+        (WeightLayout::Lanes16, Isa::Avx2, "avx2_winograd_4x8"),
+        (WeightLayout::Blocks4, Isa::Neon, "smlal_winograd_4x4"),
+    ] {
+        let mut m = model();
+        m.pack_convs_within(
+            layout,
+            ScratchPlan {
+                limit: None,
+                winograd: true,
+            },
         );
-    } else {
-        println!("skipped the Winograd path itself: this CPU has no AVX2");
-    }
-    assert_eq!(parsed.winograd_convs(Isa::Scalar), None);
-    for isa in Isa::ALL.into_iter().filter(|&i| cpu.supports(i)) {
-        if !kestrel_kernels::conv::Packing::Lanes16.has_tile(isa) && isa != Isa::Scalar {
-            continue;
+        for op in &m.ops[1..3] {
+            let lent = op.scratch.expect("a packed conv is lent scratch").bytes as usize;
+            assert!(lent >= winograd::scratch_len(&window), "{lent}");
         }
-        for threads in [1, 2, 3] {
-            assert_eq!(
-                common::logits(&bytes, isa, threads),
-                reference,
-                "{isa} with {threads} threads"
-            );
+        let bytes = m.to_bytes();
+        let parsed = Model::parse(&bytes).unwrap();
+        assert_eq!(parsed.winograd_convs(path), Some((name, 2)), "{layout:?}");
+        assert_eq!(parsed.winograd_convs(Isa::Scalar), None);
+        if !cpu.supports(path) {
+            println!("skipped {name} itself: this CPU does not run {path}");
+        }
+        let packing = layout.packing().expect("a packed layout");
+        for isa in Isa::ALL.into_iter().filter(|&i| cpu.supports(i)) {
+            if !packing.has_tile(isa) && isa != Isa::Scalar {
+                continue;
+            }
+            for threads in [1, 2, 3] {
+                assert_eq!(
+                    common::logits(&bytes, isa, threads),
+                    reference,
+                    "{layout:?}: {isa} with {threads} threads"
+                );
+            }
         }
     }
 }

@@ -94,6 +94,7 @@ impl Tile {
     pub const fn winograd(self) -> Option<&'static str> {
         match self {
             Tile::Avx2_4x8c4 => Some("avx2_winograd_4x8"),
+            Tile::Smlal4x4c16 => Some("smlal_winograd_4x4"),
             _ => None,
         }
     }
@@ -152,7 +153,7 @@ impl Tile {
                 input: plain(4),
                 panel: crate::arch::aarch64::neon_4x4c16::smlal_4x4c16,
                 direct: None,
-                winograd: None,
+                winograd: Some(crate::arch::aarch64::neon_winograd_4x4::smlal_winograd_4x4),
             },
             #[cfg(target_arch = "aarch64")]
             Tile::Sdot4x4c16 => MicroKernel {

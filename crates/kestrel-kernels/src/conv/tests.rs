@@ -104,12 +104,22 @@ fn in_place_residual_matches_too() {
 /// (a scratch that holds a chunk) against the reference.
 #[test]
 fn winograd_is_exact_at_the_extremes_of_its_sums() {
+    use crate::conv::dispatch::TABLE;
     use crate::conv::winograd;
     let cpu = crate::isa::CpuFeatures::available();
-    if !cpu.supports(Isa::Avx2) {
-        std::println!("skipped: this CPU has no AVX2 (the Winograd path is AVX2's)");
-        return;
+    // Every path with a Winograd kernel of its own, on its layout.
+    let paths: Vec<(Packing, Isa)> = TABLE
+        .iter()
+        .filter(|r| r.tile.isa() == r.isa && r.tile.winograd().is_some())
+        .map(|r| (r.packing, r.isa))
+        .collect();
+    assert!(!paths.is_empty());
+    for &(_, isa) in &paths {
+        if !cpu.supports(isa) {
+            std::println!("skipped: this CPU does not run {isa} (its Winograd path)");
+        }
     }
+    let paths: Vec<(Packing, Isa)> = paths.into_iter().filter(|p| cpu.supports(p.1)).collect();
     for (in_c, h, w) in [(winograd::MAX_IN_C, 12, 11), (256, 13, 9)] {
         let win = Window {
             in_h: h,
@@ -130,10 +140,13 @@ fn winograd_is_exact_at_the_extremes_of_its_sums() {
             .iter()
             .map(|&r| if r % 13 == 0 { 127 } else { -128 })
             .collect();
-        let weights: Vec<i8> = signs[h * w * in_c..]
-            .iter()
-            .map(|&r| if r % 11 == 0 { 127 } else { -128 })
-            .collect();
+        // `Blocks4` weights stop at −127 (the A72's direct tile pairs its products).
+        let weights_down_to = |least: i8| -> Vec<i8> {
+            signs[h * w * in_c..]
+                .iter()
+                .map(|&r| if r % 11 == 0 { 127 } else { least })
+                .collect()
+        };
         let raw = param_bytes(
             &(0..8)
                 .map(|o| (o * 1000, 1_200_000_000, -20 - o % 4))
@@ -144,24 +157,40 @@ fn winograd_is_exact_at_the_extremes_of_its_sums() {
             min: -128,
             max: 127,
         };
-        let conv = |weights| Conv {
-            window: &win,
-            input: &input,
-            zero_point: -128,
-            weights,
-            params: &raw,
-            out,
-            residual: Residual::None,
-            first: 0,
-        };
-        let mut want = vec![0i8; h * w * 8];
-        scalar::conv2d(&conv(&weights), &mut want);
-        assert!(want.iter().any(|&v| v > -128 && v < 127), "all clamped");
-        let packed = Packing::Lanes16.pack_weights(&weights, k, 8);
-        let mut scratch = vec![0i8; winograd::weights_bytes(in_c) + 4 * winograd::tile_bytes(in_c)];
-        assert!(winograd::tiles_in(in_c, scratch.len()) > 0);
-        let mut got = vec![0i8; h * w * 8];
-        Packing::Lanes16.conv2d(Isa::Avx2, &conv(&packed), &mut got, &mut scratch);
-        assert_eq!(got, want, "IC {in_c}, {h}×{w}");
+        fn conv<'a>(
+            window: &'a Window,
+            input: &'a [i8],
+            weights: &'a [i8],
+            params: &'a [u8],
+            out: OutQuant,
+        ) -> Conv<'a> {
+            Conv {
+                window,
+                input,
+                zero_point: -128,
+                weights,
+                params,
+                out,
+                residual: Residual::None,
+                first: 0,
+            }
+        }
+        for &(packing, isa) in &paths {
+            let weights = weights_down_to(match packing {
+                Packing::Blocks4 => -127,
+                _ => -128,
+            });
+            let mut want = vec![0i8; h * w * 8];
+            scalar::conv2d(&conv(&win, &input, &weights, &raw, out), &mut want);
+            assert!(want.iter().any(|&v| v > -128 && v < 127), "all clamped");
+            let packed = packing.pack_weights(&weights, k, 8);
+            let mut scratch =
+                vec![0i8; winograd::weights_bytes(in_c) + 4 * winograd::tile_bytes(in_c)];
+            assert!(winograd::tiles_in(in_c, scratch.len()) > 0);
+            let mut got = vec![0i8; h * w * 8];
+            let c = conv(&win, &input, &packed, &raw, out);
+            packing.conv2d(isa, &c, &mut got, &mut scratch);
+            assert_eq!(got, want, "{isa} on {packing:?}, IC {in_c}, {h}×{w}");
+        }
     }
 }

@@ -1,13 +1,14 @@
 //! Winograd F(2×2, 3×3) in exact integers: which convs it applies to, and how its scratch
-//! is laid out. The SIMD path (`arch::x86_64::avx2_winograd_4x8`) computes each 2×2 block
-//! of outputs ("tile") from its 4×4 input patch with 16 products per channel pair instead
-//! of 36, and hands the same int32 sums to the same epilogue as the direct conv: the
-//! results are those of [`crate::scalar::conv2d`], bit for bit.
+//! is laid out. The SIMD paths (`arch::x86_64::avx2_winograd_4x8` on AVX2,
+//! `arch::aarch64::neon_winograd_4x4` on the Cortex-A72) compute each 2×2 block of outputs
+//! ("tile") from its 4×4 input patch with 16 products per channel pair instead of 36, and
+//! hand the same int32 sums to the same epilogue as the direct conv: the results are those
+//! of [`crate::scalar::conv2d`], bit for bit.
 //!
 //! Why it is exact: with `G` scaled by 2 (`Ĝ = 2G`, integral), the transformed weights
 //! `U = Ĝ g Ĝᵀ` are integers with `|U| ≤ 9 · 128`, the transformed inputs `V = Bᵀ d B`
 //! sums and differences of four values, `|V| ≤ 4 · 128`: both fit int16, so `vpmaddwd`
-//! multiplies them exactly. The output transform `Aᵀ (Σ U ⊙ V) A` then gives four times
+//! (AVX2) and `SMLAL` (NEON) multiply them exactly. The output transform `Aᵀ (Σ U ⊙ V) A` then gives four times
 //! the conv's sum. Every step is a ring operation modulo 2³², so that is exact modulo 2³²
 //! whatever the intermediate sums do; the true value, `4 · Σ x·w` with at most
 //! `9 · IC` products of at most 128 · 128, fits int32 for `IC ≤` [`MAX_IN_C`], so it is
@@ -130,6 +131,19 @@ pub const fn weight_at(in_c: usize, xi: usize, cg: usize) -> usize {
     (xi * (in_c / 4) + cg) * CHANNELS * 4
 }
 
+/// Where, in `i16`s, the transformed weights of point `xi`, input channels `8 · c8 ..
+/// 8 · c8 + 8`, of a 4-channel block start (NEON's layout): each channel's eight inputs
+/// in a row, the block's 4 channels side by side.
+#[inline(always)]
+pub const fn block4_weight_at(in_c: usize, xi: usize, c8: usize) -> usize {
+    (xi * (in_c / 8) + c8) * 4 * 8
+}
+
+/// Bytes of a 4-channel block's transformed weights (int16), within [`weights_bytes`].
+pub const fn block4_weights_bytes(in_c: usize) -> usize {
+    POINTS * in_c * 4 * 2
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +229,10 @@ mod tests {
             (weight_at(in_c, POINTS - 1, in_c / 4 - 1) + 32) * 2,
             weight_bytes(in_c)
         );
+        assert_eq!(
+            (block4_weight_at(in_c, POINTS - 1, in_c / 8 - 1) + 32) * 2,
+            block4_weights_bytes(in_c)
+        );
+        assert!(block4_weights_bytes(in_c) <= weights_bytes(in_c));
     }
 }

@@ -1,11 +1,11 @@
 //! The AArch64 vector epilogue: requantisation (the rounding of
 //! [`crate::quant::requantize`]), residual, zero point and clamp in registers, for rows of
-//! four channels ([`finish_rows`]) and pixels of sixteen ([`finish_pixel16`]).
+//! four channels ([`finish_rows`], or four pixels anywhere: [`finish_pixels`]) and pixels of sixteen ([`finish_pixel16`]).
 
 use core::arch::aarch64::*;
 
 use crate::conv::contract::Conv;
-use crate::quant::Residual;
+use crate::quant::{OutQuant, Residual};
 
 /// The residual operand of a tile: element pointer base and its requantisation.
 #[derive(Clone, Copy)]
@@ -67,6 +67,8 @@ impl QuadParams {
     }
 }
 
+/// Rows `0 .. rows` of a tile of four pixels × four channels, pixel `m` at element `m ·
+/// stride` from `out`: [`finish_pixels`] at those offsets.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn finish_rows<const LEFT: bool>(
@@ -80,11 +82,32 @@ pub unsafe fn finish_rows<const LEFT: bool>(
     out: *mut i8,
     stride: usize,
 ) {
+    let at = core::array::from_fn(|m| (m < rows).then_some(m * stride));
+    let out_q = OutQuant {
+        zero_point,
+        min,
+        max,
+    };
+    finish_pixels::<LEFT>(acc, &at, q, residual, &out_q, out)
+}
+
+/// Four channels of four pixels, pixel `m` stored at element `at[m]` from `out` (the
+/// residual read there too), or not at all where `None`: bias, requantisation, residual,
+/// zero point and clamp in registers, the rounding of [`crate::quant::requantize`].
+#[inline(always)]
+pub unsafe fn finish_pixels<const LEFT: bool>(
+    acc: &[int32x4_t; 4],
+    at: &[Option<usize>; 4],
+    q: &QuadParams,
+    residual: Option<ResidualQuads>,
+    out_q: &OutQuant,
+    out: *mut i8,
+) {
     let mut v = [vdupq_n_s32(0); 4];
-    for (m, (v, &x)) in v.iter_mut().zip(acc).enumerate() {
+    for ((v, &x), &at) in v.iter_mut().zip(acc).zip(at) {
         *v = requantize::<LEFT>(vaddq_s32(x, q.bias), q.multiplier, q.left, q.right_neg);
-        if let (Some(r), true) = (residual, m < rows) {
-            let bytes = core::ptr::read_unaligned(r.data.add(m * stride) as *const i32);
+        if let (Some(r), Some(at)) = (residual, at) {
+            let bytes = core::ptr::read_unaligned(r.data.add(at) as *const i32);
             let wide = vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(
                 bytes,
             )))));
@@ -98,14 +121,17 @@ pub unsafe fn finish_rows<const LEFT: bool>(
             *v = vqaddq_s32(*v, res);
         }
     }
-    // All rows at once: saturating narrows to int16, the zero point added there (with
+    // All pixels at once: saturating narrows to int16, the zero point added there (with
     // saturation), to int8, then the clamp. The same as the scalar saturating add and
     // clamp, because the clamp bounds and the zero point are int8 (the parser checks).
-    let zp = vdupq_n_s16(zero_point as i16);
+    let zp = vdupq_n_s16(out_q.zero_point as i16);
     let r01 = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(v[0]), v[1]), zp);
     let r23 = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(v[2]), v[3]), zp);
     let bytes = vqmovn_high_s16(vqmovn_s16(r01), r23);
-    let bytes = vminq_s8(vmaxq_s8(bytes, vdupq_n_s8(min)), vdupq_n_s8(max));
+    let bytes = vminq_s8(
+        vmaxq_s8(bytes, vdupq_n_s8(out_q.min)),
+        vdupq_n_s8(out_q.max),
+    );
     let words = vreinterpretq_s32_s8(bytes);
     let lanes = [
         vgetq_lane_s32::<0>(words),
@@ -113,8 +139,10 @@ pub unsafe fn finish_rows<const LEFT: bool>(
         vgetq_lane_s32::<2>(words),
         vgetq_lane_s32::<3>(words),
     ];
-    for (m, &word) in lanes.iter().enumerate().take(rows) {
-        core::ptr::write_unaligned(out.add(m * stride) as *mut i32, word);
+    for (&word, &at) in lanes.iter().zip(at) {
+        if let Some(at) = at {
+            core::ptr::write_unaligned(out.add(at) as *mut i32, word);
+        }
     }
 }
 
