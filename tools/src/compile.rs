@@ -22,6 +22,8 @@ use crate::preprocess::{Preprocess, PreprocessError};
 use crate::quantize;
 use kestrel_format::writer::ScratchPlan;
 use kestrel_format::WeightLayout;
+use kestrel_kernels::conv::Packing;
+use kestrel_kernels::isa::Isa;
 
 /// The board a model is compiled for. `generic` keeps the portable `[KH][KW][IC][OC]`
 /// conv weights the scalar reference reads; every board target gets the packed-GEMM
@@ -87,7 +89,11 @@ impl Target {
                 Target::CortexM4 => Some(16 * 1024),
                 _ => None,
             },
-            winograd: matches!(self, Target::X86_64 | Target::Rpi4),
+            winograd: match self {
+                Target::X86_64 => Packing::Lanes16.tile(Isa::Avx2).winograd(),
+                Target::Rpi4 => Packing::Blocks4.tile(Isa::Neon).winograd(),
+                _ => None,
+            },
         }
     }
 

@@ -13,6 +13,7 @@ use crate::model::{
     DType, OpKind, OpScratch, Plan, PoolWindow, PreprocessInfo, Residual, WeightLayout,
     OP_RECORD_LEN, PREPROCESS_LEN,
 };
+use kestrel_kernels::conv::winograd;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorRecord {
@@ -119,9 +120,10 @@ pub struct ScratchPlan {
     /// At most this many bytes where the convs run in that little (`None`: what the
     /// paths use, up to an L2-sized panel).
     pub limit: Option<usize>,
-    /// The target's kernels compute 3×3 stride-1 convs by Winograd (x86-64's AVX2 path):
-    /// lend those convs what it uses, so each transforms its weights once.
-    pub winograd: bool,
+    /// The target's kernels compute 3×3 stride-1 convs by this Winograd path (x86-64's
+    /// AVX2 path, the Cortex-A72's): lend the convs it runs what it uses, so each
+    /// transforms its weights once.
+    pub winograd: Option<kestrel_kernels::conv::winograd::Path>,
 }
 
 impl KesModel {
@@ -160,9 +162,10 @@ impl KesModel {
                     op.weights = packing.pack_weights(&op.weights, k, op.params.len());
                     op.layout = layout;
                     let mut need = band + packing.scratch_len_within(k, scratch_limit);
-                    if plan.winograd && op.kind == OpKind::Conv {
+                    if let (Some(path), OpKind::Conv) = (plan.winograd, op.kind) {
                         let window = op.window(input, &self.tensors[op.output as usize]);
-                        need = need.max(kestrel_kernels::conv::winograd::scratch_len(&window));
+                        let lent = winograd::scratch_len(&window, path.min_tiles);
+                        need = need.max(lent);
                     }
                     scratch.push((i, need as u64, (band + packing.min_scratch_len(k)) as u64));
                 }

@@ -60,8 +60,12 @@ fn conv(c: &mut Criterion) {
         group.sample_size(20);
         for packing in Packing::ALL {
             let packed = packing.pack_weights(&weights, depth, oc);
-            let mut scratch =
-                vec![0i8; packing.scratch_len(depth).max(winograd::scratch_len(&win))];
+            let mut scratch = vec![
+                0i8;
+                packing
+                    .scratch_len(depth)
+                    .max(winograd::scratch_len(&win, 1))
+            ];
             let mut output = vec![0i8; out_hw * out_hw * oc];
             let conv = Conv {
                 window: &win,
@@ -83,9 +87,9 @@ fn conv(c: &mut Criterion) {
                     b.iter(|| packing.conv2d(isa, &conv, &mut output, &mut scratch))
                 });
                 // Where a Winograd path ran the conv above, the tile alone too.
-                if packing.tile(isa).winograd().is_some()
-                    && winograd::runs(&win, 0, out_hw * out_hw, scratch.len())
-                {
+                if packing.tile(isa).winograd().is_some_and(|path| {
+                    winograd::runs(&win, 0, out_hw * out_hw, scratch.len(), path.min_tiles)
+                }) {
                     let id =
                         BenchmarkId::new(format!("{packing:?}"), format!("{}-direct", isa.name()));
                     group.bench_function(id, |b| {

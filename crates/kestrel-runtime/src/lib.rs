@@ -181,7 +181,7 @@ impl<'a> Model<'a> {
     /// its convs it runs on one thread (`None` where it runs none; on several, a thread's
     /// share of a small map may run direct).
     pub fn winograd_convs(&self, kernels: Isa) -> Option<(&'static str, usize)> {
-        let name = self.conv_tile(kernels)?.winograd()?;
+        let path = self.conv_tile(kernels)?.winograd()?;
         let scratch = self.file.plan.scratch_bytes as usize;
         let count = (0..self.file.op_count())
             .filter_map(|i| self.file.op(i))
@@ -191,10 +191,10 @@ impl<'a> Model<'a> {
                 let (x, y) = (self.tensor(op.input), self.tensor(op.output));
                 let bytes = op.scratch.map_or(scratch, |s| s.bytes as usize);
                 let w = window(op, &x, &y);
-                conv::winograd::runs(&w, 0, w.out_h * w.out_w, bytes)
+                conv::winograd::runs(&w, 0, w.out_h * w.out_w, bytes, path.min_tiles)
             })
             .count();
-        (count > 0).then_some((name, count))
+        (count > 0).then_some((path.name, count))
     }
 
     /// What the file's convs on f16 weights (layers kept wider) run on `kernels`: an f16
@@ -918,9 +918,9 @@ fn conv_parallel(
     let least_share = win.out_h.div_ceil(2) / tasks * win.out_w.div_ceil(2);
     let by_row_pairs = conv.first == 0
         && pixels == win.out_h * win.out_w
-        && packing.tile(isa).winograd().is_some()
-        && conv::winograd::applies(win)
-        && least_share >= conv::winograd::MIN_TILES;
+        && packing.tile(isa).winograd().is_some_and(|path| {
+            conv::winograd::applies(win, path.min_tiles) && least_share >= path.min_tiles
+        });
     let start = |t: usize| match by_row_pairs {
         true => conv::winograd::split_at(conv.window, t, tasks),
         false => pixels * t / tasks,

@@ -107,24 +107,29 @@ fn a_winograd_plan_gives_the_reference_logits_on_every_path() {
         stride: [1, 1],
         pads: [1; 4],
     };
-    assert!(winograd::applies(&window));
     let cpu = CpuFeatures::available();
     // Each layout with a Winograd path: x86-64's AVX2 tile, the Cortex-A72's.
     for (layout, path, name) in [
         (WeightLayout::Lanes16, Isa::Avx2, "avx2_winograd_4x8"),
         (WeightLayout::Blocks4, Isa::Neon, "smlal_winograd_4x4"),
     ] {
+        let wino = layout.packing().unwrap().tile(path).winograd().unwrap();
+        assert_eq!(wino.name, name);
+        assert!(winograd::applies(&window, wino.min_tiles));
         let mut m = model();
         m.pack_convs_within(
             layout,
             ScratchPlan {
                 limit: None,
-                winograd: true,
+                winograd: Some(wino),
             },
         );
         for op in &m.ops[1..3] {
             let lent = op.scratch.expect("a packed conv is lent scratch").bytes as usize;
-            assert!(lent >= winograd::scratch_len(&window), "{lent}");
+            assert!(
+                lent >= winograd::scratch_len(&window, wino.min_tiles),
+                "{lent}"
+            );
         }
         let bytes = m.to_bytes();
         let parsed = Model::parse(&bytes).unwrap();

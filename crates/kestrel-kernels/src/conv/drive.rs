@@ -19,9 +19,10 @@ use crate::conv::winograd;
 /// The CPU has the kernel's ISA; the shapes are consistent (the file parser checked
 /// them, weights packed in the kernel's layout).
 pub unsafe fn conv2d(kernel: &MicroKernel, c: &Conv<'_>, output: &mut [i8], scratch: &mut [i8]) {
-    if let Some(whole) = kernel.winograd {
-        if winograd::runs(c.window, c.first, c.pixels(output), scratch.len()) {
-            return whole(c, output, scratch);
+    if let Some(path) = kernel.winograd {
+        let (first, pixels) = (c.first, c.pixels(output));
+        if winograd::runs(c.window, first, pixels, scratch.len(), path.min_tiles) {
+            return (path.run)(c, output, scratch);
         }
     }
     let k = c.k();

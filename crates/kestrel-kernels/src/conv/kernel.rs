@@ -63,9 +63,17 @@ pub type DirectKernel = unsafe fn(&Conv<'_>, &Direct<'_>, &mut [i8]);
 /// A whole conv on one path (Winograd): the pixels of `output`, in `scratch`.
 ///
 /// # Safety
-/// As [`PanelKernel`]; [`crate::conv::winograd::applies`] to the conv and its
+/// As [`PanelKernel`]; the conv [`crate::conv::winograd::fits`] and its
 /// [`crate::conv::winograd::tiles_in`] the scratch is at least one group.
 pub type WholeKernel = unsafe fn(&Conv<'_>, &mut [i8], &mut [i8]);
+
+/// A Winograd kernel as the driver runs it: on runs of at least `min_tiles` tiles
+/// ([`crate::conv::winograd::runs`]).
+#[derive(Clone, Copy)]
+pub struct Winograd {
+    pub run: WholeKernel,
+    pub min_tiles: usize,
+}
 
 /// A micro-kernel as the driver runs it.
 #[derive(Clone, Copy)]
@@ -74,6 +82,6 @@ pub struct MicroKernel {
     pub panel: PanelKernel,
     /// Where the kernel can read a band in place instead (shapes [`crate::conv::budget::band_rows`] allows).
     pub direct: Option<DirectKernel>,
-    /// What computes the 3×3 stride-1 convs [`crate::conv::winograd::applies`] to instead.
-    pub winograd: Option<WholeKernel>,
+    /// What computes the 3×3 stride-1 convs [`crate::conv::winograd::runs`] on instead.
+    pub winograd: Option<Winograd>,
 }

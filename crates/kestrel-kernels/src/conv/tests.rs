@@ -108,18 +108,18 @@ fn winograd_is_exact_at_the_extremes_of_its_sums() {
     use crate::conv::winograd;
     let cpu = crate::isa::CpuFeatures::available();
     // Every path with a Winograd kernel of its own, on its layout.
-    let paths: Vec<(Packing, Isa)> = TABLE
+    let paths: Vec<(Packing, Isa, usize)> = TABLE
         .iter()
-        .filter(|r| r.tile.isa() == r.isa && r.tile.winograd().is_some())
-        .map(|r| (r.packing, r.isa))
+        .filter(|r| r.tile.isa() == r.isa)
+        .filter_map(|r| Some((r.packing, r.isa, r.tile.winograd()?.min_tiles)))
         .collect();
     assert!(!paths.is_empty());
-    for &(_, isa) in &paths {
+    for &(_, isa, _) in &paths {
         if !cpu.supports(isa) {
             std::println!("skipped: this CPU does not run {isa} (its Winograd path)");
         }
     }
-    let paths: Vec<(Packing, Isa)> = paths.into_iter().filter(|p| cpu.supports(p.1)).collect();
+    let paths: Vec<_> = paths.into_iter().filter(|p| cpu.supports(p.1)).collect();
     for (in_c, h, w) in [(winograd::MAX_IN_C, 12, 11), (256, 13, 9)] {
         let win = Window {
             in_h: h,
@@ -132,7 +132,6 @@ fn winograd_is_exact_at_the_extremes_of_its_sums() {
             stride: [1, 1],
             pads: [1; 4],
         };
-        assert!(winograd::applies(&win));
         let k = 9 * in_c;
         // Mostly one sign, so the sums reach their bound; a few flips so they differ.
         let signs = values(h * w * in_c + k * 8, 7);
@@ -175,7 +174,7 @@ fn winograd_is_exact_at_the_extremes_of_its_sums() {
                 first: 0,
             }
         }
-        for &(packing, isa) in &paths {
+        for &(packing, isa, min_tiles) in &paths {
             let weights = weights_down_to(match packing {
                 Packing::Blocks4 => -127,
                 _ => -128,
@@ -186,7 +185,7 @@ fn winograd_is_exact_at_the_extremes_of_its_sums() {
             let packed = packing.pack_weights(&weights, k, 8);
             let mut scratch =
                 vec![0i8; winograd::weights_bytes(in_c) + 4 * winograd::tile_bytes(in_c)];
-            assert!(winograd::tiles_in(in_c, scratch.len()) > 0);
+            assert!(winograd::runs(&win, 0, h * w, scratch.len(), min_tiles));
             let mut got = vec![0i8; h * w * 8];
             let c = conv(&win, &input, &packed, &raw, out);
             packing.conv2d(isa, &c, &mut got, &mut scratch);

@@ -25,26 +25,24 @@ pub const CHANNELS: usize = 8;
 pub const GROUP: usize = 4;
 /// Deepest input: `4 · 9 · IC · 128 · 128 < 2³¹`.
 pub const MAX_IN_C: usize = 2048;
-/// Fewest tiles in a run for the path: each run transforms every weight once per chunk,
-/// which weighs more the fewer tiles share it. Measured on AVX2 (Zen 3): 14×14 maps (49
-/// tiles) run 1.7× faster than direct (`cargo bench --bench conv`) and 1.4× inside
-/// ResNet-18 (`kestrel bench --layers`); 7×7 maps (16 tiles) 1.1× alone but 0.65×
-/// inside the model, where each conv's 2.4 MB of weights come in cold.
-pub const MIN_TILES: usize = 32;
+/// A Winograd kernel as the dispatch table names it: its name, and the fewest tiles a run
+/// must touch for it to beat its direct tile on its core (each run transforms every
+/// weight once per chunk, which weighs more the fewer tiles share it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Path {
+    pub name: &'static str,
+    pub min_tiles: usize,
+}
+
 /// Tiles transformed at once at most: a chunk's transformed input stays in L2, and the
 /// weights are transformed again per chunk, so more tiles cost only cache.
 pub const MAX_TILES: usize = 64;
 
-/// Whether the conv is one the Winograd path computes: 3×3, stride 1, one pixel of
-/// padding all round (output the input's size), input channels in whole chunks, output
-/// channels in whole vectors, and a map of at least [`MIN_TILES`] tiles whose tiles take at
-/// most 3/4 of the direct conv's products (16 a tile against 9 a pixel; a single row
-/// wastes half of each tile).
-pub fn applies(w: &Window) -> bool {
-    let tiles = w.out_h.div_ceil(2) * w.out_w.div_ceil(2);
-    tiles >= MIN_TILES
-        && 4 * POINTS * tiles <= 3 * 9 * w.out_h * w.out_w
-        && w.kernel == [3, 3]
+/// Whether the Winograd kernels compute the conv exactly, on their layouts: 3×3, stride 1,
+/// one pixel of padding all round (output the input's size), input channels in whole
+/// chunks and few enough for int32 ([`MAX_IN_C`]), output channels in whole vectors.
+pub fn fits(w: &Window) -> bool {
+    w.kernel == [3, 3]
         && w.stride == [1, 1]
         && w.pads == [1; 4]
         && w.out_h == w.in_h
@@ -56,12 +54,22 @@ pub fn applies(w: &Window) -> bool {
         && w.out_c.is_multiple_of(CHANNELS)
 }
 
+/// Whether a path that wants `min_tiles` tiles a run ([`Path::min_tiles`]) computes the
+/// conv: it [`fits`], its map has that many tiles, and they take at most 3/4 of the direct
+/// conv's products (16 a tile against 9 a pixel; a single row wastes half of each tile).
+pub fn applies(w: &Window, min_tiles: usize) -> bool {
+    let tiles = w.out_h.div_ceil(2) * w.out_w.div_ceil(2);
+    fits(w) && tiles >= min_tiles && 4 * POINTS * tiles <= 3 * 9 * w.out_h * w.out_w
+}
+
 /// Whether the Winograd path runs the conv on the run of `pixels` output pixels from
 /// `first` (a thread's share) in `scratch` bytes: it [`applies`], the run touches at least
-/// [`MIN_TILES`] tiles (each run transforms all the weights), and a group of tiles fits
+/// `min_tiles` tiles (each run transforms all the weights), and a group of tiles fits
 /// (a smaller scratch, a microcontroller's file, runs the conv direct).
-pub fn runs(w: &Window, first: usize, pixels: usize, scratch: usize) -> bool {
-    applies(w) && run_tiles(w, first, pixels) >= MIN_TILES && tiles_in(w.in_c, scratch) > 0
+pub fn runs(w: &Window, first: usize, pixels: usize, scratch: usize, min_tiles: usize) -> bool {
+    applies(w, min_tiles)
+        && run_tiles(w, first, pixels) >= min_tiles
+        && tiles_in(w.in_c, scratch) > 0
 }
 
 /// Tiles a run of `pixels` output pixels from `first` touches: every tile of each pair of
@@ -82,11 +90,11 @@ pub fn split_at(w: &Window, t: usize, threads: usize) -> usize {
     (2 * (pairs * t / threads) * w.out_w).min(w.out_h * w.out_w)
 }
 
-/// Scratch bytes the Winograd path uses at most on the conv: the weights of 16 channels
-/// and the whole map's tiles (up to a chunk of [`MAX_TILES`]), so each channel's weights are
-/// transformed once per chunk. Where [`applies`] does not, 0.
-pub fn scratch_len(w: &Window) -> usize {
-    if !applies(w) {
+/// Scratch bytes a path that wants `min_tiles` uses at most on the conv: the weights of 16
+/// channels and the whole map's tiles (up to a chunk of [`MAX_TILES`]), so each channel's
+/// weights are transformed once per chunk. Where it does not [`applies`], 0.
+pub fn scratch_len(w: &Window, min_tiles: usize) -> usize {
+    if !applies(w, min_tiles) {
         return 0;
     }
     let tiles = (w.out_h.div_ceil(2) * w.out_w.div_ceil(2)).min(MAX_TILES);
@@ -122,6 +130,15 @@ pub fn tiles_in(in_c: usize, scratch: usize) -> usize {
 #[inline(always)]
 pub const fn input_at(in_c: usize, slot: usize, xi: usize, cb: usize) -> usize {
     (((slot / GROUP) * POINTS + xi) * (in_c / KC) + cb) * GROUP * KC + (slot % GROUP) * KC
+}
+
+/// Where, in `i16`s from the input chunk's start, the transformed input channels `8 · c8
+/// .. 8 · c8 + 8` of point `xi` of group `g`'s tiles start (NEON's layout): per group,
+/// per point, per 8 channels, four vectors of channel pairs `(k, k + 4)`, each channel's
+/// [`GROUP`] tiles side by side.
+#[inline(always)]
+pub const fn tile_lanes_input_at(in_c: usize, g: usize, xi: usize, c8: usize) -> usize {
+    ((g * POINTS + xi) * (in_c / 8) + c8) * GROUP * 8
 }
 
 /// Where, in `i16`s, the transformed weights of point `xi`, input channels `4 · cg ..
@@ -165,26 +182,31 @@ mod tests {
 
     #[test]
     fn applies_to_same_size_3x3_convs_on_whole_chunks_only() {
-        assert!(applies(&window(56, 56, 64, 64)));
-        assert!(applies(&window(14, 14, 256, 256)));
-        assert!(applies(&window(11, 13, 16, 8)));
-        assert!(!applies(&window(7, 7, 512, 512)), "too few tiles");
+        assert!(applies(&window(56, 56, 64, 64), 32));
+        assert!(applies(&window(14, 14, 256, 256), 32));
+        assert!(applies(&window(11, 13, 16, 8), 32));
+        assert!(!applies(&window(7, 7, 512, 512), 32), "too few tiles");
         assert!(
-            !applies(&window(1, 200, 16, 8)),
+            applies(&window(7, 7, 512, 512), GROUP),
+            "enough for the path"
+        );
+        assert!(fits(&window(1, 200, 16, 8)));
+        assert!(
+            !applies(&window(1, 200, 16, 8), 1),
             "a row wastes half of each tile"
         );
-        assert!(!applies(&window(16, 16, 24, 16)), "channels off the chunk");
+        assert!(!fits(&window(16, 16, 24, 16)), "channels off the chunk");
         assert!(
-            !applies(&window(16, 16, 16, 12)),
+            !fits(&window(16, 16, 16, 12)),
             "output channels off the vector"
         );
-        assert!(!applies(&window(16, 16, 4096, 16)), "too deep for int32");
+        assert!(!fits(&window(16, 16, 4096, 16)), "too deep for int32");
         let mut strided = window(16, 16, 16, 16);
         (strided.stride, strided.out_h, strided.out_w) = ([2, 2], 8, 8);
-        assert!(!applies(&strided));
+        assert!(!fits(&strided));
         let mut unpadded = window(16, 16, 16, 16);
         (unpadded.pads, unpadded.out_h, unpadded.out_w) = ([0; 4], 14, 14);
-        assert!(!applies(&unpadded));
+        assert!(!fits(&unpadded));
     }
 
     #[test]
@@ -194,9 +216,10 @@ mod tests {
         // Pixels 21 .. 23 lie on rows 1 and 2: two pairs of rows.
         assert_eq!(run_tiles(&w, 21, 2), 12);
         assert_eq!(run_tiles(&w, 21, 0), 0);
-        assert!(runs(&w, 0, 121, 1 << 20));
-        assert!(!runs(&w, 0, 66, 1 << 20), "half the map: too few tiles");
-        assert!(!runs(&w, 0, 121, 1000), "too little scratch");
+        assert!(runs(&w, 0, 121, 1 << 20, 32));
+        assert!(!runs(&w, 0, 66, 1 << 20, 32), "half the map: too few tiles");
+        assert!(runs(&w, 0, 66, 1 << 20, GROUP), "enough for the path");
+        assert!(!runs(&w, 0, 121, 1000, 32), "too little scratch");
         let splits: Vec<usize> = (0..=3).map(|t| split_at(&w, t, 3)).collect();
         assert_eq!(splits, [0, 44, 88, 121]);
         let starts: Vec<usize> = (0..=2)
@@ -233,6 +256,8 @@ mod tests {
             (block4_weight_at(in_c, POINTS - 1, in_c / 8 - 1) + 32) * 2,
             block4_weights_bytes(in_c)
         );
+        let end = tile_lanes_input_at(in_c, 1, POINTS - 1, in_c / 8 - 1) + GROUP * 8;
+        assert_eq!(end * 2, 8 * tile_bytes(in_c));
         assert!(block4_weights_bytes(in_c) <= weights_bytes(in_c));
     }
 }

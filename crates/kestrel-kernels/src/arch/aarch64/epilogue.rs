@@ -17,6 +17,17 @@ pub struct ResidualQuads {
     pub right_neg: i32,
 }
 
+impl ResidualQuads {
+    /// The same operand `elements` further on.
+    #[inline(always)]
+    pub unsafe fn offset(self, elements: usize) -> Self {
+        ResidualQuads {
+            data: self.data.add(elements),
+            ..self
+        }
+    }
+}
+
 /// [`crate::quant::requantize`] on four lanes whose shifts all divide (`right_neg < 0`): a
 /// truncating high multiply, then a rounding shift, one rounding in all.
 #[inline(always)]
@@ -71,7 +82,7 @@ impl QuadParams {
 /// stride` from `out`: [`finish_pixels`] at those offsets.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn finish_rows<const LEFT: bool>(
+pub unsafe fn finish_rows<const LEFT: bool, const RIGHT: bool>(
     acc: &[int32x4_t; 4],
     rows: usize,
     q: &QuadParams,
@@ -88,14 +99,46 @@ pub unsafe fn finish_rows<const LEFT: bool>(
         min,
         max,
     };
-    finish_pixels::<LEFT>(acc, &at, q, residual, &out_q, out)
+    finish_pixels::<LEFT, RIGHT>(acc, &at, q, residual, &out_q, out)
+}
+
+/// [`requantize`] of four channels in the form their shifts allow: `LEFT`, some shift
+/// left; `RIGHT`, every shift divides (two instructions, [`requantize_right`]).
+#[inline(always)]
+pub unsafe fn requantize_channels<const LEFT: bool, const RIGHT: bool>(
+    x: int32x4_t,
+    q: &QuadParams,
+) -> int32x4_t {
+    if RIGHT {
+        requantize_right(x, q.multiplier, q.right_neg)
+    } else {
+        requantize::<LEFT>(x, q.multiplier, q.left, q.right_neg)
+    }
+}
+
+/// [`crate::quant::requantize`] of four residual lanes: one tensor, one shift, so the
+/// branches go the same way every time (and leave the loops they sit in).
+#[inline(always)]
+pub unsafe fn requantize_residual(x: int32x4_t, r: &ResidualQuads) -> int32x4_t {
+    let mult = vdupq_n_s32(r.multiplier);
+    let x = if r.left > 0 {
+        vqshlq_s32(x, vdupq_n_s32(r.left))
+    } else {
+        x
+    };
+    if r.right_neg < 0 {
+        requantize_right(x, mult, vdupq_n_s32(r.right_neg))
+    } else {
+        vqrdmulhq_s32(x, mult)
+    }
 }
 
 /// Four channels of four pixels, pixel `m` stored at element `at[m]` from `out` (the
-/// residual read there too), or not at all where `None`: bias, requantisation, residual,
-/// zero point and clamp in registers, the rounding of [`crate::quant::requantize`].
+/// residual read there too), or not at all where `None`: bias, requantisation
+/// ([`requantize_channels`]), residual, zero point and clamp in registers, the rounding
+/// of [`crate::quant::requantize`].
 #[inline(always)]
-pub unsafe fn finish_pixels<const LEFT: bool>(
+pub unsafe fn finish_pixels<const LEFT: bool, const RIGHT: bool>(
     acc: &[int32x4_t; 4],
     at: &[Option<usize>; 4],
     q: &QuadParams,
@@ -105,20 +148,14 @@ pub unsafe fn finish_pixels<const LEFT: bool>(
 ) {
     let mut v = [vdupq_n_s32(0); 4];
     for ((v, &x), &at) in v.iter_mut().zip(acc).zip(at) {
-        *v = requantize::<LEFT>(vaddq_s32(x, q.bias), q.multiplier, q.left, q.right_neg);
+        *v = requantize_channels::<LEFT, RIGHT>(vaddq_s32(x, q.bias), q);
         if let (Some(r), Some(at)) = (residual, at) {
             let bytes = core::ptr::read_unaligned(r.data.add(at) as *const i32);
             let wide = vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(
                 bytes,
             )))));
             let centred = vsubq_s32(wide, vdupq_n_s32(r.zero_point));
-            let res = requantize::<LEFT>(
-                centred,
-                vdupq_n_s32(r.multiplier),
-                vdupq_n_s32(r.left),
-                vdupq_n_s32(r.right_neg),
-            );
-            *v = vqaddq_s32(*v, res);
+            *v = vqaddq_s32(*v, requantize_residual(centred, &r));
         }
     }
     // All pixels at once: saturating narrows to int16, the zero point added there (with
@@ -157,41 +194,23 @@ pub unsafe fn finish_pixel16<const LEFT: bool, const RIGHT: bool>(
     c: &Conv<'_>,
     out: *mut i8,
 ) {
-    let mut v: [int32x4_t; 4] = core::array::from_fn(|j| {
-        let q = &quads[j];
-        if RIGHT {
-            requantize_right(acc[j], q.multiplier, q.right_neg)
-        } else {
-            requantize::<LEFT>(acc[j], q.multiplier, q.left, q.right_neg)
-        }
-    });
+    let mut v: [int32x4_t; 4] =
+        core::array::from_fn(|j| requantize_channels::<LEFT, RIGHT>(acc[j], &quads[j]));
     if let Some(r) = residual {
-        // `x - zero point` in int16 (both int8), then to int32; the residual's own
-        // shift decided here (one tensor, so the branches always go the same way).
+        // `x - zero point` in int16 (both int8), then to int32.
         let bytes = vld1q_s8(r.data);
-        let zp = vdup_n_s8(r.zero_point as i8);
         let halves = [
-            vsubl_s8(vget_low_s8(bytes), zp),
+            vsubl_s8(vget_low_s8(bytes), vdup_n_s8(r.zero_point as i8)),
             vsubl_high_s8(bytes, vdupq_n_s8(r.zero_point as i8)),
         ];
-        let mult = vdupq_n_s32(r.multiplier);
-        let (left, right) = (vdupq_n_s32(r.left), vdupq_n_s32(r.right_neg));
         for (j, v) in v.iter_mut().enumerate() {
             let h = halves[j / 2];
-            let mut x = if j % 2 == 0 {
+            let x = if j % 2 == 0 {
                 vmovl_s16(vget_low_s16(h))
             } else {
                 vmovl_high_s16(h)
             };
-            if r.left > 0 {
-                x = vqshlq_s32(x, left);
-            }
-            x = if r.right_neg < 0 {
-                requantize_right(x, mult, right)
-            } else {
-                vqrdmulhq_s32(x, mult)
-            };
-            *v = vqaddq_s32(*v, x);
+            *v = vqaddq_s32(*v, requantize_residual(x, &r));
         }
     }
     // As in `finish_rows`: narrow with saturation, zero point at int16, clamp at int8.

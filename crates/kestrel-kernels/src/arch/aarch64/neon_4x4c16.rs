@@ -12,7 +12,7 @@ use core::arch::aarch64::*;
 
 use crate::arch::aarch64::epilogue::{finish_rows, residual_quads, QuadParams};
 use crate::arch::aarch64::vector::load_rows;
-use crate::conv::contract::{Conv, KC};
+use crate::conv::contract::{Conv, Shifts, KC};
 use crate::conv::epilogue::TileStore;
 use crate::conv::kernel::Panel;
 use crate::conv::layout::blocks4;
@@ -46,21 +46,22 @@ pub unsafe fn sdot_4x4c16(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
 #[inline(always)]
 unsafe fn panel<const DOT: bool>(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
     assert!(p.slots.group == MR && p.slots.chunk == KC);
-    let any_left = p.shifts.any_left();
     for t0 in (0..p.count).step_by(MR) {
         let (tile, rows) = (p.tile(t0, MR), MR.min(p.count - t0));
-        if any_left {
-            tile_blocks::<DOT, true>(c, tile, p.p0 + t0, rows, output);
-        } else {
-            tile_blocks::<DOT, false>(c, tile, p.p0 + t0, rows, output);
+        let p0 = p.p0 + t0;
+        match p.shifts.channels {
+            Shifts::AllRight => tile_blocks::<DOT, false, true>(c, tile, p0, rows, output),
+            Shifts::NoLeft => tile_blocks::<DOT, false, false>(c, tile, p0, rows, output),
+            Shifts::SomeLeft => tile_blocks::<DOT, true, false>(c, tile, p0, rows, output),
         }
     }
 }
 
 /// Every block of `NR` channels for the `MR`-pixel tile packed in `a` whose first pixel
-/// is `p0` (`rows` of them real).
+/// is `p0` (`rows` of them real), the epilogue in the form `LEFT` and `RIGHT` name
+/// ([`requantize_channels`](crate::arch::aarch64::epilogue::requantize_channels)).
 #[inline(always)]
-unsafe fn tile_blocks<const DOT: bool, const LEFT: bool>(
+unsafe fn tile_blocks<const DOT: bool, const LEFT: bool, const RIGHT: bool>(
     c: &Conv<'_>,
     a: &[i8],
     p0: usize,
@@ -111,7 +112,7 @@ unsafe fn tile_blocks<const DOT: bool, const LEFT: bool>(
             let first = p0 * oc + o0;
             if oc - o0 >= NR {
                 let q = QuadParams::load(c.params.as_ptr().add(params::offset(o0)));
-                finish_rows::<LEFT>(
+                finish_rows::<LEFT, RIGHT>(
                     &r,
                     rows,
                     &q,

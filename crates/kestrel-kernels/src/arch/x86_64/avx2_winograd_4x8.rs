@@ -21,14 +21,14 @@ use crate::conv::winograd::{self, CHANNELS, GROUP, POINTS};
 /// group).
 ///
 /// # Safety
-/// The CPU has AVX2; [`winograd::applies`] to the conv's window; the weights are packed
+/// The CPU has AVX2; the conv's window [`winograd::fits`]; the weights are packed
 /// as `Lanes16` and the shapes consistent (the parser checked them).
 #[target_feature(enable = "avx2")]
 pub unsafe fn avx2_winograd_4x8(c: &Conv<'_>, output: &mut [i8], scratch: &mut [i8]) {
     let s = c.window;
     let (w, ic, oc) = (s.in_w, s.in_c, s.out_c);
     let per_chunk = winograd::tiles_in(ic, scratch.len());
-    assert!(winograd::applies(s) && per_chunk > 0);
+    assert!(winograd::fits(s) && per_chunk > 0);
     assert!(c.input.len() >= s.in_h * w * ic && output.len().is_multiple_of(oc));
     let pixels = c.pixels(output);
     if pixels == 0 {
