@@ -9,6 +9,7 @@ use alloc::vec::Vec;
 
 use crate::conv::contract::{Conv, Packing};
 use crate::conv::params::to_bytes as param_bytes;
+use crate::conv::winograd;
 use crate::isa::Isa;
 use crate::quant::{OutQuant, Residual};
 use crate::scalar;
@@ -31,6 +32,16 @@ pub enum Failure {
         least_scratch: bool,
         /// Weights and scratch at odd addresses (a caller's unaligned buffers).
         odd_addresses: bool,
+        extreme: bool,
+    },
+    /// A Winograd path's output differs from the reference's (or it did not run) when
+    /// `shares` shares of the output channels each run alone, as threads split a small map.
+    ChannelShares {
+        packing: Packing,
+        isa: Isa,
+        case: usize,
+        residual: bool,
+        shares: usize,
         extreme: bool,
     },
 }
@@ -56,6 +67,17 @@ impl core::fmt::Display for Failure {
             } => write!(
                 f,
                 "{packing:?}/{isa} differs on case {case} (residual {residual}, {parts} parts, least scratch {least_scratch}, odd addresses {odd_addresses}, extreme {extreme})"
+            ),
+            Failure::ChannelShares {
+                packing,
+                isa,
+                case,
+                residual,
+                shares,
+                extreme,
+            } => write!(
+                f,
+                "{packing:?}/{isa}'s Winograd path differs on case {case} in {shares} channel shares (residual {residual}, extreme {extreme})"
             ),
         }
     }
@@ -206,7 +228,8 @@ pub const CASES: [Case; 14] = [
 
 /// Every path in `isas` (each must run on this CPU) gives the scalar reference's output
 /// on weights packed `layout`, on every case, with and without a residual, whole and
-/// split in runs of pixels as threads split it. Returns the cases checked.
+/// split in runs of pixels as threads split it (and, on a Winograd path, in shares of the
+/// output channels). Returns the cases checked.
 pub fn all_paths(layout: Packing, isas: &[Isa]) -> Result<usize, Failure> {
     for (ci, c) in CASES.iter().enumerate() {
         let [h, w] = c.hw;
@@ -357,11 +380,58 @@ pub fn all_paths(layout: Packing, isas: &[Isa]) -> Result<usize, Failure> {
                             });
                         }
                     }
+                    let conv = Conv {
+                        window: &win,
+                        input: &input,
+                        zero_point: 9,
+                        weights: &packed,
+                        params: &raw,
+                        out,
+                        residual,
+                        first: 0,
+                    };
+                    if let Some(shares) = channel_shares(layout, isa, &conv, &expect) {
+                        return Err(Failure::ChannelShares {
+                            packing: layout,
+                            isa,
+                            case: ci,
+                            residual: with_residual,
+                            shares,
+                            extreme,
+                        });
+                    }
                 }
             }
         }
     }
     Ok(CASES.len())
+}
+
+/// Where the Winograd path of `layout` on `isa` runs the whole map of `conv` and it has
+/// several passes of output channels: the conv in up to 3 shares of whole passes, each
+/// alone, as threads split a small map. `Some(shares)` if that differs from `expect`.
+fn channel_shares(layout: Packing, isa: Isa, conv: &Conv<'_>, expect: &[i8]) -> Option<usize> {
+    let path = layout.tile(isa).winograd()?;
+    let (win, oc) = (conv.window, conv.window.out_c);
+    let pixels = win.out_h * win.out_w;
+    let mut scratch = vec![0i8; winograd::scratch_len(win, path.min_tiles)];
+    let passes = oc.div_ceil(path.pass);
+    if passes < 2 || !winograd::runs(win, 0, pixels, scratch.len(), path.min_tiles) {
+        return None;
+    }
+    let shares = passes.min(3);
+    let mut got = vec![0i8; pixels * oc];
+    let mut ran = true;
+    for s in 0..shares {
+        let channels =
+            path.pass * (passes * s / shares)..(path.pass * (passes * (s + 1) / shares)).min(oc);
+        // SAFETY: the CPU runs `isa` (the caller's), `got` holds the map's output and
+        // nothing else touches it meanwhile.
+        ran &= unsafe {
+            layout.winograd_channels(isa, conv, got.as_mut_ptr(), pixels, channels, &mut scratch)
+        };
+    }
+    (!ran || got != expect).then_some(shares)
 }
 
 /// A residual added in place (the output starts as the residual) on both layouts and

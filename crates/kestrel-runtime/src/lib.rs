@@ -689,7 +689,9 @@ impl<'m, 'a> Session<'m, 'a> {
         };
         match self.parallel {
             Some(parallel) if parallel.threads() > 1 => {
-                conv_parallel(self.kernels, packing, conv, output, parallel)
+                // Every thread's scratch holds at least this op's (the `Parallel` contract).
+                let lent = scratch.len();
+                conv_parallel(self.kernels, packing, conv, output, lent, parallel)
             }
             _ => packing.conv2d(self.kernels, conv, output, scratch),
         }
@@ -882,13 +884,19 @@ unsafe fn tensor_data_mut<'s>(base: *mut u8, t: TensorInfo) -> &'s mut [u8] {
 }
 
 /// The output pointer of a conv shared by its tasks, each of which takes its own
-/// disjoint run of pixels.
+/// disjoint run of pixels or its own channels.
 struct SharedOutput(*mut i8, usize);
 
-// SAFETY: tasks only ever form disjoint slices of it (see `conv_parallel`).
+// SAFETY: tasks only ever form disjoint slices of it, or write disjoint channels through
+// it (see `conv_parallel`).
 unsafe impl Sync for SharedOutput {}
 
 impl SharedOutput {
+    /// The whole output, for tasks that each own some channels of every pixel.
+    fn whole(&self) -> *mut i8 {
+        self.0
+    }
+
     /// # Safety
     /// `start + len` is inside the output and no other live slice overlaps this one.
     #[allow(clippy::mut_from_ref)]
@@ -898,8 +906,64 @@ impl SharedOutput {
     }
 }
 
-/// Splits a packed conv's output pixels in equal runs, one per thread, over `parallel`.
+/// Splits a packed conv over `parallel`, one share per thread fixed by the shape and the
+/// thread count: output channels on a small map the Winograd path runs
+/// ([`winograd_channel_split`]), else runs of output pixels.
 fn conv_parallel(
+    isa: Isa,
+    packing: Packing,
+    conv: &Conv<'_>,
+    output: &mut [i8],
+    scratch: usize,
+    parallel: &dyn Parallel,
+) {
+    let oc = conv.window.out_c;
+    let pixels = output.len() / oc;
+    if let Some(pass) = winograd_channel_split(isa, packing, conv, pixels, scratch, parallel) {
+        let passes = oc.div_ceil(pass);
+        let tasks = parallel.threads().min(passes);
+        let shared = SharedOutput(output.as_mut_ptr(), output.len());
+        parallel.run(tasks, &|t, scratch| {
+            let channels = pass * (passes * t / tasks)..(pass * (passes * (t + 1) / tasks)).min(oc);
+            // SAFETY: task t alone writes (and, in place, reads) output channels
+            // `channels`, disjoint from every other task's; the output holds the run.
+            let ran = unsafe {
+                packing.winograd_channels(isa, conv, shared.whole(), pixels, channels, scratch)
+            };
+            // Every thread's scratch holds the op's, in which the path runs (checked).
+            assert!(ran, "a thread's scratch is smaller than the op's");
+        });
+        return;
+    }
+    conv_pixels_parallel(isa, packing, conv, output, parallel)
+}
+
+/// The Winograd path's pass (output channels) where threads split the conv by channels:
+/// the whole map, a tile with a Winograd path that runs it in the op's `scratch`, enough
+/// passes for every thread, and a map so small that row pairs would give each thread
+/// less than a chunk of tiles. Each thread then transforms only its own channels' weights
+/// (the big part on a small map, which every row share would repeat) and the whole map's
+/// input (the small one).
+fn winograd_channel_split(
+    isa: Isa,
+    packing: Packing,
+    conv: &Conv<'_>,
+    pixels: usize,
+    scratch: usize,
+    parallel: &dyn Parallel,
+) -> Option<usize> {
+    let win = conv.window;
+    let path = packing.tile(isa).winograd()?;
+    let threads = parallel.threads();
+    let row_share = win.out_h.div_ceil(2) / threads * win.out_w.div_ceil(2);
+    let small = row_share < conv::winograd::MAX_TILES;
+    let whole = conv.first == 0 && pixels == win.out_h * win.out_w;
+    let runs = conv::winograd::runs(win, 0, pixels, scratch, path.min_tiles);
+    (whole && small && runs && win.out_c.div_ceil(path.pass) >= threads).then_some(path.pass)
+}
+
+/// Splits a packed conv's output pixels in equal runs, one per thread, over `parallel`.
+fn conv_pixels_parallel(
     isa: Isa,
     packing: Packing,
     conv: &Conv<'_>,

@@ -101,6 +101,7 @@ impl Tile {
             Tile::Avx2_4x8c4 => Some(winograd::Path {
                 name: "avx2_winograd_4x8",
                 min_tiles: 32,
+                pass: 16,
             }),
             // Counted on the Cortex-A72 (qcount): a tile saves about 220 of the direct
             // tile's instructions per 4 channels and 16 inputs, the weights' transform
@@ -110,19 +111,17 @@ impl Tile {
             Tile::Smlal4x4c16 => Some(winograd::Path {
                 name: "smlal_winograd_4x4",
                 min_tiles: winograd::GROUP,
+                pass: 8,
             }),
             _ => None,
         }
     }
 
-    /// The Winograd kernel `run` as the driver runs it, wanting the tiles this tile's
-    /// [`Tile::winograd`] path does.
+    /// The Winograd kernel `run` as the driver runs it, on this tile's
+    /// [`Tile::winograd`] path.
     #[allow(dead_code)] // a build of another architecture has no such kernel
     fn winograd_kernel(self, run: WholeKernel) -> Option<Winograd> {
-        self.winograd().map(|path| Winograd {
-            run,
-            min_tiles: path.min_tiles,
-        })
+        self.winograd().map(|path| Winograd { run, path })
     }
 
     /// The CPU path the tile needs: its CPU check (the session runs only paths
@@ -303,6 +302,47 @@ impl Packing {
         // gives each ISA a tile of its own ISA or the portable one); the parser checked
         // the shapes and that the weights are packed this way.
         unsafe { drive::conv2d(&kernel, c, output, scratch) }
+    }
+
+    /// Output channels `channels` (whole [`winograd::Path::pass`]es) of every pixel of the
+    /// run by the Winograd path of the tile the table gives `isa`, where it has one that
+    /// [`winograd::runs`] the conv's run in `scratch`: a thread's share when threads split
+    /// a small map by channels. Returns whether it ran (without, nothing was written).
+    ///
+    /// # Safety
+    /// The CPU runs `isa`; the shapes are consistent; `output` is valid for writes of the
+    /// run's `pixels × OC` elements, and while this runs no other thread reads or writes
+    /// those elements' channels `channels`, nor the residual's if it lies in the output.
+    pub unsafe fn winograd_channels(
+        self,
+        isa: Isa,
+        c: &Conv<'_>,
+        output: *mut i8,
+        pixels: usize,
+        channels: core::ops::Range<usize>,
+        scratch: &mut [i8],
+    ) -> bool {
+        let Some(kernel) = self.tile(isa).kernel(self).winograd else {
+            return false;
+        };
+        let pass = kernel.path.pass;
+        let oc = c.window.out_c;
+        let whole = channels.start.is_multiple_of(pass)
+            && (channels.end.is_multiple_of(pass) || channels.end == oc)
+            && channels.end <= oc;
+        let runs = winograd::runs(
+            c.window,
+            c.first,
+            pixels,
+            scratch.len(),
+            kernel.path.min_tiles,
+        );
+        if !(whole && runs) {
+            return false;
+        }
+        // SAFETY: the caller's, and the path runs the conv (checked above).
+        unsafe { (kernel.run)(c, output, pixels, channels, scratch) };
+        true
     }
 
     /// [`Packing::conv2d`] with every conv on the tile, none by Winograd: what the

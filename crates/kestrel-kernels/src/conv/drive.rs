@@ -19,10 +19,11 @@ use crate::conv::winograd;
 /// The CPU has the kernel's ISA; the shapes are consistent (the file parser checked
 /// them, weights packed in the kernel's layout).
 pub unsafe fn conv2d(kernel: &MicroKernel, c: &Conv<'_>, output: &mut [i8], scratch: &mut [i8]) {
-    if let Some(path) = kernel.winograd {
+    if let Some(whole) = kernel.winograd {
         let (first, pixels) = (c.first, c.pixels(output));
-        if winograd::runs(c.window, first, pixels, scratch.len(), path.min_tiles) {
-            return (path.run)(c, output, scratch);
+        if winograd::runs(c.window, first, pixels, scratch.len(), whole.path.min_tiles) {
+            let channels = 0..c.window.out_c;
+            return (whole.run)(c, output.as_mut_ptr(), pixels, channels, scratch);
         }
     }
     let k = c.k();

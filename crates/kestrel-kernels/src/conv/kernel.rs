@@ -2,8 +2,11 @@
 //! points at a band read in place, [`Direct`]) and hands it to the kernel, which computes
 //! every block of output channels of those pixels and stores them through the epilogue.
 
+use core::ops::Range;
+
 use crate::conv::contract::{Conv, ShiftForm, KC};
 use crate::conv::input::{InputFormat, Slots};
+use crate::conv::winograd;
 
 /// One packed panel of input pixels.
 pub struct Panel<'a> {
@@ -60,19 +63,22 @@ pub type PanelKernel = unsafe fn(&Conv<'_>, &Panel<'_>, &mut [i8]);
 /// As [`PanelKernel`]; every offset plus every tap plus `IC` bytes is inside the band.
 pub type DirectKernel = unsafe fn(&Conv<'_>, &Direct<'_>, &mut [i8]);
 
-/// A whole conv on one path (Winograd): the pixels of `output`, in `scratch`.
+/// A whole conv on one path (Winograd): output channels `channels` of the `pixels` pixels
+/// of the run whose output starts at the pointer, in `scratch`.
 ///
 /// # Safety
-/// As [`PanelKernel`]; the conv [`crate::conv::winograd::fits`] and its
-/// [`crate::conv::winograd::tiles_in`] the scratch is at least one group.
-pub type WholeKernel = unsafe fn(&Conv<'_>, &mut [i8], &mut [i8]);
+/// As [`PanelKernel`]; the conv [`crate::conv::winograd::fits`], its
+/// [`crate::conv::winograd::tiles_in`] the scratch is at least one group, `channels` are
+/// whole passes of the path inside `OC`, and the output is valid for writes of `pixels ×
+/// OC` elements none of whose `channels` anything else touches meanwhile.
+pub type WholeKernel = unsafe fn(&Conv<'_>, *mut i8, usize, Range<usize>, &mut [i8]);
 
-/// A Winograd kernel as the driver runs it: on runs of at least `min_tiles` tiles
-/// ([`crate::conv::winograd::runs`]).
+/// A Winograd kernel as the driver runs it: on runs its path
+/// ([`crate::conv::winograd::Path`]) [`crate::conv::winograd::runs`].
 #[derive(Clone, Copy)]
 pub struct Winograd {
     pub run: WholeKernel,
-    pub min_tiles: usize,
+    pub path: winograd::Path,
 }
 
 /// A micro-kernel as the driver runs it.

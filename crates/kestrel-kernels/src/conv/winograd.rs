@@ -25,13 +25,15 @@ pub const CHANNELS: usize = 8;
 pub const GROUP: usize = 4;
 /// Deepest input: `4 · 9 · IC · 128 · 128 < 2³¹`.
 pub const MAX_IN_C: usize = 2048;
-/// A Winograd kernel as the dispatch table names it: its name, and the fewest tiles a run
+/// A Winograd kernel as the dispatch table names it: its name, the fewest tiles a run
 /// must touch for it to beat its direct tile on its core (each run transforms every
-/// weight once per chunk, which weighs more the fewer tiles share it).
+/// weight once per chunk, which weighs more the fewer tiles share it), and the output
+/// channels it computes a pass (a thread's share of the channels is whole passes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Path {
     pub name: &'static str,
     pub min_tiles: usize,
+    pub pass: usize,
 }
 
 /// Tiles transformed at once at most: a chunk's transformed input stays in L2, and the

@@ -14,6 +14,7 @@
 //! into each tile's channels, and the vector epilogue finishes them.
 
 use core::arch::aarch64::*;
+use core::ops::Range;
 
 use crate::arch::aarch64::epilogue::{finish_pixels, residual_quads, QuadParams};
 use crate::conv::contract::{round_up, Conv, Shifts, KC};
@@ -24,19 +25,26 @@ use crate::conv::winograd::{self, GROUP, POINTS};
 /// Output channels per pass: two `Blocks4` blocks.
 const NR: usize = 2 * blocks4::CHANNELS;
 
-/// The conv on the pixels of `output`, Winograd in `scratch` ([`winograd::tiles_in`] ≥ 1
-/// group).
+/// Output channels `channels` of the conv on the `pixels` pixels of the run at `output`,
+/// Winograd in `scratch` ([`winograd::tiles_in`] ≥ 1 group).
 ///
 /// # Safety
-/// NEON is part of AArch64; the conv's window [`winograd::fits`]; the weights are
-/// packed as `Blocks4` and the shapes consistent (the parser checked them).
+/// As [`WholeKernel`](crate::conv::kernel::WholeKernel) (NEON is part of AArch64), the
+/// weights packed as `Blocks4`.
 #[target_feature(enable = "neon")]
-pub unsafe fn smlal_winograd_4x4(c: &Conv<'_>, output: &mut [i8], scratch: &mut [i8]) {
-    match c.shift_form().channels {
-        Shifts::AllRight => run::<false, true>(c, output, scratch),
-        Shifts::NoLeft => run::<false, false>(c, output, scratch),
-        Shifts::SomeLeft => run::<true, false>(c, output, scratch),
-    }
+pub unsafe fn smlal_winograd_4x4(
+    c: &Conv<'_>,
+    output: *mut i8,
+    pixels: usize,
+    channels: Range<usize>,
+    scratch: &mut [i8],
+) {
+    let run = match c.shift_form().channels {
+        Shifts::AllRight => run::<false, true>,
+        Shifts::NoLeft => run::<false, false>,
+        Shifts::SomeLeft => run::<true, false>,
+    };
+    run(c, output, pixels, channels, scratch)
 }
 
 /// The run with the epilogue in the form `LEFT` and `RIGHT` name
@@ -44,17 +52,19 @@ pub unsafe fn smlal_winograd_4x4(c: &Conv<'_>, output: &mut [i8], scratch: &mut 
 #[inline(always)]
 unsafe fn run<const LEFT: bool, const RIGHT: bool>(
     c: &Conv<'_>,
-    output: &mut [i8],
+    out: *mut i8,
+    pixels: usize,
+    channels: Range<usize>,
     scratch: &mut [i8],
 ) {
     let s = c.window;
     let (w, ic, oc) = (s.in_w, s.in_c, s.out_c);
     let per_chunk = winograd::tiles_in(ic, scratch.len());
     assert!(winograd::fits(s) && per_chunk > 0 && oc.is_multiple_of(NR));
-    assert!(c.input.len() >= s.in_h * w * ic && output.len().is_multiple_of(oc));
+    assert!(channels.start.is_multiple_of(NR) && channels.end.is_multiple_of(NR));
+    assert!(channels.end <= oc && c.input.len() >= s.in_h * w * ic);
     assert!(2 * winograd::block4_weights_bytes(ic) <= winograd::weights_bytes(ic));
-    let pixels = c.pixels(output);
-    if pixels == 0 {
+    if pixels == 0 || channels.is_empty() {
         return;
     }
     let (first, end) = (c.first, c.first + pixels);
@@ -66,7 +76,6 @@ unsafe fn run<const LEFT: bool, const RIGHT: bool>(
     let (u, v) = (u.as_mut_ptr() as *mut i16, v.as_mut_ptr() as *mut i16);
     // The second block's transformed weights follow the first's.
     let u_second = u.add(winograd::block4_weights_bytes(ic) / 2);
-    let out = output.as_mut_ptr();
     let residual = residual_quads(c, out, 0);
     let tile_at = |t: usize| (2 * (row0 + t / columns), 2 * (t % columns));
     let mut padding = [0i8; winograd::MAX_IN_C];
@@ -95,7 +104,7 @@ unsafe fn run<const LEFT: bool, const RIGHT: bool>(
             });
             transform_group(c, &patches, g, v, padding.as_ptr());
         }
-        for pass in 0..oc / NR {
+        for pass in channels.start / NR..channels.end / NR {
             transform_weights(c, 2 * pass, u);
             transform_weights(c, 2 * pass + 1, u_second);
             let o0 = pass * NR;

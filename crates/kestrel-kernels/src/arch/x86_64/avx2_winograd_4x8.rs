@@ -17,21 +17,28 @@ use crate::conv::contract::{round_up, Conv, KC};
 use crate::conv::layout::lanes16;
 use crate::conv::winograd::{self, CHANNELS, GROUP, POINTS};
 
-/// The conv on the pixels of `output`, Winograd in `scratch` ([`winograd::tiles_in`] ≥ 1
-/// group).
+/// Output channels `channels` of the conv on the `pixels` pixels of the run at `output`,
+/// Winograd in `scratch` ([`winograd::tiles_in`] ≥ 1 group).
 ///
 /// # Safety
-/// The CPU has AVX2; the conv's window [`winograd::fits`]; the weights are packed
-/// as `Lanes16` and the shapes consistent (the parser checked them).
+/// The CPU has AVX2; as [`WholeKernel`](crate::conv::kernel::WholeKernel), the weights
+/// packed as `Lanes16`.
 #[target_feature(enable = "avx2")]
-pub unsafe fn avx2_winograd_4x8(c: &Conv<'_>, output: &mut [i8], scratch: &mut [i8]) {
+pub unsafe fn avx2_winograd_4x8(
+    c: &Conv<'_>,
+    output: *mut i8,
+    pixels: usize,
+    channels: core::ops::Range<usize>,
+    scratch: &mut [i8],
+) {
     let s = c.window;
     let (w, ic, oc) = (s.in_w, s.in_c, s.out_c);
     let per_chunk = winograd::tiles_in(ic, scratch.len());
-    assert!(winograd::fits(s) && per_chunk > 0);
-    assert!(c.input.len() >= s.in_h * w * ic && output.len().is_multiple_of(oc));
-    let pixels = c.pixels(output);
-    if pixels == 0 {
+    let pass = lanes16::CHANNELS;
+    assert!(winograd::fits(s) && per_chunk > 0 && channels.start.is_multiple_of(pass));
+    assert!(channels.end <= oc && c.input.len() >= s.in_h * w * ic);
+    assert!(channels.end.is_multiple_of(pass) || channels.end == oc);
+    if pixels == 0 || channels.is_empty() {
         return;
     }
     let (first, end) = (c.first, c.first + pixels);
@@ -43,7 +50,7 @@ pub unsafe fn avx2_winograd_4x8(c: &Conv<'_>, output: &mut [i8], scratch: &mut [
     let (u, v) = (u.as_mut_ptr() as *mut i16, v.as_mut_ptr() as *mut i16);
     let half_len = winograd::weight_bytes(ic) / 2;
     let residual = Residual8::new(&c.residual);
-    let out = output.as_mut_ptr();
+    let out = output;
     let tile_at = |t: usize| (2 * (row0 + t / columns), 2 * (t % columns));
     // Each tile's 16 point sums of one half block: the output transform reads them once
     // every point is summed, so each point's weights are read once per half block.
@@ -54,8 +61,8 @@ pub unsafe fn avx2_winograd_4x8(c: &Conv<'_>, output: &mut [i8], scratch: &mut [
             let (y, x) = tile_at(start + slot);
             transform_input(c, y, x, slot, v);
         }
-        for b0 in (0..oc).step_by(lanes16::CHANNELS) {
-            let halves = ((oc - b0) / CHANNELS).min(2);
+        for b0 in channels.clone().step_by(pass) {
+            let halves = ((channels.end - b0) / CHANNELS).min(2);
             transform_weights(c, b0, halves, u, half_len);
             for half in 0..halves {
                 let o0 = b0 + half * CHANNELS;
