@@ -123,7 +123,7 @@ pub struct ScratchPlan {
     /// The target's kernels compute 3×3 stride-1 convs by this Winograd path (x86-64's
     /// AVX2 path, the Cortex-A72's): lend the convs it runs what it uses, so each
     /// transforms its weights once.
-    pub winograd: Option<kestrel_kernels::conv::winograd::Path>,
+    pub winograd: Option<winograd::Path>,
 }
 
 impl KesModel {

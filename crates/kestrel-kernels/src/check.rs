@@ -381,16 +381,11 @@ pub fn all_paths(layout: Packing, isas: &[Isa]) -> Result<usize, Failure> {
                         }
                     }
                     let conv = Conv {
-                        window: &win,
-                        input: &input,
-                        zero_point: 9,
                         weights: &packed,
-                        params: &raw,
-                        out,
-                        residual,
-                        first: 0,
+                        ..reference
                     };
-                    if let Some(shares) = channel_shares(layout, isa, &conv, &expect) {
+                    let zeros = vec![0i8; expect.len()];
+                    if let Some(shares) = channel_shares(layout, isa, &conv, &zeros, &expect) {
                         return Err(Failure::ChannelShares {
                             packing: layout,
                             isa,
@@ -409,8 +404,15 @@ pub fn all_paths(layout: Packing, isas: &[Isa]) -> Result<usize, Failure> {
 
 /// Where the Winograd path of `layout` on `isa` runs the whole map of `conv` and it has
 /// several passes of output channels: the conv in up to 3 shares of whole passes, each
-/// alone, as threads split a small map. `Some(shares)` if that differs from `expect`.
-fn channel_shares(layout: Packing, isa: Isa, conv: &Conv<'_>, expect: &[i8]) -> Option<usize> {
+/// alone, as threads split a small map, into an output that holds `start` first (an
+/// in-place residual's). `Some(shares)` if that differs from `expect`.
+fn channel_shares(
+    layout: Packing,
+    isa: Isa,
+    conv: &Conv<'_>,
+    start: &[i8],
+    expect: &[i8],
+) -> Option<usize> {
     let path = layout.tile(isa).winograd()?;
     let (win, oc) = (conv.window, conv.window.out_c);
     let pixels = win.out_h * win.out_w;
@@ -420,7 +422,7 @@ fn channel_shares(layout: Packing, isa: Isa, conv: &Conv<'_>, expect: &[i8]) -> 
         return None;
     }
     let shares = passes.min(3);
-    let mut got = vec![0i8; pixels * oc];
+    let mut got = start.to_vec();
     let mut ran = true;
     for s in 0..shares {
         let channels =
@@ -434,73 +436,92 @@ fn channel_shares(layout: Packing, isa: Isa, conv: &Conv<'_>, expect: &[i8]) -> 
     (!ran || got != expect).then_some(shares)
 }
 
-/// A residual added in place (the output starts as the residual) on both layouts and
-/// every path in `isas`.
+/// A residual added in place (the output starts as the residual) on every layout and
+/// every path in `isas`, on a small map and on one the Winograd paths run (whole, and in
+/// channel shares).
 pub fn in_place_residual(isas: &[Isa]) -> Result<(), Failure> {
-    let win = Window {
-        in_h: 5,
-        in_w: 5,
-        in_c: 8,
-        out_h: 5,
-        out_w: 5,
-        out_c: 8,
-        kernel: [3, 3],
-        stride: [1, 1],
-        pads: [1; 4],
-    };
-    let input = values(200, 7);
-    let weights = values(9 * 8 * 8, 8);
-    let start = values(200, 9);
-    let out = OutQuant {
-        zero_point: 0,
-        min: 0,
-        max: 127,
-    };
-    let residual = Residual::InPlace {
-        zero_point: -2,
-        multiplier: 1_400_000_000,
-        shift: 1,
-    };
-    let mut expect = start.clone();
-    let raw = param_bytes(&(0..8).map(|o| (o, 1_200_000_000, -6)).collect::<Vec<_>>());
-    let reference = Conv {
-        window: &win,
-        input: &input,
-        zero_point: -3,
-        weights: &weights,
-        params: &raw,
-        out,
-        residual,
-        first: 0,
-    };
-    scalar::conv2d(&reference, &mut expect);
-    for layout in Packing::ALL {
-        let packed = layout.pack_weights(&weights, 72, 8);
-        for &isa in isas {
-            let mut got = start.clone();
-            let mut scratch = vec![0i8; layout.scratch_len(72)];
+    for (case, (h, w, ic, oc)) in [(5, 5, 8, 8), (12, 11, 16, 32)].into_iter().enumerate() {
+        let win = Window {
+            in_h: h,
+            in_w: w,
+            in_c: ic,
+            out_h: h,
+            out_w: w,
+            out_c: oc,
+            kernel: [3, 3],
+            stride: [1, 1],
+            pads: [1; 4],
+        };
+        let k = 9 * ic;
+        let input = values(h * w * ic, 7);
+        let weights: Vec<i8> = values(k * oc, 8).into_iter().map(|v| v.max(-127)).collect();
+        let start = values(h * w * oc, 9);
+        let out = OutQuant {
+            zero_point: 0,
+            min: 0,
+            max: 127,
+        };
+        let residual = Residual::InPlace {
+            zero_point: -2,
+            multiplier: 1_400_000_000,
+            shift: 1,
+        };
+        let mut expect = start.clone();
+        let raw = param_bytes(
+            &(0..oc as i32)
+                .map(|o| (o, 1_200_000_000, -6 - (ic > 8) as i32))
+                .collect::<Vec<_>>(),
+        );
+        let reference = Conv {
+            window: &win,
+            input: &input,
+            zero_point: -3,
+            weights: &weights,
+            params: &raw,
+            out,
+            residual,
+            first: 0,
+        };
+        scalar::conv2d(&reference, &mut expect);
+        if !expect.iter().any(|&v| v > out.min && v < out.max) {
+            return Err(Failure::AllClamped {
+                case: CASES.len() + case,
+                extreme: false,
+            });
+        }
+        for layout in Packing::ALL {
+            let packed = layout.pack_weights(&weights, k, oc);
             let conv = Conv {
-                window: &win,
-                input: &input,
-                zero_point: -3,
                 weights: &packed,
-                params: &raw,
-                out,
-                residual,
-                first: 0,
+                ..reference
             };
-            layout.conv2d(isa, &conv, &mut got, &mut scratch);
-            if got != expect {
-                return Err(Failure::Differs {
-                    packing: layout,
-                    isa,
-                    case: CASES.len(),
-                    residual: true,
-                    parts: 1,
-                    least_scratch: false,
-                    odd_addresses: false,
-                    extreme: false,
-                });
+            for &isa in isas {
+                let mut got = start.clone();
+                let scratch_len = layout.scratch_len(k).max(winograd::scratch_len(&win, 1));
+                let mut scratch = vec![0i8; scratch_len];
+                layout.conv2d(isa, &conv, &mut got, &mut scratch);
+                if got != expect {
+                    return Err(Failure::Differs {
+                        packing: layout,
+                        isa,
+                        case: CASES.len() + case,
+                        residual: true,
+                        parts: 1,
+                        least_scratch: false,
+                        odd_addresses: false,
+                        extreme: false,
+                    });
+                }
+                if let Some(shares) = channel_shares(layout, isa, &conv, &start, &expect) {
+                    return Err(Failure::ChannelShares {
+                        packing: layout,
+                        isa,
+                        case: CASES.len() + case,
+                        residual: true,
+                        shares,
+                        extreme: false,
+                    });
+                }
             }
         }
     }

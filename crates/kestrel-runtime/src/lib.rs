@@ -178,8 +178,9 @@ impl<'a> Model<'a> {
     }
 
     /// What runs the file's 3×3 stride-1 convs by Winograd on `kernels`, and how many of
-    /// its convs it runs on one thread (`None` where it runs none; on several, a thread's
-    /// share of a small map may run direct).
+    /// its convs it runs on one thread (`None` where it runs none; on several threads a
+    /// small map is split by output channels and runs the same, a larger one at pairs of
+    /// rows where every share is worth it, else in pixel shares on the tile).
     pub fn winograd_convs(&self, kernels: Isa) -> Option<(&'static str, usize)> {
         let path = self.conv_tile(kernels)?.winograd()?;
         let scratch = self.file.plan.scratch_bytes as usize;
@@ -914,12 +915,12 @@ fn conv_parallel(
     packing: Packing,
     conv: &Conv<'_>,
     output: &mut [i8],
-    scratch: usize,
+    lent: usize,
     parallel: &dyn Parallel,
 ) {
     let oc = conv.window.out_c;
     let pixels = output.len() / oc;
-    if let Some(pass) = winograd_channel_split(isa, packing, conv, pixels, scratch, parallel) {
+    if let Some(pass) = winograd_channel_split(isa, packing, conv, pixels, lent, parallel) {
         let passes = oc.div_ceil(pass);
         let tasks = parallel.threads().min(passes);
         let shared = SharedOutput(output.as_mut_ptr(), output.len());
@@ -939,7 +940,7 @@ fn conv_parallel(
 }
 
 /// The Winograd path's pass (output channels) where threads split the conv by channels:
-/// the whole map, a tile with a Winograd path that runs it in the op's `scratch`, enough
+/// the whole map, a tile with a Winograd path that runs it in the op's `lent` scratch, enough
 /// passes for every thread, and a map so small that row pairs would give each thread
 /// less than a chunk of tiles. Each thread then transforms only its own channels' weights
 /// (the big part on a small map, which every row share would repeat) and the whole map's
@@ -949,16 +950,16 @@ fn winograd_channel_split(
     packing: Packing,
     conv: &Conv<'_>,
     pixels: usize,
-    scratch: usize,
+    lent: usize,
     parallel: &dyn Parallel,
 ) -> Option<usize> {
     let win = conv.window;
-    let path = packing.tile(isa).winograd()?;
+    let path = packing.winograd_path(isa)?;
     let threads = parallel.threads();
     let row_share = win.out_h.div_ceil(2) / threads * win.out_w.div_ceil(2);
     let small = row_share < conv::winograd::MAX_TILES;
     let whole = conv.first == 0 && pixels == win.out_h * win.out_w;
-    let runs = conv::winograd::runs(win, 0, pixels, scratch, path.min_tiles);
+    let runs = conv::winograd::runs(win, 0, pixels, lent, path.min_tiles);
     (whole && small && runs && win.out_c.div_ceil(path.pass) >= threads).then_some(path.pass)
 }
 
@@ -982,7 +983,7 @@ fn conv_pixels_parallel(
     let least_share = win.out_h.div_ceil(2) / tasks * win.out_w.div_ceil(2);
     let by_row_pairs = conv.first == 0
         && pixels == win.out_h * win.out_w
-        && packing.tile(isa).winograd().is_some_and(|path| {
+        && packing.winograd_path(isa).is_some_and(|path| {
             conv::winograd::applies(win, path.min_tiles) && least_share >= path.min_tiles
         });
     let start = |t: usize| match by_row_pairs {

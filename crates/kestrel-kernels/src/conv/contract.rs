@@ -48,25 +48,18 @@ impl Conv<'_> {
         output.len() / self.window.out_c
     }
 
-    /// Which way the requantisation shifts go, worked out in one pass over the channels,
-    /// so kernels can take the shortest form of their epilogue.
-    pub fn shift_form(&self) -> ShiftForm {
+    /// Which way the channels' requantisation shifts go, worked out in one pass over
+    /// them, so kernels can take the shortest form of their epilogue (the residual's one
+    /// shift is a branch of its own).
+    pub fn shifts(&self) -> Shifts {
         let most = params::shifts(self.params)
             .take(self.window.out_c)
             .max()
             .unwrap_or(-1);
-        let channels = match most {
+        match most {
             1.. => Shifts::SomeLeft,
             0 => Shifts::NoLeft,
             _ => Shifts::AllRight,
-        };
-        let residual_left = match self.residual {
-            Residual::Separate { shift, .. } | Residual::InPlace { shift, .. } => shift > 0,
-            Residual::None => false,
-        };
-        ShiftForm {
-            channels,
-            residual_left,
         }
     }
 }
@@ -80,21 +73,6 @@ pub enum Shifts {
     NoLeft,
     /// Some multiply (scales of one and above: rare).
     SomeLeft,
-}
-
-/// [`Conv::shift_form`]: the channels' shifts and whether the residual's shifts left.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ShiftForm {
-    pub channels: Shifts,
-    pub residual_left: bool,
-}
-
-impl ShiftForm {
-    /// Whether any requantisation (the residual's too) shifts left, so a kernel can
-    /// leave the saturating left shift out of its epilogue.
-    pub fn any_left(self) -> bool {
-        self.channels == Shifts::SomeLeft || self.residual_left
-    }
 }
 
 /// The packed weight layouts, each the bytes of a file's packed conv and each read by its

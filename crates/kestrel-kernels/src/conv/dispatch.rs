@@ -304,7 +304,17 @@ impl Packing {
         unsafe { drive::conv2d(&kernel, c, output, scratch) }
     }
 
-    /// Output channels `channels` (whole [`winograd::Path::pass`]es) of every pixel of the
+    /// The Winograd path this build runs for the tile the table gives `isa`, if any: what
+    /// [`Packing::conv2d`] and [`Packing::winograd_channels`] hand convs to.
+    pub fn winograd_path(self, isa: Isa) -> Option<winograd::Path> {
+        self.tile(isa)
+            .kernel(self)
+            .winograd
+            .map(|kernel| kernel.path)
+    }
+
+    /// Output channels `channels` (whole [`winograd::Path::pass`]es, the last one may end
+    /// at `OC`) of every pixel of the
     /// run by the Winograd path of the tile the table gives `isa`, where it has one that
     /// [`winograd::runs`] the conv's run in `scratch`: a thread's share when threads split
     /// a small map by channels. Returns whether it ran (without, nothing was written).

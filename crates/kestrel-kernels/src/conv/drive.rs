@@ -6,7 +6,7 @@
 use crate::conv::budget::{
     band_rows, int16_panel_slots_in, panel_slots_in, scratch_len, DIRECT_PIXELS, DIRECT_TAPS,
 };
-use crate::conv::contract::{round_up, Conv, ShiftForm, KC};
+use crate::conv::contract::{round_up, Conv, Shifts, KC};
 use crate::conv::input::{fill_band, pack_panel};
 use crate::conv::kernel::{Direct, DirectKernel, MicroKernel, Panel};
 use crate::conv::winograd;
@@ -27,7 +27,7 @@ pub unsafe fn conv2d(kernel: &MicroKernel, c: &Conv<'_>, output: &mut [i8], scra
         }
     }
     let k = c.k();
-    let shifts = c.shift_form();
+    let shifts = c.shifts();
     let budget = scratch.len().min(scratch_len(k));
     if let Some(direct) = kernel.direct {
         let rows = band_rows(c.window, budget);
@@ -74,7 +74,7 @@ unsafe fn bands(
     output: &mut [i8],
     scratch: &mut [i8],
     rows_per_band: usize,
-    shifts: ShiftForm,
+    shifts: Shifts,
 ) {
     let s = c.window;
     let row = s.padded_row();

@@ -4,7 +4,7 @@
 
 use core::ops::Range;
 
-use crate::conv::contract::{Conv, ShiftForm, KC};
+use crate::conv::contract::{Conv, Shifts, KC};
 use crate::conv::input::{InputFormat, Slots};
 use crate::conv::winograd;
 
@@ -17,8 +17,8 @@ pub struct Panel<'a> {
     pub count: usize,
     /// The panel's first pixel, relative to the output slice.
     pub p0: usize,
-    /// The conv's [`Conv::shift_form`], worked out once per conv.
-    pub shifts: ShiftForm,
+    /// The conv's [`Conv::shifts`], worked out once per conv.
+    pub shifts: Shifts,
 }
 
 impl Panel<'_> {
@@ -47,7 +47,7 @@ pub struct Direct<'a> {
     /// Pixels, and the first one relative to the output slice.
     pub count: usize,
     pub p0: usize,
-    pub shifts: ShiftForm,
+    pub shifts: Shifts,
 }
 
 /// Every block of channels of a panel's pixels, stored.
@@ -69,7 +69,8 @@ pub type DirectKernel = unsafe fn(&Conv<'_>, &Direct<'_>, &mut [i8]);
 /// # Safety
 /// As [`PanelKernel`]; the conv [`crate::conv::winograd::fits`], its
 /// [`crate::conv::winograd::tiles_in`] the scratch is at least one group, `channels` are
-/// whole passes of the path inside `OC`, and the output is valid for writes of `pixels ×
+/// whole passes of the path inside `OC` (the last may end at `OC`), and the output is
+/// valid for writes of `pixels ×
 /// OC` elements none of whose `channels` anything else touches meanwhile.
 pub type WholeKernel = unsafe fn(&Conv<'_>, *mut i8, usize, Range<usize>, &mut [i8]);
 

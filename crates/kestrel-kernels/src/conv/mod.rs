@@ -22,5 +22,5 @@ pub mod winograd;
 #[cfg(all(test, feature = "std"))]
 mod tests;
 
-pub use contract::{Conv, Packing, ShiftForm, Shifts, KC};
+pub use contract::{Conv, Packing, Shifts, KC};
 pub use dispatch::Tile;

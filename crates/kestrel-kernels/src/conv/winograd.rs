@@ -94,7 +94,7 @@ pub fn split_at(w: &Window, t: usize, threads: usize) -> usize {
 
 /// Scratch bytes a path that wants `min_tiles` uses at most on the conv: the weights of 16
 /// channels and the whole map's tiles (up to a chunk of [`MAX_TILES`]), so each channel's
-/// weights are transformed once per chunk. Where it does not [`applies`], 0.
+/// weights are transformed once per chunk. Where the path does not apply ([`applies`]), 0.
 pub fn scratch_len(w: &Window, min_tiles: usize) -> usize {
     if !applies(w, min_tiles) {
         return 0;

@@ -49,7 +49,7 @@ unsafe fn panel<const DOT: bool>(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8])
     for t0 in (0..p.count).step_by(MR) {
         let (tile, rows) = (p.tile(t0, MR), MR.min(p.count - t0));
         let p0 = p.p0 + t0;
-        match p.shifts.channels {
+        match p.shifts {
             Shifts::AllRight => tile_blocks::<DOT, false, true>(c, tile, p0, rows, output),
             Shifts::NoLeft => tile_blocks::<DOT, false, false>(c, tile, p0, rows, output),
             Shifts::SomeLeft => tile_blocks::<DOT, true, false>(c, tile, p0, rows, output),

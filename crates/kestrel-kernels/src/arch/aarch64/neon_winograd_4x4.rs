@@ -39,7 +39,7 @@ pub unsafe fn smlal_winograd_4x4(
     channels: Range<usize>,
     scratch: &mut [i8],
 ) {
-    let run = match c.shift_form().channels {
+    let run = match c.shifts() {
         Shifts::AllRight => run::<false, true>,
         Shifts::NoLeft => run::<false, false>,
         Shifts::SomeLeft => run::<true, false>,

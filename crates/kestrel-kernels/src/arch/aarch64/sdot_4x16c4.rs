@@ -41,7 +41,7 @@ macro_rules! sdot_lane {
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn sdot_4x16c4(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
     assert!(p.slots.group == MR && p.slots.chunk == KC);
-    blocks16(c, p.p0, p.count, p.shifts.channels, output, p)
+    blocks16(c, p.p0, p.count, p.shifts, output, p)
 }
 
 /// The same tiles reading the input in place ([`Direct`]): per tap, each pixel's chunks
@@ -53,7 +53,7 @@ pub unsafe fn sdot_4x16c4(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn sdot_4x16c4_direct(c: &Conv<'_>, d: &Direct<'_>, output: &mut [i8]) {
     assert!(d.offsets.len() >= d.count.div_ceil(MR) * MR && d.in_c.is_multiple_of(KC));
-    blocks16(c, d.p0, d.count, d.shifts.channels, output, d)
+    blocks16(c, d.p0, d.count, d.shifts, output, d)
 }
 
 /// Where a tile's input comes from: `tile(m0, weights, init)` gives the sums of pixels
