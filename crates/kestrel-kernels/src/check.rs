@@ -425,10 +425,7 @@ fn channel_shares(
     let mut got = start.to_vec();
     let mut ran = true;
     for s in 0..shares {
-        let channels =
-            path.pass * (passes * s / shares)..(path.pass * (passes * (s + 1) / shares)).min(oc);
-        // SAFETY: the CPU runs `isa` (the caller's), `got` holds the map's output and
-        // nothing else touches it meanwhile.
+        let channels = path.share(oc, s, shares);
         ran &= unsafe {
             layout.winograd_channels(isa, conv, got.as_mut_ptr(), pixels, channels, &mut scratch)
         };

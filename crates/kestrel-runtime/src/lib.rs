@@ -920,12 +920,11 @@ fn conv_parallel(
 ) {
     let oc = conv.window.out_c;
     let pixels = output.len() / oc;
-    if let Some(pass) = winograd_channel_split(isa, packing, conv, pixels, lent, parallel) {
-        let passes = oc.div_ceil(pass);
-        let tasks = parallel.threads().min(passes);
+    if let Some(path) = winograd_channel_split(isa, packing, conv, pixels, lent, parallel) {
+        let tasks = parallel.threads();
         let shared = SharedOutput(output.as_mut_ptr(), output.len());
         parallel.run(tasks, &|t, scratch| {
-            let channels = pass * (passes * t / tasks)..(pass * (passes * (t + 1) / tasks)).min(oc);
+            let channels = path.share(oc, t, tasks);
             // SAFETY: task t alone writes (and, in place, reads) output channels
             // `channels`, disjoint from every other task's; the output holds the run.
             let ran = unsafe {
@@ -939,7 +938,7 @@ fn conv_parallel(
     conv_pixels_parallel(isa, packing, conv, output, parallel)
 }
 
-/// The Winograd path's pass (output channels) where threads split the conv by channels:
+/// The Winograd path where threads split the conv by output channels, whole passes each:
 /// the whole map, a tile with a Winograd path that runs it in the op's `lent` scratch, enough
 /// passes for every thread, and a map so small that row pairs would give each thread
 /// less than a chunk of tiles. Each thread then transforms only its own channels' weights
@@ -952,7 +951,7 @@ fn winograd_channel_split(
     pixels: usize,
     lent: usize,
     parallel: &dyn Parallel,
-) -> Option<usize> {
+) -> Option<conv::winograd::Path> {
     let win = conv.window;
     let path = packing.winograd_path(isa)?;
     let threads = parallel.threads();
@@ -960,7 +959,7 @@ fn winograd_channel_split(
     let small = row_share < conv::winograd::MAX_TILES;
     let whole = conv.first == 0 && pixels == win.out_h * win.out_w;
     let runs = conv::winograd::runs(win, 0, pixels, lent, path.min_tiles);
-    (whole && small && runs && win.out_c.div_ceil(path.pass) >= threads).then_some(path.pass)
+    (whole && small && runs && win.out_c.div_ceil(path.pass) >= threads).then_some(path)
 }
 
 /// Splits a packed conv's output pixels in equal runs, one per thread, over `parallel`.

@@ -101,7 +101,7 @@ impl Tile {
             Tile::Avx2_4x8c4 => Some(winograd::Path {
                 name: "avx2_winograd_4x8",
                 min_tiles: 32,
-                pass: 16,
+                pass: crate::conv::layout::lanes16::CHANNELS,
             }),
             // Counted on the Cortex-A72 (qcount): a tile saves about 220 of the direct
             // tile's instructions per 4 channels and 16 inputs, the weights' transform
@@ -111,7 +111,7 @@ impl Tile {
             Tile::Smlal4x4c16 => Some(winograd::Path {
                 name: "smlal_winograd_4x4",
                 min_tiles: winograd::GROUP,
-                pass: 8,
+                pass: 2 * crate::conv::layout::blocks4::CHANNELS,
             }),
             _ => None,
         }
@@ -335,11 +335,7 @@ impl Packing {
         let Some(kernel) = self.tile(isa).kernel(self).winograd else {
             return false;
         };
-        let pass = kernel.path.pass;
-        let oc = c.window.out_c;
-        let whole = channels.start.is_multiple_of(pass)
-            && (channels.end.is_multiple_of(pass) || channels.end == oc)
-            && channels.end <= oc;
+        let whole = kernel.path.whole_passes(&channels, c.window.out_c);
         let runs = winograd::runs(
             c.window,
             c.first,

@@ -14,6 +14,8 @@
 //! `9 · IC` products of at most 128 · 128, fits int32 for `IC ≤` [`MAX_IN_C`], so it is
 //! the value itself, and an arithmetic shift by 2 leaves the sum exactly.
 
+use core::ops::Range;
+
 use crate::conv::contract::{round_up, KC};
 use crate::window::Window;
 
@@ -34,6 +36,24 @@ pub struct Path {
     pub name: &'static str,
     pub min_tiles: usize,
     pub pass: usize,
+}
+
+impl Path {
+    /// The output channels of share `t` of `shares` when threads split `out_c` channels
+    /// in whole passes (fixed by the shape and the share count; the last ends at `out_c`).
+    pub fn share(&self, out_c: usize, t: usize, shares: usize) -> Range<usize> {
+        let passes = out_c.div_ceil(self.pass);
+        let at = |t: usize| (self.pass * (passes * t / shares)).min(out_c);
+        at(t)..at(t + 1)
+    }
+
+    /// Whether `channels` are whole passes inside `out_c` (the last may end at `out_c`).
+    pub fn whole_passes(&self, channels: &Range<usize>, out_c: usize) -> bool {
+        channels.start.is_multiple_of(self.pass)
+            && (channels.end.is_multiple_of(self.pass) || channels.end == out_c)
+            && channels.start <= channels.end
+            && channels.end <= out_c
+    }
 }
 
 /// Tiles transformed at once at most: a chunk's transformed input stays in L2, and the
@@ -228,6 +248,32 @@ mod tests {
             .map(|t| split_at(&window(14, 14, 64, 64), t, 2))
             .collect();
         assert_eq!(starts, [0, 84, 196]);
+    }
+
+    #[test]
+    fn channel_shares_are_whole_passes_that_cover_the_channels_once() {
+        let path = Path {
+            name: "test",
+            min_tiles: GROUP,
+            pass: 8,
+        };
+        for (out_c, shares) in [(24, 2), (64, 4), (16, 3), (512, 4)] {
+            let mut next = 0;
+            for t in 0..shares {
+                let s = path.share(out_c, t, shares);
+                assert_eq!(s.start, next, "{out_c} in {shares}");
+                assert!(path.whole_passes(&s, out_c), "{s:?}");
+                next = s.end;
+            }
+            assert_eq!(next, out_c);
+        }
+        assert!(
+            path.whole_passes(&(16..20), 20),
+            "a last part pass ends at OC"
+        );
+        assert!(!path.whole_passes(&(4..16), 32));
+        assert!(!path.whole_passes(&(8..12), 32));
+        assert!(!path.whole_passes(&(16..40), 32));
     }
 
     #[test]
