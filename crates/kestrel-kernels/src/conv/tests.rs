@@ -24,8 +24,12 @@ fn scalar_micro_kernel_matches_the_reference_conv() {
     check_all_paths(Packing::Pairs4, &[Isa::Scalar]);
 }
 
+/// The paths this CPU runs; each one it does not is named as skipped.
 fn supported() -> Vec<Isa> {
     let cpu = crate::isa::CpuFeatures::available();
+    for isa in Isa::ALL.into_iter().filter(|&i| !cpu.supports(i)) {
+        std::println!("skipped: this CPU does not run {isa}");
+    }
     Isa::ALL.into_iter().filter(|&i| cpu.supports(i)).collect()
 }
 
