@@ -164,7 +164,7 @@ impl KesModel {
                     let mut need = band + packing.scratch_len_within(k, scratch_limit);
                     if let (Some(path), OpKind::Conv) = (plan.winograd, op.kind) {
                         let window = op.window(input, &self.tensors[op.output as usize]);
-                        let lent = winograd::scratch_len(&window, path.min_tiles);
+                        let lent = path.scratch_len(&window);
                         need = need.max(lent);
                     }
                     scratch.push((i, need as u64, (band + packing.min_scratch_len(k)) as u64));

@@ -64,7 +64,7 @@ fn conv(c: &mut Criterion) {
                 0i8;
                 packing
                     .scratch_len(depth)
-                    .max(winograd::scratch_len(&win, 1))
+                    .max(winograd::most_scratch_len(&win))
             ];
             let mut output = vec![0i8; out_hw * out_hw * oc];
             let conv = Conv {
@@ -87,9 +87,11 @@ fn conv(c: &mut Criterion) {
                     b.iter(|| packing.conv2d(isa, &conv, &mut output, &mut scratch))
                 });
                 // Where a Winograd path ran the conv above, the tile alone too.
-                if packing.tile(isa).winograd().is_some_and(|path| {
-                    winograd::runs(&win, 0, out_hw * out_hw, scratch.len(), path.min_tiles)
-                }) {
+                if packing
+                    .tile(isa)
+                    .winograd()
+                    .is_some_and(|path| path.runs(&win, 0, out_hw * out_hw, scratch.len()))
+                {
                     let id =
                         BenchmarkId::new(format!("{packing:?}"), format!("{}-direct", isa.name()));
                     group.bench_function(id, |b| {

@@ -416,9 +416,9 @@ fn channel_shares(
     let path = layout.tile(isa).winograd()?;
     let (win, oc) = (conv.window, conv.window.out_c);
     let pixels = win.out_h * win.out_w;
-    let mut scratch = vec![0i8; winograd::scratch_len(win, path.min_tiles)];
+    let mut scratch = vec![0i8; path.scratch_len(win)];
     let passes = oc.div_ceil(path.pass);
-    if passes < 2 || !winograd::runs(win, 0, pixels, scratch.len(), path.min_tiles) {
+    if passes < 2 || !path.runs(win, 0, pixels, scratch.len()) {
         return None;
     }
     let shares = passes.min(3);
@@ -494,7 +494,7 @@ pub fn in_place_residual(isas: &[Isa]) -> Result<(), Failure> {
             };
             for &isa in isas {
                 let mut got = start.clone();
-                let scratch_len = layout.scratch_len(k).max(winograd::scratch_len(&win, 1));
+                let scratch_len = layout.scratch_len(k).max(winograd::most_scratch_len(&win));
                 let mut scratch = vec![0i8; scratch_len];
                 layout.conv2d(isa, &conv, &mut got, &mut scratch);
                 if got != expect {

@@ -192,7 +192,7 @@ impl<'a> Model<'a> {
                 let (x, y) = (self.tensor(op.input), self.tensor(op.output));
                 let bytes = op.scratch.map_or(scratch, |s| s.bytes as usize);
                 let w = window(op, &x, &y);
-                conv::winograd::runs(&w, 0, w.out_h * w.out_w, bytes, path.min_tiles)
+                path.runs(&w, 0, w.out_h * w.out_w, bytes)
             })
             .count();
         (count > 0).then_some((path.name, count))
@@ -958,7 +958,7 @@ fn winograd_channel_split(
     let row_share = win.out_h.div_ceil(2) / threads * win.out_w.div_ceil(2);
     let small = row_share < conv::winograd::MAX_TILES;
     let whole = conv.first == 0 && pixels == win.out_h * win.out_w;
-    let runs = conv::winograd::runs(win, 0, pixels, lent, path.min_tiles);
+    let runs = path.runs(win, 0, pixels, lent);
     (whole && small && runs && win.out_c.div_ceil(path.pass) >= threads).then_some(path)
 }
 

@@ -127,10 +127,7 @@ fn a_winograd_plan_gives_the_reference_logits_on_every_path() {
         );
         for op in &m.ops[1..3] {
             let lent = op.scratch.expect("a packed conv is lent scratch").bytes as usize;
-            assert!(
-                lent >= winograd::scratch_len(&window, wino.min_tiles),
-                "{lent}"
-            );
+            assert!(lent >= wino.scratch_len(&window), "{lent}");
         }
         let bytes = m.to_bytes();
         let parsed = Model::parse(&bytes).unwrap();

@@ -91,7 +91,7 @@ impl Tile {
     }
 
     /// The path that computes the 3×3 stride-1 convs of this tile's files instead
-    /// ([`crate::conv::winograd::runs`]), if one does.
+    /// ([`Path::runs`](crate::conv::winograd::Path::runs)), if one does.
     pub const fn winograd(self) -> Option<winograd::Path> {
         match self {
             // Measured on Zen 3 (`cargo bench --bench conv`, `kestrel bench --layers`):
@@ -316,7 +316,7 @@ impl Packing {
     /// Output channels `channels` (whole [`winograd::Path::pass`]es, the last one may end
     /// at `OC`) of every pixel of the
     /// run by the Winograd path of the tile the table gives `isa`, where it has one that
-    /// [`winograd::runs`] the conv's run in `scratch`: a thread's share when threads split
+    /// [`Path::runs`](winograd::Path::runs) the conv's run in `scratch`: a thread's share when threads split
     /// a small map by channels. Returns whether it ran (without, nothing was written).
     ///
     /// # Safety
@@ -336,13 +336,7 @@ impl Packing {
             return false;
         };
         let whole = kernel.path.whole_passes(&channels, c.window.out_c);
-        let runs = winograd::runs(
-            c.window,
-            c.first,
-            pixels,
-            scratch.len(),
-            kernel.path.min_tiles,
-        );
+        let runs = kernel.path.runs(c.window, c.first, pixels, scratch.len());
         if !(whole && runs) {
             return false;
         }

@@ -9,7 +9,6 @@ use crate::conv::budget::{
 use crate::conv::contract::{round_up, Conv, Shifts, KC};
 use crate::conv::input::{fill_band, pack_panel};
 use crate::conv::kernel::{Direct, DirectKernel, MicroKernel, Panel};
-use crate::conv::winograd;
 
 /// The conv on `kernel`: same results as [`crate::scalar::conv2d`] on the pixels of
 /// `output`. `scratch` holds at least [`crate::conv::budget::min_scratch_len`] bytes;
@@ -21,7 +20,7 @@ use crate::conv::winograd;
 pub unsafe fn conv2d(kernel: &MicroKernel, c: &Conv<'_>, output: &mut [i8], scratch: &mut [i8]) {
     if let Some(whole) = kernel.winograd {
         let (first, pixels) = (c.first, c.pixels(output));
-        if winograd::runs(c.window, first, pixels, scratch.len(), whole.path.min_tiles) {
+        if whole.path.runs(c.window, first, pixels, scratch.len()) {
             let channels = 0..c.window.out_c;
             return (whole.run)(c, output.as_mut_ptr(), pixels, channels, scratch);
         }

@@ -75,7 +75,7 @@ pub type DirectKernel = unsafe fn(&Conv<'_>, &Direct<'_>, &mut [i8]);
 pub type WholeKernel = unsafe fn(&Conv<'_>, *mut i8, usize, Range<usize>, &mut [i8]);
 
 /// A Winograd kernel as the driver runs it: on runs its path
-/// ([`crate::conv::winograd::Path`]) [`crate::conv::winograd::runs`].
+/// ([`crate::conv::winograd::Path`]) [`Path::runs`](crate::conv::winograd::Path::runs).
 #[derive(Clone, Copy)]
 pub struct Winograd {
     pub run: WholeKernel,
@@ -89,6 +89,6 @@ pub struct MicroKernel {
     pub panel: PanelKernel,
     /// Where the kernel can read a band in place instead (shapes [`crate::conv::budget::band_rows`] allows).
     pub direct: Option<DirectKernel>,
-    /// What computes the 3×3 stride-1 convs [`crate::conv::winograd::runs`] on instead.
+    /// What computes the 3×3 stride-1 convs [`Path::runs`](crate::conv::winograd::Path::runs) on instead.
     pub winograd: Option<Winograd>,
 }

@@ -112,10 +112,10 @@ fn winograd_is_exact_at_the_extremes_of_its_sums() {
     use crate::conv::winograd;
     let cpu = crate::isa::CpuFeatures::available();
     // Every path with a Winograd kernel of its own, on its layout.
-    let paths: Vec<(Packing, Isa, usize)> = TABLE
+    let paths: Vec<(Packing, Isa, winograd::Path)> = TABLE
         .iter()
         .filter(|r| r.tile.isa() == r.isa)
-        .filter_map(|r| Some((r.packing, r.isa, r.tile.winograd()?.min_tiles)))
+        .filter_map(|r| Some((r.packing, r.isa, r.tile.winograd()?)))
         .collect();
     assert!(!paths.is_empty());
     for &(_, isa, _) in &paths {
@@ -178,7 +178,7 @@ fn winograd_is_exact_at_the_extremes_of_its_sums() {
                 first: 0,
             }
         }
-        for &(packing, isa, min_tiles) in &paths {
+        for &(packing, isa, path) in &paths {
             let weights = weights_down_to(match packing {
                 Packing::Blocks4 => -127,
                 _ => -128,
@@ -187,9 +187,10 @@ fn winograd_is_exact_at_the_extremes_of_its_sums() {
             scalar::conv2d(&conv(&win, &input, &weights, &raw, out), &mut want);
             assert!(want.iter().any(|&v| v > -128 && v < 127), "all clamped");
             let packed = packing.pack_weights(&weights, k, 8);
-            let mut scratch =
-                vec![0i8; winograd::weights_bytes(in_c) + 4 * winograd::tile_bytes(in_c)];
-            assert!(winograd::runs(&win, 0, h * w, scratch.len(), min_tiles));
+            // One group of tiles next to a pass's weights: the least the path runs in.
+            let least = winograd::weights_bytes(in_c, path.pass) + 4 * winograd::tile_bytes(in_c);
+            let mut scratch = vec![0i8; least];
+            assert!(path.runs(&win, 0, h * w, scratch.len()));
             let mut got = vec![0i8; h * w * 8];
             let c = conv(&win, &input, &packed, &raw, out);
             packing.conv2d(isa, &c, &mut got, &mut scratch);

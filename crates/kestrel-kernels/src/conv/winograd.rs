@@ -47,6 +47,28 @@ impl Path {
         at(t)..at(t + 1)
     }
 
+    /// Whether the path runs the conv on the run of `pixels` output pixels from `first` (a
+    /// thread's share) in `scratch` bytes: it [`applies`], the run touches at least
+    /// [`Path::min_tiles`] tiles (each run transforms all the weights), and a group of
+    /// tiles fits next to a pass's weights (a smaller scratch, a microcontroller's file,
+    /// runs the conv direct).
+    pub fn runs(&self, w: &Window, first: usize, pixels: usize, scratch: usize) -> bool {
+        applies(w, self.min_tiles)
+            && run_tiles(w, first, pixels) >= self.min_tiles
+            && tiles_in(w.in_c, self.pass, scratch) > 0
+    }
+
+    /// Scratch bytes the path uses at most on the conv: one pass's transformed weights and
+    /// the whole map's tiles (up to a chunk of [`MAX_TILES`]), so each channel's weights
+    /// are transformed once per chunk. Where it does not apply ([`applies`]), 0.
+    pub fn scratch_len(&self, w: &Window) -> usize {
+        if !applies(w, self.min_tiles) {
+            return 0;
+        }
+        let tiles = (w.out_h.div_ceil(2) * w.out_w.div_ceil(2)).min(MAX_TILES);
+        weights_bytes(w.in_c, self.pass) + round_up(tiles, GROUP) * tile_bytes(w.in_c)
+    }
+
     /// Whether `channels` are whole passes inside `out_c` (the last may end at `out_c`).
     pub fn whole_passes(&self, channels: &Range<usize>, out_c: usize) -> bool {
         channels.start.is_multiple_of(self.pass)
@@ -84,16 +106,6 @@ pub fn applies(w: &Window, min_tiles: usize) -> bool {
     fits(w) && tiles >= min_tiles && 4 * POINTS * tiles <= 3 * 9 * w.out_h * w.out_w
 }
 
-/// Whether the Winograd path runs the conv on the run of `pixels` output pixels from
-/// `first` (a thread's share) in `scratch` bytes: it [`applies`], the run touches at least
-/// `min_tiles` tiles (each run transforms all the weights), and a group of tiles fits
-/// (a smaller scratch, a microcontroller's file, runs the conv direct).
-pub fn runs(w: &Window, first: usize, pixels: usize, scratch: usize, min_tiles: usize) -> bool {
-    applies(w, min_tiles)
-        && run_tiles(w, first, pixels) >= min_tiles
-        && tiles_in(w.in_c, scratch) > 0
-}
-
 /// Tiles a run of `pixels` output pixels from `first` touches: every tile of each pair of
 /// output rows it meets.
 pub fn run_tiles(w: &Window, first: usize, pixels: usize) -> usize {
@@ -112,26 +124,20 @@ pub fn split_at(w: &Window, t: usize, threads: usize) -> usize {
     (2 * (pairs * t / threads) * w.out_w).min(w.out_h * w.out_w)
 }
 
-/// Scratch bytes a path that wants `min_tiles` uses at most on the conv: the weights of 16
-/// channels and the whole map's tiles (up to a chunk of [`MAX_TILES`]), so each channel's
-/// weights are transformed once per chunk. Where the path does not apply ([`applies`]), 0.
-pub fn scratch_len(w: &Window, min_tiles: usize) -> usize {
-    if !applies(w, min_tiles) {
-        return 0;
-    }
-    let tiles = (w.out_h.div_ceil(2) * w.out_w.div_ceil(2)).min(MAX_TILES);
-    weights_bytes(w.in_c) + round_up(tiles, GROUP) * tile_bytes(w.in_c)
+/// Scratch bytes that hold the conv for every path ([`Path::scratch_len`] at one tile a
+/// run and 16 channels a pass, the widest): for tests and benches that try them all.
+pub fn most_scratch_len(w: &Window) -> usize {
+    let widest = Path {
+        name: "widest",
+        min_tiles: 1,
+        pass: 2 * CHANNELS,
+    };
+    widest.scratch_len(w)
 }
 
-/// Bytes of [`CHANNELS`] channels' transformed weights (int16).
-pub const fn weight_bytes(in_c: usize) -> usize {
-    POINTS * in_c * CHANNELS * 2
-}
-
-/// Bytes of the transformed weights held at once: a whole block of 16 channels (the
-/// packed weights hold both halves side by side, so they are read in one pass).
-pub const fn weights_bytes(in_c: usize) -> usize {
-    2 * weight_bytes(in_c)
+/// Bytes of `pass` output channels' transformed weights (int16): what a path holds at once.
+pub const fn weights_bytes(in_c: usize, pass: usize) -> usize {
+    POINTS * in_c * pass * 2
 }
 
 /// Bytes of one tile's transformed input (int16).
@@ -139,10 +145,10 @@ pub const fn tile_bytes(in_c: usize) -> usize {
     POINTS * in_c * 2
 }
 
-/// Tiles per chunk in `scratch` bytes (a multiple of [`GROUP`]), or 0 where not even
-/// one group fits next to the weights (the conv then runs direct).
-pub fn tiles_in(in_c: usize, scratch: usize) -> usize {
-    let room = scratch.saturating_sub(weights_bytes(in_c)) / tile_bytes(in_c);
+/// Tiles per chunk in `scratch` bytes next to `pass` channels' weights (a multiple of
+/// [`GROUP`]), or 0 where not even one group fits (the conv then runs direct).
+pub fn tiles_in(in_c: usize, pass: usize, scratch: usize) -> usize {
+    let room = scratch.saturating_sub(weights_bytes(in_c, pass)) / tile_bytes(in_c);
     (room / GROUP * GROUP).min(MAX_TILES)
 }
 
@@ -178,7 +184,7 @@ pub const fn block4_weight_at(in_c: usize, xi: usize, c8: usize) -> usize {
     (xi * (in_c / 8) + c8) * 4 * 8
 }
 
-/// Bytes of a 4-channel block's transformed weights (int16), within [`weights_bytes`].
+/// Bytes of a 4-channel block's transformed weights (int16).
 pub const fn block4_weights_bytes(in_c: usize) -> usize {
     POINTS * in_c * 4 * 2
 }
@@ -238,10 +244,18 @@ mod tests {
         // Pixels 21 .. 23 lie on rows 1 and 2: two pairs of rows.
         assert_eq!(run_tiles(&w, 21, 2), 12);
         assert_eq!(run_tiles(&w, 21, 0), 0);
-        assert!(runs(&w, 0, 121, 1 << 20, 32));
-        assert!(!runs(&w, 0, 66, 1 << 20, 32), "half the map: too few tiles");
-        assert!(runs(&w, 0, 66, 1 << 20, GROUP), "enough for the path");
-        assert!(!runs(&w, 0, 121, 1000, 32), "too little scratch");
+        let path = |min_tiles| Path {
+            name: "test",
+            min_tiles,
+            pass: 16,
+        };
+        assert!(path(32).runs(&w, 0, 121, 1 << 20));
+        assert!(
+            !path(32).runs(&w, 0, 66, 1 << 20),
+            "half the map: too few tiles"
+        );
+        assert!(path(GROUP).runs(&w, 0, 66, 1 << 20), "enough for the path");
+        assert!(!path(32).runs(&w, 0, 121, 1000), "too little scratch");
         let splits: Vec<usize> = (0..=3).map(|t| split_at(&w, t, 3)).collect();
         assert_eq!(splits, [0, 44, 88, 121]);
         let starts: Vec<usize> = (0..=2)
@@ -284,13 +298,25 @@ mod tests {
 
     #[test]
     fn chunks_fit_the_scratch_in_whole_groups() {
-        for in_c in [16, 64, 512] {
-            let least = weights_bytes(in_c) + GROUP * tile_bytes(in_c);
-            assert_eq!(tiles_in(in_c, least - 1), 0);
-            assert_eq!(tiles_in(in_c, least), GROUP);
-            let t = tiles_in(in_c, 1 << 20);
+        for (in_c, pass) in [(16, 16), (64, 8), (512, 16), (512, 8)] {
+            let least = weights_bytes(in_c, pass) + GROUP * tile_bytes(in_c);
+            assert_eq!(tiles_in(in_c, pass, least - 1), 0);
+            assert_eq!(tiles_in(in_c, pass, least), GROUP);
+            let t = tiles_in(in_c, pass, 1 << 20);
             assert!(t.is_multiple_of(GROUP) && t <= MAX_TILES);
-            assert!(weights_bytes(in_c) + t * tile_bytes(in_c) <= 1 << 20);
+            assert!(weights_bytes(in_c, pass) + t * tile_bytes(in_c) <= 1 << 20);
+        }
+        // A path's scratch holds its pass's weights and the map's tiles, no more.
+        let w = window(14, 14, 256, 256);
+        for pass in [8, 16] {
+            let path = Path {
+                name: "test",
+                min_tiles: GROUP,
+                pass,
+            };
+            let len = path.scratch_len(&w);
+            assert_eq!(tiles_in(256, pass, len), 52, "7 × 7 tiles, in whole groups");
+            assert_eq!(tiles_in(256, pass, len - 1), 48);
         }
         // Slots never overlap: the last point of the last slot ends at the chunk's size.
         let in_c = 32;
@@ -298,7 +324,7 @@ mod tests {
         assert_eq!(end * 2, 8 * tile_bytes(in_c));
         assert_eq!(
             (weight_at(in_c, POINTS - 1, in_c / 4 - 1) + 32) * 2,
-            weight_bytes(in_c)
+            weights_bytes(in_c, CHANNELS)
         );
         assert_eq!(
             (block4_weight_at(in_c, POINTS - 1, in_c / 8 - 1) + 32) * 2,
@@ -306,6 +332,6 @@ mod tests {
         );
         let end = tile_lanes_input_at(in_c, 1, POINTS - 1, in_c / 8 - 1) + GROUP * 8;
         assert_eq!(end * 2, 8 * tile_bytes(in_c));
-        assert!(block4_weights_bytes(in_c) <= weights_bytes(in_c));
+        assert_eq!(2 * block4_weights_bytes(in_c), weights_bytes(in_c, 8));
     }
 }

@@ -59,11 +59,10 @@ unsafe fn run<const LEFT: bool, const RIGHT: bool>(
 ) {
     let s = c.window;
     let (w, ic, oc) = (s.in_w, s.in_c, s.out_c);
-    let per_chunk = winograd::tiles_in(ic, scratch.len());
+    let per_chunk = winograd::tiles_in(ic, NR, scratch.len());
     assert!(winograd::fits(s) && per_chunk > 0 && oc.is_multiple_of(NR));
     assert!(channels.start.is_multiple_of(NR) && channels.end.is_multiple_of(NR));
     assert!(channels.end <= oc && c.input.len() >= s.in_h * w * ic);
-    assert!(2 * winograd::block4_weights_bytes(ic) <= winograd::weights_bytes(ic));
     if pixels == 0 || channels.is_empty() {
         return;
     }
@@ -72,7 +71,7 @@ unsafe fn run<const LEFT: bool, const RIGHT: bool>(
     let columns = w.div_ceil(2);
     let row0 = first / w / 2;
     let tiles = ((end - 1) / w / 2 + 1 - row0) * columns;
-    let (u, v) = scratch.split_at_mut(winograd::weights_bytes(ic));
+    let (u, v) = scratch.split_at_mut(winograd::weights_bytes(ic, NR));
     let (u, v) = (u.as_mut_ptr() as *mut i16, v.as_mut_ptr() as *mut i16);
     // The second block's transformed weights follow the first's.
     let u_second = u.add(winograd::block4_weights_bytes(ic) / 2);

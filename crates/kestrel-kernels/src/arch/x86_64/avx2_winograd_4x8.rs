@@ -33,8 +33,8 @@ pub unsafe fn avx2_winograd_4x8(
 ) {
     let s = c.window;
     let (w, ic, oc) = (s.in_w, s.in_c, s.out_c);
-    let per_chunk = winograd::tiles_in(ic, scratch.len());
     let pass = lanes16::CHANNELS;
+    let per_chunk = winograd::tiles_in(ic, pass, scratch.len());
     assert!(winograd::fits(s) && per_chunk > 0 && channels.start.is_multiple_of(pass));
     assert!(channels.end <= oc && c.input.len() >= s.in_h * w * ic);
     assert!(channels.end.is_multiple_of(pass) || channels.end == oc);
@@ -46,9 +46,9 @@ pub unsafe fn avx2_winograd_4x8(
     let columns = w.div_ceil(2);
     let row0 = first / w / 2;
     let tiles = ((end - 1) / w / 2 + 1 - row0) * columns;
-    let (u, v) = scratch.split_at_mut(winograd::weights_bytes(ic));
+    let (u, v) = scratch.split_at_mut(winograd::weights_bytes(ic, pass));
     let (u, v) = (u.as_mut_ptr() as *mut i16, v.as_mut_ptr() as *mut i16);
-    let half_len = winograd::weight_bytes(ic) / 2;
+    let half_len = winograd::weights_bytes(ic, CHANNELS) / 2;
     let residual = Residual8::new(&c.residual);
     let out = output;
     let tile_at = |t: usize| (2 * (row0 + t / columns), 2 * (t % columns));
