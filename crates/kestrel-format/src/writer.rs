@@ -161,7 +161,9 @@ impl KesModel {
                 Some(packing) if conv && op.layout == WeightLayout::Portable && !wide => {
                     op.weights = packing.pack_weights(&op.weights, k, op.params.len());
                     op.layout = layout;
-                    let mut need = band + packing.scratch_len_within(k, scratch_limit);
+                    let out = &self.tensors[op.output as usize].dims;
+                    let pixels = out[1] as usize * out[2] as usize;
+                    let mut need = band + packing.scratch_len_within(k, pixels, scratch_limit);
                     if let (Some(path), OpKind::Conv) = (plan.winograd, op.kind) {
                         let window = op.window(input, &self.tensors[op.output as usize]);
                         let lent = path.scratch_len(&window);
@@ -171,8 +173,13 @@ impl KesModel {
                 }
                 _ if op.kind == OpKind::ConvMaxPool => {
                     // Unpacked, or packed by an earlier call: the band, and any panel.
+                    // A panel holds at most a band's conv pixels.
+                    let pixels = op
+                        .streamed(input)
+                        .map_or(usize::MAX, |s| s.band_bytes() / s.conv.out_c.max(1));
                     let (need, least) = op.layout.packing().map_or((0, 0), |p| {
-                        (p.scratch_len_within(k, scratch_limit), p.min_scratch_len(k))
+                        let most = p.scratch_len_within(k, pixels, scratch_limit);
+                        (most, p.min_scratch_len(k))
                     });
                     scratch.push((i, (band + need) as u64, (band + least) as u64))
                 }

@@ -72,6 +72,37 @@ fn dead_space_is_lent_before_the_arena_grows() {
     Model::parse(&m.to_bytes()).unwrap();
 }
 
+/// A small map is lent the panel its pixels fill, not a panel of a large map's size.
+#[test]
+fn a_conv_is_lent_no_more_panel_than_its_map_fills() {
+    use kestrel_kernels::conv::budget;
+    let mut m = common::tiny_model();
+    m.pack_convs(WeightLayout::Lanes16);
+    let mut smaller = 0;
+    for op in &m.ops {
+        let Some(OpScratch { bytes, .. }) = op.scratch else {
+            continue;
+        };
+        let (x, y) = (
+            &m.tensors[op.input as usize],
+            &m.tensors[op.output as usize],
+        );
+        let k = op.kernel[0] as usize * op.kernel[1] as usize * x.dims[3] as usize;
+        let pixels = y.dims[1] as usize * y.dims[2] as usize;
+        let (bytes, map) = (bytes as usize, budget::map_scratch_len(k, pixels));
+        assert!(
+            bytes >= budget::min_scratch_len(k) && bytes <= map,
+            "{bytes} for {k} × {pixels}"
+        );
+        smaller += usize::from(map < budget::scratch_len(k));
+    }
+    assert!(
+        smaller > 0,
+        "no conv of the 6×6 maps was lent less than a full panel"
+    );
+    Model::parse(&m.to_bytes()).unwrap();
+}
+
 fn refusal(m: &KesModel) -> &'static str {
     match Model::parse(&m.to_bytes()) {
         Err(Error::Format(FormatError::BadOp { reason, .. })) => reason,

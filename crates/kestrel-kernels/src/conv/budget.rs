@@ -36,6 +36,19 @@ pub const fn scratch_len(k: usize) -> usize {
     panel_slots(k) * round_up(k, KC)
 }
 
+/// [`scratch_len`] on a map of `pixels` output pixels: its panel holds no more pixels
+/// than the map (in whole [`PANEL_STEP`]s), so a small map is lent no more than it packs.
+pub const fn map_scratch_len(k: usize, pixels: usize) -> usize {
+    // `most` is whole steps, so the map's steps stay below it (and cannot overflow).
+    let most = panel_slots(k);
+    let slots = if pixels < most {
+        round_up(pixels, PANEL_STEP)
+    } else {
+        most
+    };
+    slots * round_up(k, KC)
+}
+
 /// The least scratch a conv with reduction depth `k` runs in: a panel of [`PANEL_STEP`]
 /// pixels.
 pub const fn min_scratch_len(k: usize) -> usize {
@@ -84,10 +97,13 @@ impl Packing {
         }
     }
 
-    /// The scratch to plan for depth `k` under a target's `limit` (bytes): as much as
-    /// the paths use, but no more than the limit unless a minimal panel needs it.
-    pub const fn scratch_len_within(self, k: usize, limit: Option<usize>) -> usize {
-        let most = self.scratch_len(k);
+    /// The scratch to plan for depth `k` on a map of `pixels` output pixels under a
+    /// target's `limit` (bytes): as much as the paths use there ([`map_scratch_len`]), but
+    /// no more than the limit unless a minimal panel needs it.
+    pub const fn scratch_len_within(self, k: usize, pixels: usize, limit: Option<usize>) -> usize {
+        let most = match self {
+            Packing::Blocks4 | Packing::Lanes16 | Packing::Pairs4 => map_scratch_len(k, pixels),
+        };
         match limit {
             Some(limit) if limit < most => {
                 let least = self.min_scratch_len(k);
@@ -177,5 +193,32 @@ mod tests {
             assert!((PANEL_MIN..=PANEL_MAX).contains(&slots));
             assert!(scratch_len(k) <= PANEL_BYTES.max(PANEL_MIN * round_up(k, KC)));
         }
+    }
+
+    #[test]
+    fn a_small_map_is_lent_no_more_than_it_packs() {
+        // ResNet-18's 2×2 stage at 64 px: one step of pixels, not the deep minimum of 72.
+        assert_eq!(map_scratch_len(4608, 4), PANEL_STEP * 4608);
+        assert_eq!(map_scratch_len(576, 25), 2 * PANEL_STEP * 576);
+        assert_eq!(map_scratch_len(576, 56 * 56), scratch_len(576));
+        assert_eq!(map_scratch_len(147, usize::MAX), scratch_len(147));
+        for (k, pixels) in [(27, 1), (147, 1024), (4608, 49), (1152, 64)] {
+            let len = map_scratch_len(k, pixels);
+            assert!(len >= min_scratch_len(k) && len <= scratch_len(k));
+            assert!(
+                panel_slots_in(k, len) >= pixels.min(panel_slots(k)),
+                "{k} {pixels}"
+            );
+        }
+        let lanes = Packing::Lanes16;
+        assert_eq!(lanes.scratch_len_within(4608, 4, None), PANEL_STEP * 4608);
+        assert_eq!(
+            lanes.scratch_len_within(576, 3136, Some(16 * 1024)),
+            16 * 1024
+        );
+        assert_eq!(
+            lanes.scratch_len_within(576, 3136, Some(1)),
+            min_scratch_len(576)
+        );
     }
 }
