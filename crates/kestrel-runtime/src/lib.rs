@@ -907,9 +907,62 @@ impl SharedOutput {
     }
 }
 
-/// Splits a packed conv over `parallel`, one share per thread fixed by the shape and the
-/// thread count: output channels on a small map the Winograd path runs
-/// ([`winograd_channel_split`]), else runs of output pixels.
+/// How threads share a packed conv: fixed by its shape and the thread count, so each
+/// thread's share is the same every run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConvSplit {
+    /// Whole passes of the Winograd path's output channels, each over the whole map.
+    Channels(conv::winograd::Path),
+    /// This many runs of pixels starting at pairs of output rows (Winograd's tiles).
+    RowPairs(usize),
+    /// This many runs of equal pixel counts.
+    Pixels(usize),
+}
+
+/// Tiles of the Winograd path in each of `shares` shares of a map's row pairs.
+fn tiles_per_share(win: &Window, shares: usize) -> usize {
+    win.out_h.div_ceil(2) / shares * win.out_w.div_ceil(2)
+}
+
+/// The split of a packed conv's `pixels` (a whole map, or the run an earlier split gave)
+/// over `threads` when this CPU's tile hands 3×3 convs to a Winograd path that runs in the
+/// op's `lent` scratch:
+/// - a map so small that row pairs would give each thread less than a chunk of tiles, with
+///   a pass of channels for every thread, is split by channels: each thread transforms
+///   only its own channels' weights (the big part there, which every row share would
+///   repeat) and the whole map's input (the small part);
+/// - a map where every share of row pairs holds the path's fewest tiles starts each share
+///   at a pair of rows, so no two threads compute the same tiles;
+/// - anything else, equal pixel counts, which balance best on the direct tiles.
+fn conv_split(
+    isa: Isa,
+    packing: Packing,
+    conv: &Conv<'_>,
+    pixels: usize,
+    lent: usize,
+    threads: usize,
+) -> ConvSplit {
+    let win = conv.window;
+    // At least a few tiles of pixels a task.
+    let tasks = threads.min(pixels.div_ceil(8)).max(1);
+    let whole = conv.first == 0 && pixels == win.out_h * win.out_w;
+    let Some(path) = packing.winograd_path(isa).filter(|_| whole) else {
+        return ConvSplit::Pixels(tasks);
+    };
+    let small = tiles_per_share(win, threads) < conv::winograd::MAX_TILES;
+    let passes = win.out_c.div_ceil(path.pass);
+    if small && passes >= threads && path.runs(win, 0, pixels, lent) {
+        ConvSplit::Channels(path)
+    } else if conv::winograd::applies(win, path.min_tiles)
+        && tiles_per_share(win, tasks) >= path.min_tiles
+    {
+        ConvSplit::RowPairs(tasks)
+    } else {
+        ConvSplit::Pixels(tasks)
+    }
+}
+
+/// Runs a packed conv over `parallel` in the shares [`conv_split`] fixes.
 fn conv_parallel(
     isa: Isa,
     packing: Packing,
@@ -920,76 +973,30 @@ fn conv_parallel(
 ) {
     let oc = conv.window.out_c;
     let pixels = output.len() / oc;
-    if let Some(path) = winograd_channel_split(isa, packing, conv, pixels, lent, parallel) {
-        let tasks = parallel.threads();
-        let shared = SharedOutput(output.as_mut_ptr(), output.len());
-        parallel.run(tasks, &|t, scratch| {
-            let channels = path.share(oc, t, tasks);
-            // SAFETY: task t alone writes (and, in place, reads) output channels
-            // `channels`, disjoint from every other task's; the output holds the run.
-            let ran = unsafe {
-                packing.winograd_channels(isa, conv, shared.whole(), pixels, channels, scratch)
-            };
-            // Every thread's scratch holds the op's, in which the path runs (checked).
-            assert!(ran, "a thread's scratch is smaller than the op's");
-        });
-        return;
-    }
-    conv_pixels_parallel(isa, packing, conv, output, parallel)
-}
-
-/// The Winograd path where threads split the conv by output channels, whole passes each:
-/// the whole map, a tile with a Winograd path that runs it in the op's `lent` scratch, enough
-/// passes for every thread, and a map so small that row pairs would give each thread
-/// less than a chunk of tiles. Each thread then transforms only its own channels' weights
-/// (the big part on a small map, which every row share would repeat) and the whole map's
-/// input (the small one).
-fn winograd_channel_split(
-    isa: Isa,
-    packing: Packing,
-    conv: &Conv<'_>,
-    pixels: usize,
-    lent: usize,
-    parallel: &dyn Parallel,
-) -> Option<conv::winograd::Path> {
-    let win = conv.window;
-    let path = packing.winograd_path(isa)?;
-    let threads = parallel.threads();
-    let row_share = win.out_h.div_ceil(2) / threads * win.out_w.div_ceil(2);
-    let small = row_share < conv::winograd::MAX_TILES;
-    let whole = conv.first == 0 && pixels == win.out_h * win.out_w;
-    let runs = path.runs(win, 0, pixels, lent);
-    (whole && small && runs && win.out_c.div_ceil(path.pass) >= threads).then_some(path)
-}
-
-/// Splits a packed conv's output pixels in equal runs, one per thread, over `parallel`.
-fn conv_pixels_parallel(
-    isa: Isa,
-    packing: Packing,
-    conv: &Conv<'_>,
-    output: &mut [i8],
-    parallel: &dyn Parallel,
-) {
-    let oc = conv.window.out_c;
-    let pixels = output.len() / oc;
-    // One run per thread (the pool gives each thread a fixed share), of equal pixel
-    // counts, at least a few tiles each.
-    let tasks = parallel.threads().min(pixels.div_ceil(8)).max(1);
-    // Where this CPU's tile hands the conv to the Winograd path and every share is big
-    // enough for it, shares start at pairs of rows (its tiles' height), so no two threads
-    // compute the same tiles; elsewhere equal pixel counts balance best.
-    let win = conv.window;
-    let least_share = win.out_h.div_ceil(2) / tasks * win.out_w.div_ceil(2);
-    let by_row_pairs = conv.first == 0
-        && pixels == win.out_h * win.out_w
-        && packing.winograd_path(isa).is_some_and(|path| {
-            conv::winograd::applies(win, path.min_tiles) && least_share >= path.min_tiles
-        });
-    let start = |t: usize| match by_row_pairs {
+    let shared = SharedOutput(output.as_mut_ptr(), output.len());
+    let (tasks, row_pairs) = match conv_split(isa, packing, conv, pixels, lent, parallel.threads())
+    {
+        ConvSplit::Channels(path) => {
+            let tasks = parallel.threads();
+            parallel.run(tasks, &|t, scratch| {
+                let channels = path.share(oc, t, tasks);
+                // SAFETY: task t alone writes (and, in place, reads) output channels
+                // `channels`, disjoint from every other task's; the output holds the run.
+                let ran = unsafe {
+                    packing.winograd_channels(isa, conv, shared.whole(), pixels, channels, scratch)
+                };
+                // Every thread's scratch holds the op's, in which the path runs (checked).
+                assert!(ran, "a thread's scratch is smaller than the op's");
+            });
+            return;
+        }
+        ConvSplit::RowPairs(tasks) => (tasks, true),
+        ConvSplit::Pixels(tasks) => (tasks, false),
+    };
+    let start = |t: usize| match row_pairs {
         true => conv::winograd::split_at(conv.window, t, tasks),
         false => pixels * t / tasks,
     };
-    let shared = SharedOutput(output.as_mut_ptr(), output.len());
     parallel.run(tasks, &|t, scratch| {
         let (first, end) = (start(t), start(t + 1));
         let len = (end - first) * oc;
@@ -1070,4 +1077,73 @@ fn as_u8(bytes: &[i8]) -> &[u8] {
 fn as_i8_mut(bytes: &mut [u8]) -> &mut [i8] {
     // SAFETY: i8 and u8 have the same size and alignment.
     unsafe { core::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut i8, bytes.len()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(hw: usize, c: usize) -> Window {
+        Window {
+            in_h: hw,
+            in_w: hw,
+            in_c: c,
+            out_h: hw,
+            out_w: hw,
+            out_c: c,
+            kernel: [3, 3],
+            stride: [1, 1],
+            pads: [1; 4],
+        }
+    }
+
+    /// Each Winograd path this build has: channels on small maps, row pairs on large ones,
+    /// equal pixels where the path does not run or the conv is a share of a map already.
+    #[test]
+    fn the_split_follows_the_map() {
+        let mut tried = 0;
+        for (packing, isa) in [(Packing::Lanes16, Isa::Avx2), (Packing::Blocks4, Isa::Neon)] {
+            let Some(path) = packing.winograd_path(isa) else {
+                std::println!("skipped: this build has no {isa} Winograd path");
+                continue;
+            };
+            tried += 1;
+            let split = |hw: usize, c: usize, first: usize, threads: usize| {
+                let win = window(hw, c);
+                let conv = Conv {
+                    window: &win,
+                    input: &[],
+                    zero_point: 0,
+                    weights: &[],
+                    params: &[],
+                    out: OutQuant {
+                        zero_point: 0,
+                        min: -128,
+                        max: 127,
+                    },
+                    residual: Residual::None,
+                    first,
+                };
+                let pixels = hw * hw - first;
+                conv_split(isa, packing, &conv, pixels, path.scratch_len(&win), threads)
+            };
+            // 14×14: 49 tiles, fewer than a chunk in any share.
+            assert_eq!(split(14, 256, 0, 2), ConvSplit::Channels(path), "{isa}");
+            // 56×56: 392 tiles a share of 2 row pairs-wise.
+            assert_eq!(split(56, 64, 0, 2), ConvSplit::RowPairs(2), "{isa}");
+            assert_eq!(
+                split(56, 64, 56, 2),
+                ConvSplit::Pixels(2),
+                "a share already"
+            );
+            // One output channel pass cannot feed four threads.
+            let one_pass = split(14, path.pass, 0, 4);
+            assert!(!matches!(one_pass, ConvSplit::Channels(_)), "{isa}");
+            // One pixel: one task.
+            assert_eq!(split(1, 16, 0, 4), ConvSplit::Pixels(1));
+        }
+        if tried == 0 {
+            std::println!("skipped: no Winograd path on this architecture");
+        }
+    }
 }
