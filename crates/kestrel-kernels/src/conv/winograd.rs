@@ -189,6 +189,58 @@ pub const fn block4_weights_bytes(in_c: usize) -> usize {
     POINTS * in_c * 4 * 2
 }
 
+/// The transforms' arithmetic, written once for every ISA's vectors: an arch kernel
+/// expands it with its vector types and its lane-wise wrapping add, subtract and
+/// arithmetic shift right by two, and gets
+/// - `b_transpose`: `Bᵀ` on four int16 vectors, `d0 − d2, d1 + d2, d2 − d1, d1 − d3`;
+/// - `g_scaled`: `Ĝ` (`2G`) on three int16 vectors, `2g0, g0 + g1 + g2, g0 − g1 + g2, 2g2`;
+/// - `transform_output`: `Aᵀ M A / 4` of a tile's 16 int32 point sums, its four outputs
+///   row by row (`Aᵀ` on four values: `m0 + m1 + m2, m1 − m2 − m3`).
+///
+/// (A macro rather than a trait over the vector types: the intrinsics need the kernel's
+/// target features, which only the kernel's own functions carry.)
+macro_rules! transforms {
+    (
+        i16: $v16:ty, $add16:path, $sub16:path;
+        i32: $v32:ty, $add32:path, $sub32:path, $shr2:expr $(;)?
+    ) => {
+        #[inline(always)]
+        unsafe fn b_transpose(d: [$v16; 4]) -> [$v16; 4] {
+            [
+                $sub16(d[0], d[2]),
+                $add16(d[1], d[2]),
+                $sub16(d[2], d[1]),
+                $sub16(d[1], d[3]),
+            ]
+        }
+
+        #[inline(always)]
+        unsafe fn g_scaled(g: [$v16; 3]) -> [$v16; 4] {
+            let outer = $add16(g[0], g[2]);
+            [
+                $add16(g[0], g[0]),
+                $add16(outer, g[1]),
+                $sub16(outer, g[1]),
+                $add16(g[2], g[2]),
+            ]
+        }
+
+        #[inline(always)]
+        unsafe fn transform_output(m: &[$v32; $crate::conv::winograd::POINTS]) -> [$v32; 4] {
+            let a = |v: [$v32; 4]| {
+                let mid = $sub32(v[1], v[2]);
+                [$add32($add32(v[0], v[1]), v[2]), $sub32(mid, v[3])]
+            };
+            let f: [[$v32; 2]; 4] =
+                core::array::from_fn(|j| a([m[j], m[4 + j], m[8 + j], m[12 + j]]));
+            let top = a([f[0][0], f[1][0], f[2][0], f[3][0]]);
+            let bottom = a([f[0][1], f[1][1], f[2][1], f[3][1]]);
+            [top[0], top[1], bottom[0], bottom[1]].map($shr2)
+        }
+    };
+}
+pub(crate) use transforms;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,11 @@ use crate::conv::layout::blocks4;
 use crate::conv::params;
 use crate::conv::winograd::{self, GROUP, POINTS};
 
+winograd::transforms! {
+    i16: int16x8_t, vaddq_s16, vsubq_s16;
+    i32: int32x4_t, vaddq_s32, vsubq_s32, |v| vshrq_n_s32::<2>(v);
+}
+
 /// Output channels per pass: two `Blocks4` blocks.
 const NR: usize = 2 * blocks4::CHANNELS;
 
@@ -231,17 +236,6 @@ unsafe fn b_widening(d: [int8x16_t; 4]) -> [[int16x8_t; 2]; 4] {
     ]
 }
 
-/// `Bᵀ` on four int16 vectors.
-#[inline(always)]
-unsafe fn b_transpose(d: [int16x8_t; 4]) -> [int16x8_t; 4] {
-    [
-        vsubq_s16(d[0], d[2]),
-        vaddq_s16(d[1], d[2]),
-        vsubq_s16(d[2], d[1]),
-        vsubq_s16(d[1], d[3]),
-    ]
-}
-
 /// `Ĝ` (`2G`) on three int8 vectors, widening: `2g0, g0 + g1 + g2, g0 − g1 + g2, 2g2`,
 /// each as its low and high eight lanes.
 #[inline(always)]
@@ -253,18 +247,6 @@ unsafe fn g_widening(g: [int8x16_t; 3]) -> [[int16x8_t; 2]; 4] {
         [vaddw_s8(outer[0], lo(g[1])), vaddw_high_s8(outer[1], g[1])],
         [vsubw_s8(outer[0], lo(g[1])), vsubw_high_s8(outer[1], g[1])],
         [vshll_n_s8::<1>(lo(g[2])), vshll_high_n_s8::<1>(g[2])],
-    ]
-}
-
-/// `Ĝ` on three int16 vectors.
-#[inline(always)]
-unsafe fn g_scaled(g: [int16x8_t; 3]) -> [int16x8_t; 4] {
-    let outer = vaddq_s16(g[0], g[2]);
-    [
-        vaddq_s16(g[0], g[0]),
-        vaddq_s16(outer, g[1]),
-        vsubq_s16(outer, g[1]),
-        vaddq_s16(g[2], g[2]),
     ]
 }
 
@@ -382,18 +364,4 @@ unsafe fn transpose4(rows: [int32x4_t; 4]) -> [int32x4_t; 4] {
         narrow(vtrn2q_s64(wide(ab0), wide(cd0))),
         narrow(vtrn2q_s64(wide(ab1), wide(cd1))),
     ]
-}
-
-/// `Aᵀ M A / 4`: the four outputs (row by row) of a tile's 16 point sums.
-#[inline(always)]
-unsafe fn transform_output(m: &[int32x4_t; POINTS]) -> [int32x4_t; 4] {
-    // Aᵀ on four values: m0 + m1 + m2, m1 − m2 − m3.
-    let a = |v: [int32x4_t; 4]| {
-        let mid = vsubq_s32(v[1], v[2]);
-        [vaddq_s32(vaddq_s32(v[0], v[1]), v[2]), vsubq_s32(mid, v[3])]
-    };
-    let f: [[int32x4_t; 2]; 4] = core::array::from_fn(|j| a([m[j], m[4 + j], m[8 + j], m[12 + j]]));
-    let top = a([f[0][0], f[1][0], f[2][0], f[3][0]]);
-    let bottom = a([f[0][1], f[1][1], f[2][1], f[3][1]]);
-    [top[0], top[1], bottom[0], bottom[1]].map(|v| vshrq_n_s32::<2>(v))
 }

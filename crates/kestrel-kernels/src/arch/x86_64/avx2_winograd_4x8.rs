@@ -17,6 +17,11 @@ use crate::conv::contract::{round_up, Conv, KC};
 use crate::conv::layout::lanes16;
 use crate::conv::winograd::{self, CHANNELS, GROUP, POINTS};
 
+winograd::transforms! {
+    i16: __m256i, _mm256_add_epi16, _mm256_sub_epi16;
+    i32: __m256i, _mm256_add_epi32, _mm256_sub_epi32, |v| _mm256_srai_epi32::<2>(v);
+}
+
 /// Output channels `channels` of the conv on the `pixels` pixels of the run at `output`,
 /// Winograd in `scratch` ([`winograd::tiles_in`] ≥ 1 group).
 ///
@@ -131,29 +136,6 @@ unsafe fn transform_input(c: &Conv<'_>, y: usize, x: usize, slot: usize, v: *mut
     }
 }
 
-/// `Bᵀ` on four values: `d0 − d2, d1 + d2, d2 − d1, d1 − d3`.
-#[inline(always)]
-unsafe fn b_transpose(d: [__m256i; 4]) -> [__m256i; 4] {
-    [
-        _mm256_sub_epi16(d[0], d[2]),
-        _mm256_add_epi16(d[1], d[2]),
-        _mm256_sub_epi16(d[2], d[1]),
-        _mm256_sub_epi16(d[1], d[3]),
-    ]
-}
-
-/// `Ĝ` (`2G`) on three values: `2g0, g0 + g1 + g2, g0 − g1 + g2, 2g2`.
-#[inline(always)]
-unsafe fn g_scaled(g: [__m256i; 3]) -> [__m256i; 4] {
-    let outer = _mm256_add_epi16(g[0], g[2]);
-    [
-        _mm256_add_epi16(g[0], g[0]),
-        _mm256_add_epi16(outer, g[1]),
-        _mm256_sub_epi16(outer, g[1]),
-        _mm256_add_epi16(g[2], g[2]),
-    ]
-}
-
 /// `Ĝ g Ĝᵀ` of the first `halves` halves (8 channels each) of the 16-channel block
 /// starting at channel `b0`, every input channel: half `h` at `u + h · half_len` `i16`s.
 /// One pass over the block's weights, which lie side by side for both halves.
@@ -217,21 +199,4 @@ unsafe fn point_sums(
         }
     }
     acc.map(|a| epi::channel_sums(a[0], a[1]))
-}
-
-/// `Aᵀ M A / 4`: the four outputs (row by row) of a tile's 16 point sums.
-#[inline(always)]
-unsafe fn transform_output(m: &[__m256i; POINTS]) -> [__m256i; 4] {
-    // Aᵀ on four values: m0 + m1 + m2, m1 − m2 − m3.
-    let a = |v: [__m256i; 4]| {
-        let mid = _mm256_sub_epi32(v[1], v[2]);
-        [
-            _mm256_add_epi32(_mm256_add_epi32(v[0], v[1]), v[2]),
-            _mm256_sub_epi32(mid, v[3]),
-        ]
-    };
-    let f: [[__m256i; 2]; 4] = core::array::from_fn(|j| a([m[j], m[4 + j], m[8 + j], m[12 + j]]));
-    let top = a([f[0][0], f[1][0], f[2][0], f[3][0]]);
-    let bottom = a([f[0][1], f[1][1], f[2][1], f[3][1]]);
-    [top[0], top[1], bottom[0], bottom[1]].map(|v| _mm256_srai_epi32::<2>(v))
 }
