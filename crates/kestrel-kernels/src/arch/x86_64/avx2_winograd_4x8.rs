@@ -110,16 +110,17 @@ unsafe fn transform_input(c: &Conv<'_>, y: usize, x: usize, slot: usize, v: *mut
     let cols: [bool; 4] = core::array::from_fn(|q| inside(x + q, w));
     let input = c.input.as_ptr();
     for cb in 0..ic / KC {
-        let d: [[__m256i; 4]; 4] = core::array::from_fn(|r| {
-            core::array::from_fn(|q| {
+        // Loops, not `array::from_fn`: a closure that holds intrinsics compiles without
+        // this function's target features, and its intrinsics become calls.
+        let mut d = [[padding; 4]; 4];
+        for (r, d_r) in d.iter_mut().enumerate() {
+            for (q, d_rq) in d_r.iter_mut().enumerate() {
                 if rows[r] && cols[q] {
                     let at = ((y + r - 1) * w + x + q - 1) * ic + cb * KC;
-                    _mm256_cvtepi8_epi16(_mm_loadu_si128(input.add(at) as *const __m128i))
-                } else {
-                    padding
+                    *d_rq = _mm256_cvtepi8_epi16(_mm_loadu_si128(input.add(at) as *const __m128i));
                 }
-            })
-        });
+            }
+        }
         // Bᵀ on the columns of rows, then B on the rows.
         let e: [[__m256i; 4]; 4] = core::array::from_fn(|q| {
             let col = [d[0][q], d[1][q], d[2][q], d[3][q]];

@@ -87,7 +87,15 @@ unsafe fn panel<D: Dot>(c: &Conv<'_>, p: &Panel<'_>, output: &mut [i8]) {
         let o0 = b * lanes16::CHANNELS;
         let w = c.weights.as_ptr().add(lanes16::block_at(p.slots.k_pad, b));
         let whole = oc - o0 >= lanes16::CHANNELS;
-        let quant = whole.then(|| [0, 1].map(|h| Quant8::load(c, o0 + h * epi::LANES, offset)));
+        // Not a closure: one that holds intrinsics compiles without this function's
+        // target features, and its intrinsics become calls.
+        let quant = match whole {
+            true => Some([
+                Quant8::load(c, o0, offset),
+                Quant8::load(c, o0 + epi::LANES, offset),
+            ]),
+            false => None,
+        };
         for m0 in (0..p.count).step_by(MR) {
             let sums = tile::<D>(p, m0, w);
             let rows = MR.min(p.count - m0);

@@ -54,7 +54,12 @@ unsafe fn block_vnni<const NB: usize, const CH: usize>(
 ) {
     let oc = c.window.out_c;
     let shape = Shape::of(Packing::Lanes16, c.k(), oc);
-    let quant: [Quant16; NB] = core::array::from_fn(|i| Quant16::load(c, b0 + i, &shape));
+    // A loop, not `array::from_fn`: a closure that holds intrinsics compiles without this
+    // function's target features, and its intrinsics become calls.
+    let mut quant = [Quant16::load(c, b0, &shape); NB];
+    for (i, q) in quant.iter_mut().enumerate().skip(1) {
+        *q = Quant16::load(c, b0 + i, &shape);
+    }
     let residual = ResidualQuant::new(&c.residual);
     let w0 = c.weights.as_ptr().add(lanes16::block_at(p.slots.k_pad, b0));
     let out = output.as_mut_ptr();

@@ -9,6 +9,7 @@ use crate::conv::params;
 use crate::quant::Residual;
 
 /// Requantisation constants of sixteen channels, in vector registers.
+#[derive(Clone, Copy)]
 pub struct Quant16 {
     pub o0: usize,
     lanes: __mmask16,
