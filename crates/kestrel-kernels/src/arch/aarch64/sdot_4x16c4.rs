@@ -343,16 +343,49 @@ unsafe fn tile16_direct(
         core::array::from_fn(|m| band.add(*d.offsets.get_unchecked(m0 + m) as usize));
     let (pairs, single) = (d.in_c / (2 * KC), !d.in_c.is_multiple_of(2 * KC));
     let mut wp = w;
+    if pairs == 0 {
+        // One chunk a pixel (16 channels): each load adds the tap to the pixel's base.
+        let [b0, b1, b2, b3] = bases;
+        for &tap in d.taps {
+            step_asm!(
+                concat!(
+                    "ldr q16, [{b0}, {t}]\n",
+                    "ldr q17, [{b1}, {t}]\n",
+                    "ldr q18, [{b2}, {t}]\n",
+                    "ldr q19, [{b3}, {t}]\n",
+                    step!("v16", "v17", "v18", "v19"),
+                ),
+                acc,
+                wp,
+                b0 = in(reg) b0, b1 = in(reg) b1, b2 = in(reg) b2, b3 = in(reg) b3,
+                t = in(reg) tap as usize,
+                out("v16") _, out("v17") _, out("v18") _, out("v19") _,
+            );
+        }
+        return acc;
+    }
     for &tap in d.taps {
-        let mut xp = bases.map(|b| b.add(tap as usize));
+        let [mut p0, mut p1, mut p2, mut p3] = bases.map(|b| b.add(tap as usize));
         for _ in 0..pairs {
-            let x: [int8x16x2_t; MR] = core::array::from_fn(|m| vld1q_s8_x2(xp[m]));
-            dot_step(&mut acc, &x.map(|v| v.0), &mut wp);
-            dot_step(&mut acc, &x.map(|v| v.1), &mut wp);
-            xp = xp.map(|p| p.add(2 * KC));
+            // Two chunks of each pixel, its pointer moved on past them.
+            step_asm!(
+                concat!(
+                    "ld1 {{v16.16b, v17.16b}}, [{p0}], #32\n",
+                    "ld1 {{v18.16b, v19.16b}}, [{p1}], #32\n",
+                    "ld1 {{v20.16b, v21.16b}}, [{p2}], #32\n",
+                    "ld1 {{v22.16b, v23.16b}}, [{p3}], #32\n",
+                    step!("v16", "v18", "v20", "v22"),
+                    step!("v17", "v19", "v21", "v23"),
+                ),
+                acc,
+                wp,
+                p0 = inout(reg) p0, p1 = inout(reg) p1, p2 = inout(reg) p2, p3 = inout(reg) p3,
+                out("v16") _, out("v17") _, out("v18") _, out("v19") _,
+                out("v20") _, out("v21") _, out("v22") _, out("v23") _,
+            );
         }
         if single {
-            dot_step(&mut acc, &xp.map(|p| vld1q_s8(p)), &mut wp);
+            dot_step(&mut acc, &[p0, p1, p2, p3].map(|p| vld1q_s8(p)), &mut wp);
         }
     }
     acc
