@@ -199,6 +199,7 @@ pub const fn block4_weights_bytes(in_c: usize) -> usize {
 ///
 /// (A macro rather than a trait over the vector types: the intrinsics need the kernel's
 /// target features, which only the kernel's own functions carry.)
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 macro_rules! transforms {
     (
         i16: $v16:ty, $add16:path, $sub16:path;
@@ -239,6 +240,7 @@ macro_rules! transforms {
         }
     };
 }
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) use transforms;
 
 #[cfg(test)]
